@@ -9,7 +9,7 @@ hundreds of thousands of latents.
 
 Seed streams: probe sets use seeds ``[start, start + n)``; the sampler derives its proposal seeds
 from the user's seed with :func:`stream_seeds`, so its draws never collide with a probe set's
-first 2**32 seeds.
+first 2**30 seeds.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 MAX_SEED = 2**63 - 1
-_STREAM_STRIDE = 2**32
+MAX_USER_SEED = 2**20
+MAX_STREAMS = 2**12
+STREAM_LENGTH = 2**30
 
 
 def check_seeds(seeds) -> np.ndarray:
@@ -58,14 +60,23 @@ def z_from_seeds(seeds, z_dim: int) -> np.ndarray:
 def stream_seeds(seed: int, stream: int, start: int, count: int) -> np.ndarray:
     """Seeds ``[start, start + count)`` of proposal stream `stream` for user seed `seed`.
 
-    Stream k of seed s is the block of 2**32 seeds starting at ``(1 + s * 2**8 + k) * 2**32``, so
-    different user seeds (below 2**22) and streams (up to 2**8 per seed) never overlap, and none
-    overlaps the seeds below 2**32 that probe sets and plain ``--seeds`` use.
+    Layout (int64): stream k of user seed s is the block of 2**30 seeds starting at
+    ``(1 + s * 2**12 + k) * 2**30``. Different user seeds (< 2**20) and streams (< 2**12 per seed)
+    never overlap, and none overlaps the seeds below 2**30 that probe sets and plain ``--seeds`` use.
+
+    Args:
+        seed:   user seed, 0 <= seed < 2**20.
+        stream: stream index, 0 <= stream < 2**12 (e.g. one per cell, or per cell and block).
+        start:  first index within the stream.
+        count:  number of seeds; start + count <= 2**30.
+
+    Returns:
+        int64 array [count].
     """
     if seed < 0 or stream < 0 or start < 0 or count < 0:
         raise ValueError("seed, stream, start and count must be non-negative")
-    if stream >= 2**8 or start + count > _STREAM_STRIDE or seed >= 2**22:
-        raise ValueError(f"stream seeds out of range: seed < 2**22, stream < 2**8, start + count <= 2**32 "
+    if seed >= MAX_USER_SEED or stream >= MAX_STREAMS or start + count > STREAM_LENGTH:
+        raise ValueError(f"stream seeds out of range: need seed < 2**20, stream < 2**12, start + count <= 2**30 "
                          f"(got seed={seed}, stream={stream}, start+count={start + count})")
-    base = (1 + seed * 2**8 + stream) * _STREAM_STRIDE
+    base = (1 + seed * MAX_STREAMS + stream) * STREAM_LENGTH
     return np.arange(base + start, base + start + count, dtype=np.int64)

@@ -28,7 +28,7 @@ def test_stream_seeds_disjoint():
     a = stream_seeds(0, 0, 0, 10)
     b = stream_seeds(0, 1, 0, 10)
     c = stream_seeds(1, 0, 0, 10)
-    assert a.min() >= 2**32
+    assert a.min() >= 2**30
     assert not (set(a) & set(b)) and not (set(a) & set(c)) and not (set(b) & set(c))
 
 
