@@ -104,7 +104,9 @@ def distribution_metrics(counts, target, cells: Sequence[str] | None = None, n_b
         boots = rng.multinomial(n, a, size=n_boot) / n
         vals = {k: np.array([_scalars(b, q)[k] for b in boots]) for k in ("kl", "tv", "fairness_discrepancy_l2",
                                                                          "worst_cell_ratio")}
-        out["intervals"] = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in vals.items()}
+        # no interpolation between order statistics: KL replicates may be inf (mass in an excluded cell)
+        out["intervals"] = {k: [float(np.percentile(v, 2.5, method="lower")), float(np.percentile(v, 97.5, method="higher"))]
+                            for k, v in vals.items()}
     low, high = wilson_interval(counts, n)
     names = list(cells) if cells is not None else [str(i) for i in range(len(counts))]
     out["cells"] = [{"cell": names[i], "count": int(counts[i]), "achieved": float(a[i]), "target": float(q[i]),

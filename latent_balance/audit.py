@@ -1,0 +1,160 @@
+"""Audit: the distribution a set of images actually has, measured by the labelers (not the boundaries).
+
+:func:`audit_labels` turns per-image labeler probabilities into the numbers of a report: counts per
+cell and per marginal, KL / TV / fairness discrepancy / worst-cell ratio against the target with 95%
+intervals, drift of attributes that were not targeted (against the natural generator), and,
+when images are given, LPIPS diversity and Frechet distance per cell against the natural
+generator's images of the same cell. :mod:`latent_balance.report` renders the result as HTML.
+
+Cells are named by joining class names in attribute order with ``|`` (``"female|old|smiling"``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .metrics import distribution_metrics, total_variation, wilson_interval
+
+__all__ = ["cell_names", "label_cells", "audit_labels", "image_metrics_per_cell"]
+
+SEP = "|"
+
+
+def cell_names(classes: Mapping[str, Sequence[str]], attributes: Sequence[str]) -> list[str]:
+    """All cells of `attributes` (cartesian product of their classes, first attribute slowest)."""
+    return [SEP.join(c) for c in itertools.product(*[classes[a] for a in attributes])]
+
+
+def label_cells(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]],
+                attributes: Sequence[str]) -> np.ndarray:
+    """Index of each image's labelled cell (argmax per attribute) in ``cell_names(classes, attributes)``.
+
+    Args:
+        probs:      attribute -> float [N, C] labeler probabilities.
+        classes:    attribute -> class names.
+        attributes: the attributes spanning the cells.
+
+    Returns:
+        int64 [N].
+    """
+    missing = [a for a in attributes if a not in probs]
+    if missing:
+        raise ValueError(f"no labels for attributes {missing}; labelled attributes are {sorted(probs)}")
+    idx = np.zeros(len(next(iter(probs.values()))), dtype=np.int64)
+    for a in attributes:
+        idx = idx * len(classes[a]) + np.asarray(probs[a]).argmax(axis=1)
+    return idx
+
+
+def _marginal(joint: np.ndarray, sizes: list[int], axis: int) -> np.ndarray:
+    return joint.reshape(sizes).sum(axis=tuple(i for i in range(len(sizes)) if i != axis))
+
+
+def audit_labels(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]],
+                 target: Mapping[str, float], attributes: Sequence[str],
+                 natural_probs: Mapping[str, np.ndarray] | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Measure a labelled image set against a target over cells.
+
+    Args:
+        probs:         attribute -> float [N, C] labeler probabilities of the audited images.
+        classes:       attribute -> class names.
+        target:        cell name -> target probability (cells of `attributes`; missing cells = 0).
+        attributes:    targeted attributes (they span the cells).
+        natural_probs: optional labeler probabilities of the natural (unbalanced) generator's images,
+                       for the natural distribution and the drift of non-targeted attributes.
+        n_boot, seed:  bootstrap settings for the intervals.
+
+    Returns:
+        JSON-serializable dict: ``cells`` (names), ``target``, ``achieved`` (metrics of
+        :func:`latent_balance.metrics.distribution_metrics`), ``natural`` (the same for the natural
+        images, when given), ``marginals`` (per targeted attribute: classes, counts, achieved,
+        target, natural, tv), ``drift`` (per non-targeted attribute: achieved vs natural shares,
+        differences with 95% intervals, tv).
+    """
+    attributes = list(attributes)
+    names = cell_names(classes, attributes)
+    unknown = sorted(set(target) - set(names))
+    if unknown:
+        raise ValueError(f"target names unknown cells {unknown}; cells are {names}")
+    q = np.array([float(target.get(c, 0.0)) for c in names])
+    sizes = [len(classes[a]) for a in attributes]
+    counts = np.bincount(label_cells(probs, classes, attributes), minlength=len(names))
+    out: dict = {"attributes": attributes, "cells": names, "target": q.tolist(), "n": int(counts.sum()),
+                 "achieved": distribution_metrics(counts, q, names, n_boot=n_boot, seed=seed)}
+    nat_counts = None
+    if natural_probs is not None:
+        nat_counts = np.bincount(label_cells(natural_probs, classes, attributes), minlength=len(names))
+        out["natural"] = distribution_metrics(nat_counts, q, names, n_boot=n_boot, seed=seed)
+    out["marginals"] = {}
+    for i, a in enumerate(attributes):
+        c = _marginal(counts, sizes, i)
+        tq = _marginal(q, sizes, i)
+        m = {"classes": list(classes[a]), "counts": c.tolist(), "achieved": (c / c.sum()).tolist(),
+             "target": tq.tolist(), "tv": total_variation(c / c.sum(), tq)}
+        if nat_counts is not None:
+            nc = _marginal(nat_counts, sizes, i)
+            m["natural"] = (nc / nc.sum()).tolist()
+        out["marginals"][a] = m
+    out["drift"] = {}
+    if natural_probs is not None:
+        for a in [a for a in probs if a not in attributes and a in natural_probs]:
+            k = len(classes[a])
+            ca = np.bincount(np.asarray(probs[a]).argmax(1), minlength=k)
+            cn = np.bincount(np.asarray(natural_probs[a]).argmax(1), minlength=k)
+            pa, pn = ca / ca.sum(), cn / cn.sum()
+            # Newcombe's hybrid score interval for a difference of two independent proportions
+            la, ha = wilson_interval(ca, ca.sum())
+            ln, hn = wilson_interval(cn, cn.sum())
+            d = pa - pn
+            low = d - np.sqrt((pa - la) ** 2 + (hn - pn) ** 2)
+            high = d + np.sqrt((ha - pa) ** 2 + (pn - ln) ** 2)
+            out["drift"][a] = {"classes": list(classes[a]), "achieved": pa.tolist(), "natural": pn.tolist(),
+                               "difference": d.tolist(), "low": low.tolist(), "high": high.tolist(),
+                               "tv": total_variation(pa, pn)}
+    return out
+
+
+def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_cells: np.ndarray, names: Sequence[str],
+                           lpips_net: str = "alex", max_pairs: int = 2000, min_images: int = 2, seed: int = 0,
+                           device=None) -> dict:
+    """LPIPS diversity and Frechet distance per cell, audited set vs natural set.
+
+    Args:
+        images:        float [N, 3, H, W] in [-1, 1], the audited images.
+        cells:         int [N] labelled cell index of each.
+        natural_images, natural_cells: the same for images of the natural generator.
+        names:         cell names (index -> name).
+        lpips_net:     LPIPS backbone for diversity (``'alex'`` or ``'vgg'``).
+        max_pairs:     pairs sampled per cell for mean pairwise LPIPS.
+        min_images:    cells with fewer images (on either side) are reported with nulls.
+
+    Returns:
+        dict cell name -> {n, n_natural, lpips, lpips_stderr, lpips_natural, lpips_natural_stderr,
+        lpips_ratio, frechet_vgg16} (nulls where a side has too few images), plus ``"_all"`` for the
+        whole sets.
+    """
+    from . import lpips as perceptual
+
+    feats = perceptual.vgg16_features(images, device=device)
+    nat_feats = perceptual.vgg16_features(natural_images, device=device)
+    out: dict = {}
+    groups = [(name, cells == i, natural_cells == i) for i, name in enumerate(names)]
+    groups.append(("_all", np.ones(len(cells), bool), np.ones(len(natural_cells), bool)))
+    for name, m, mn in groups:
+        row: dict = {"n": int(m.sum()), "n_natural": int(mn.sum()), "lpips": None, "lpips_stderr": None,
+                     "lpips_natural": None, "lpips_natural_stderr": None, "lpips_ratio": None, "frechet_vgg16": None}
+        if m.sum() >= min_images:
+            row["lpips"], row["lpips_stderr"] = perceptual.mean_pairwise_lpips(
+                images[np.flatnonzero(m)], net=lpips_net, max_pairs=max_pairs, seed=seed, device=device)
+        if mn.sum() >= min_images:
+            row["lpips_natural"], row["lpips_natural_stderr"] = perceptual.mean_pairwise_lpips(
+                natural_images[np.flatnonzero(mn)], net=lpips_net, max_pairs=max_pairs, seed=seed, device=device)
+        if row["lpips"] is not None and row["lpips_natural"]:
+            row["lpips_ratio"] = row["lpips"] / row["lpips_natural"]
+        if m.sum() >= min_images and mn.sum() >= min_images:
+            row["frechet_vgg16"] = float(perceptual.frechet_distance(feats[m], nat_feats[mn]))
+        out[name] = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in row.items()}
+    return out

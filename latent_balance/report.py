@@ -1,0 +1,195 @@
+"""Render an audit (see :mod:`latent_balance.audit`) as a self-contained HTML page plus PNG contact sheets.
+
+The page holds everything inline (SVG bar charts, contact sheets as base64 PNG), so it can be mailed
+or opened from anywhere without its folder. Charts: per cell and per targeted attribute, achieved
+vs target vs natural shares with the achieved 95% interval; tables of the scalar metrics with their
+intervals, the drift of non-targeted attributes, and diversity / Frechet distance per cell.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ._utils import atomic_write_bytes, atomic_write_text
+
+__all__ = ["contact_sheet", "write_report"]
+
+_COLORS = {"achieved": "#2b6cb0", "target": "#38a169", "natural": "#a0aec0"}
+
+
+def contact_sheet(images, ncol: int = 8, pad: int = 2) -> bytes:
+    """A PNG grid of images.
+
+    Args:
+        images: float [N, 3, H, W] in [-1, 1] (torch or numpy), or uint8 [N, H, W, 3].
+        ncol:   images per row.
+        pad:    white border in pixels.
+
+    Returns:
+        PNG bytes (a white 1x1 image when N = 0).
+    """
+    from PIL import Image
+
+    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint((arr.transpose(0, 2, 3, 1) + 1) * 127.5), 0, 255).astype(np.uint8)
+    n = arr.shape[0]
+    buf = io.BytesIO()
+    if n == 0:
+        Image.new("RGB", (1, 1), "white").save(buf, format="PNG")
+        return buf.getvalue()
+    h, w = arr.shape[1:3]
+    ncol = min(ncol, n)
+    nrow = math.ceil(n / ncol)
+    sheet = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        sheet[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = arr[i]
+    Image.fromarray(sheet).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _bar_chart(title: str, labels: Sequence[str], series: Mapping[str, Sequence[float]],
+               intervals: Sequence[tuple[float, float]] | None = None, width: int = 760) -> str:
+    """Grouped vertical bar chart as inline SVG (shares in [0, 1])."""
+    series = {k: v for k, v in series.items() if v is not None}
+    n, k = len(labels), len(series)
+    top = max([1e-9] + [max(v) for v in series.values()] + ([hi for _, hi in intervals] if intervals else []))
+    top = min(1.0, math.ceil(top * 10 + 1e-9) / 10)
+    h, left, bottom, plot_h = 260, 46, 70, 170
+    group_w = (width - left - 10) / max(n, 1)
+    bar_w = max(2.0, group_w * 0.8 / max(k, 1))
+    y = lambda v: 20 + plot_h * (1 - min(v, top) / top)  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h + 20}" role="img" '
+             f'aria-label="{html.escape(title)}"><text x="{left}" y="14" font-size="13" font-weight="bold">'
+             f'{html.escape(title)}</text>']
+    for t in np.linspace(0, top, 5):
+        parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e2e8f0"/>'
+                     f'<text x="{left - 4}" y="{y(t) + 4:.1f}" font-size="10" text-anchor="end">{t:.2f}</text>')
+    for i, lab in enumerate(labels):
+        gx = left + i * group_w + group_w * 0.1
+        for j, (name, vals) in enumerate(series.items()):
+            v = float(vals[i])
+            parts.append(f'<rect x="{gx + j * bar_w:.1f}" y="{y(v):.1f}" width="{bar_w - 1:.1f}" '
+                         f'height="{max(0.0, y(0) - y(v)):.1f}" fill="{_COLORS.get(name, "#718096")}">'
+                         f'<title>{html.escape(lab)} {name}: {v:.3f}</title></rect>')
+            if name == "achieved" and intervals:
+                lo, hi = intervals[i]
+                cx = gx + j * bar_w + (bar_w - 1) / 2
+                parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(hi):.1f}" y2="{y(lo):.1f}" stroke="#1a202c"/>')
+        parts.append(f'<text transform="translate({gx + group_w * 0.4:.1f},{20 + plot_h + 12}) rotate(30)" '
+                     f'font-size="10">{html.escape(lab)}</text>')
+    for j, name in enumerate(series):
+        parts.append(f'<rect x="{left + j * 110}" y="{h}" width="10" height="10" fill="{_COLORS.get(name, "#718096")}"/>'
+                     f'<text x="{left + j * 110 + 14}" y="{h + 9}" font-size="11">{name}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] | None = None,
+                 settings: Mapping | None = None, title: str = "latent-balance audit") -> Path:
+    """Write ``report.html``, ``audit.json`` and ``contact_sheets/<cell>.png`` into `out_dir`.
+
+    Args:
+        audit:    the dict of :func:`latent_balance.audit.audit_labels`, optionally with ``images``
+                  (from :func:`latent_balance.audit.image_metrics_per_cell`) and ``cost`` entries.
+        out_dir:  folder (created).
+        sheets:   cell name -> contact sheet PNG bytes.
+        settings: what was run (shown verbatim as JSON).
+        title:    page title.
+
+    Returns:
+        Path of ``report.html``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sheets = dict(sheets or {})
+    for cell, png in sheets.items():
+        atomic_write_bytes(out_dir / "contact_sheets" / f"{cell.replace('|', '__')}.png", png)
+    atomic_write_text(out_dir / "audit.json", json.dumps(audit, indent=2, sort_keys=True, default=_json_default))
+
+    ach = audit["achieved"]
+    nat = audit.get("natural")
+    cells = audit["cells"]
+    e = html.escape
+    body = [f"<h1>{e(title)}</h1>"]
+    body.append(f"<p>{audit['n']} images, labelled by the attribute labelers (not by the latent model); "
+                f"cells over {e(' x '.join(audit['attributes']))}.</p>")
+    rows = []
+    for key, label in (("kl", "KL(achieved || target), nats"), ("tv", "total variation"),
+                       ("fairness_discrepancy_l2", "fairness discrepancy (L2)"), ("worst_cell_ratio", "worst-cell ratio")):
+        ci = ach.get("intervals", {}).get(key)
+        rows.append(f"<tr><td>{label}</td><td>{_fmt(ach[key])}</td><td>{'' if ci is None else _fmt(ci[0]) + ' to ' + _fmt(ci[1])}"
+                    f"</td><td>{_fmt(nat[key]) if nat else 'n/a'}</td></tr>")
+    cost = audit.get("cost", {})
+    for key, val in cost.items():
+        rows.append(f"<tr><td>{e(key.replace('_', ' '))}</td><td>{_fmt(val)}</td><td></td><td></td></tr>")
+    body.append("<h2>Distribution vs target</h2><table><tr><th>metric</th><th>achieved</th><th>95% interval</th>"
+                "<th>natural generator</th></tr>" + "".join(rows) + "</table>")
+    body.append(_bar_chart("Share of images per cell", cells,
+                           {"achieved": [c["achieved"] for c in ach["cells"]], "target": audit["target"],
+                            "natural": [c["achieved"] for c in nat["cells"]] if nat else None},
+                           intervals=[(c["low"], c["high"]) for c in ach["cells"]]))
+    for a, m in audit["marginals"].items():
+        body.append(_bar_chart(f"Marginal: {a}", m["classes"], {"achieved": m["achieved"], "target": m["target"],
+                                                                 "natural": m.get("natural")}))
+    if audit.get("drift"):
+        rows = []
+        for a, d in audit["drift"].items():
+            for i, c in enumerate(d["classes"]):
+                rows.append(f"<tr><td>{e(a)}</td><td>{e(c)}</td><td>{_fmt(d['achieved'][i], 3)}</td><td>{_fmt(d['natural'][i], 3)}"
+                            f"</td><td>{_fmt(d['difference'][i], 3)} [{_fmt(d['low'][i], 3)}, {_fmt(d['high'][i], 3)}]</td></tr>")
+        body.append("<h2>Drift of attributes that were not targeted</h2><table><tr><th>attribute</th><th>class</th>"
+                    "<th>achieved</th><th>natural</th><th>difference [95%]</th></tr>" + "".join(rows) + "</table>")
+    if audit.get("images"):
+        rows = []
+        for cell, r in audit["images"].items():
+            rows.append(f"<tr><td>{e(cell)}</td><td>{r['n']}</td><td>{r['n_natural']}</td><td>{_fmt(r['lpips'])}</td>"
+                        f"<td>{_fmt(r['lpips_natural'])}</td><td>{_fmt(r['lpips_ratio'], 3)}</td><td>{_fmt(r['frechet_vgg16'], 2)}</td></tr>")
+        body.append("<h2>Diversity and distribution shift per cell</h2><p>Mean pairwise LPIPS within each cell "
+                    "(higher = more diverse), and the Frechet distance between this set's and the natural "
+                    "generator's images of the same cell on VGG16 features (small samples inflate it).</p>"
+                    "<table><tr><th>cell</th><th>n</th><th>n natural</th><th>LPIPS</th><th>LPIPS natural</th>"
+                    "<th>ratio</th><th>Frechet (VGG16)</th></tr>" + "".join(rows) + "</table>")
+    if sheets:
+        body.append("<h2>Contact sheets</h2>")
+        for cell, png in sheets.items():
+            body.append(f"<h3>{e(cell)}</h3><img alt='{e(cell)}' src='data:image/png;base64,"
+                        f"{base64.b64encode(png).decode()}'/>")
+    if settings:
+        body.append("<h2>Settings</h2><pre>" + e(json.dumps(settings, indent=2, sort_keys=True, default=_json_default))
+                    + "</pre>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title><style>"
+            "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#1a202c}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd5e0;padding:3px 8px;"
+            "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}"
+            "img{image-rendering:pixelated;max-width:100%}</style></head><body>" + "".join(body) + "</body></html>")
+    path = out_dir / "report.html"
+    atomic_write_text(path, page)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serializable: {type(o).__name__}")

@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import pytest
+
+from latent_balance.audit import audit_labels, cell_names, label_cells
+from latent_balance.report import contact_sheet, write_report
+
+CLASSES = {"gender": ("female", "male"), "smile": ("no", "yes"), "glasses": ("no", "yes")}
+
+
+def _onehot(idx, k):
+    out = np.zeros((len(idx), k))
+    out[np.arange(len(idx)), idx] = 1
+    return out
+
+
+def test_cells_and_labels():
+    names = cell_names(CLASSES, ["gender", "smile"])
+    assert names == ["female|no", "female|yes", "male|no", "male|yes"]
+    probs = {"gender": _onehot([0, 1, 1], 2), "smile": _onehot([1, 0, 1], 2)}
+    np.testing.assert_array_equal(label_cells(probs, CLASSES, ["gender", "smile"]), [1, 2, 3])
+    with pytest.raises(ValueError, match="no labels"):
+        label_cells(probs, CLASSES, ["glasses"])
+
+
+def test_audit_labels_counts_marginals_drift():
+    rng = np.random.default_rng(0)
+    n = 400
+    g = np.repeat([0, 1], n // 2)
+    s = np.tile([0, 1], n // 2)
+    gl = (rng.random(n) < 0.3).astype(int)
+    probs = {"gender": _onehot(g, 2), "smile": _onehot(s, 2), "glasses": _onehot(gl, 2)}
+    nat = {"gender": _onehot((rng.random(n) < 0.7).astype(int), 2), "smile": _onehot((rng.random(n) < 0.2).astype(int), 2),
+           "glasses": _onehot((rng.random(n) < 0.1).astype(int), 2)}
+    target = {c: 0.25 for c in cell_names(CLASSES, ["gender", "smile"])}
+    a = audit_labels(probs, CLASSES, target, ["gender", "smile"], natural_probs=nat, n_boot=200)
+    assert a["n"] == n and a["achieved"]["kl"] == pytest.approx(0) and a["achieved"]["tv"] == pytest.approx(0)
+    assert a["natural"]["tv"] > 0.2
+    assert a["marginals"]["gender"]["counts"] == [200, 200]
+    d = a["drift"]["glasses"]
+    assert d["difference"][1] == pytest.approx(d["achieved"][1] - d["natural"][1])
+    assert d["low"][1] < d["difference"][1] < d["high"][1] and d["low"][1] > 0  # 0.3 vs 0.1 clearly drifted
+    json.dumps(a)
+    with pytest.raises(ValueError, match="unknown cells"):
+        audit_labels(probs, CLASSES, {"female|maybe": 1.0}, ["gender", "smile"])
+
+
+def test_contact_sheet_and_report(tmp_path):
+    from PIL import Image
+    import io
+
+    imgs = np.linspace(-1, 1, 5 * 3 * 8 * 8).reshape(5, 3, 8, 8).astype(np.float32)
+    png = contact_sheet(imgs, ncol=4, pad=2)
+    im = Image.open(io.BytesIO(png))
+    assert im.size == (4 * 10 + 2, 2 * 10 + 2)
+    probs = {"gender": _onehot([0, 0, 1, 1], 2), "smile": _onehot([0, 1, 0, 1], 2)}
+    a = audit_labels(probs, CLASSES, {"female|no": 0.5, "male|yes": 0.5}, ["gender", "smile"], n_boot=50)
+    path = write_report(a, tmp_path / "r", sheets={"female|no": png}, settings={"seed": 1})
+    page = path.read_text()
+    assert "<svg" in page and "data:image/png;base64," in page and "worst-cell ratio" in page
+    assert (tmp_path / "r" / "contact_sheets" / "female__no.png").read_bytes() == png
+    assert json.loads((tmp_path / "r" / "audit.json").read_text())["n"] == 4
