@@ -132,3 +132,11 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+def images_to_uint8(images):
+    """float images [N, 3, H, W] in [-1, 1] (torch or numpy) -> uint8 numpy [N, H, W, 3], rounded."""
+    import numpy as np
+
+    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    return np.clip(np.rint((arr.transpose(0, 2, 3, 1).astype(np.float32) + 1) * 127.5), 0, 255).astype(np.uint8)

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._utils import atomic_write_bytes, atomic_write_text
+from ._utils import atomic_write_bytes, atomic_write_text, images_to_uint8
 
 __all__ = ["contact_sheet", "write_report"]
 
@@ -38,9 +38,7 @@ def contact_sheet(images, ncol: int = 8, pad: int = 2) -> bytes:
     """
     from PIL import Image
 
-    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint((arr.transpose(0, 2, 3, 1) + 1) * 127.5), 0, 255).astype(np.uint8)
+    arr = images if isinstance(images, np.ndarray) and images.dtype == np.uint8 else images_to_uint8(images)
     n = arr.shape[0]
     buf = io.BytesIO()
     if n == 0:

@@ -1,0 +1,376 @@
+"""Dataset export: PNG images, a manifest (CSV and JSONL) and a dataset card; atomic, resumable, sharded.
+
+Layout of a dataset folder::
+
+    settings.json          everything that determines the output (a folder written with other
+                           settings is refused, never mixed)
+    images/0000000.png     one PNG per image, named by its global index
+    blocks/00000.json      the rows of block 0, written after its PNGs: the block's completion mark
+    blocks/00000.npy       its latents [k, latent_dim] (only with save_latents)
+    manifest.csv / .jsonl  one row per image (written when every block is complete)
+    dataset_card.json/.md  target, achieved distribution (labelers), settings, costs, versions
+    latents.npy            [N, latent_dim] float32 (only with save_latents)
+
+The N outputs are split into blocks of ``block_size`` consecutive indices. Which cell each index is
+meant for is fixed up front (largest-remainder counts, interleaved so every block is balanced), and
+a block's content depends only on (settings, block index): a re-run after a crash skips complete
+blocks and regenerates the others byte for byte; shard i of n writes the blocks b with
+``b % n == i``; :func:`merge_shards` combines shard folders into exactly the folder a single
+process would have written. Every file is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from ._utils import atomic_path, atomic_write_bytes, atomic_write_text, images_to_uint8, logger, package_versions, progress
+from .audit import cell_names, label_cells
+from .metrics import distribution_metrics
+
+__all__ = ["BlockOutput", "BlockSource", "DatasetError", "allocate_counts", "interleave", "write_dataset",
+           "finalize_dataset", "merge_shards", "read_manifest"]
+
+SETTINGS = "settings.json"
+
+
+class DatasetError(ValueError):
+    """The output folder cannot be used: written with other settings, incomplete, or not a dataset."""
+
+
+@dataclass
+class BlockOutput:
+    """What a source produces for one block of k slots (rows in slot order).
+
+    Attributes:
+        seeds:    int64 [k] per-image seeds.
+        latents:  float32 [k, latent_dim] modelled latents.
+        images:   float [k, 3, H, W] in [-1, 1] (torch or numpy) or uint8 [k, H, W, 3].
+        probs:    attribute -> float [k, C] labeler probabilities of the images.
+        stats:    deterministic counters summed over blocks (e.g. ``synthesis_calls``,
+                  ``latent_proposals``).
+        timings:  seconds by phase (not part of the dataset; logged to ``run_log.jsonl``).
+    """
+
+    seeds: np.ndarray
+    latents: np.ndarray
+    images: Any
+    probs: Mapping[str, np.ndarray]
+    stats: Mapping[str, float] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+class BlockSource(Protocol):
+    """What :func:`write_dataset` needs from a sampler (see :class:`latent_balance.sampler`)."""
+
+    slot_names: list[str]          # name of each slot kind (a cell, or a sampler component)
+    attributes: list[str]          # targeted attributes (span the cells)
+    classes: Mapping[str, Sequence[str]]  # attribute -> class names, for every labelled attribute
+
+    def slot_probs(self) -> np.ndarray: ...          # [G] probabilities used to allocate slots
+    def target(self) -> Mapping[str, float]: ...     # cell name -> target probability
+    def settings(self) -> dict: ...                  # JSON: everything that determines the output; must
+                                                     # hold generator, mode, target, target_attributes, classes
+    def row_info(self) -> dict: ...                  # JSON scalars copied into every manifest row
+    def produce(self, block: int, slots: np.ndarray) -> BlockOutput: ...
+
+
+def allocate_counts(n: int, probs) -> np.ndarray:
+    """Largest-remainder rounding of ``n * probs`` to integers summing to n (ties: lower index first)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 1 or np.any(p < 0) or abs(p.sum() - 1) > 1e-6:
+        raise ValueError(f"probs must be a probability vector, got {p}")
+    raw = n * p / p.sum()
+    counts = np.floor(raw).astype(np.int64)
+    rest = n - int(counts.sum())
+    order = np.lexsort((np.arange(len(p)), -(raw - counts)))
+    counts[order[:rest]] += 1
+    return counts
+
+
+def interleave(counts) -> np.ndarray:
+    """A slot order with exactly ``counts[g]`` slots of kind g in which every prefix is near proportional.
+
+    Slot i goes to the kind furthest behind its share ``counts[g] * (i + 1) / n`` (ties: lower index),
+    so consecutive blocks of the dataset are balanced on their own.
+
+    Returns:
+        int64 [sum(counts)].
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    out = np.empty(n, dtype=np.int64)
+    given = np.zeros_like(counts)
+    share = counts / max(n, 1)
+    for i in range(n):
+        deficit = np.where(given < counts, share * (i + 1) - given, -np.inf)
+        g = int(np.argmax(deficit))
+        out[i] = g
+        given[g] += 1
+    return out
+
+
+def _block_ranges(n: int, block_size: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + block_size)) for s in range(0, n, block_size)]
+
+
+def _check_settings(out_dir: Path, settings: dict) -> None:
+    path = out_dir / SETTINGS
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DatasetError(f"{path} is unreadable ({err}); refusing to write into {out_dir}") from err
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise DatasetError(f"{out_dir} holds a dataset written with other settings (differs in {diff}); "
+                               f"use another --out folder, or the same settings to resume")
+    elif out_dir.exists() and any(p for p in out_dir.iterdir() if not p.name.startswith(".")):
+        raise DatasetError(f"{out_dir} exists, is not empty and is not a latent-balance dataset; refusing to write into it")
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
+
+
+def _png_bytes(img_u8: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img_u8).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: int = 250, shard: int = 0,
+                  num_shards: int = 1, save_latents: bool = False, show_progress: bool | None = None) -> dict:
+    """Write (or resume) a dataset of `n` images from `source` into `out_dir`.
+
+    Args:
+        out_dir:      dataset folder (created; refused if it holds another dataset or other files).
+        source:       a :class:`BlockSource` (e.g. a balanced sampler's export source).
+        n:            number of images.
+        block_size:   images per block (the unit of resumption and sharding).
+        shard, num_shards: write only blocks ``b % num_shards == shard``.
+        save_latents: also save latents (``.npy``) for later editing.
+        show_progress: progress bar (default: stderr is a terminal).
+
+    Returns:
+        dict with ``blocks_written``, ``blocks_skipped``, ``complete`` (all blocks of the dataset
+        present in this folder; then the manifest and card were written), and the summed ``timings``.
+    """
+    if n < 1 or block_size < 1:
+        raise ValueError(f"n and block_size must be positive, got n={n}, block_size={block_size}")
+    if not (0 <= shard < num_shards):
+        raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
+    out_dir = Path(out_dir)
+    settings = {**source.settings(), "n": int(n), "block_size": int(block_size), "save_latents": bool(save_latents)}
+    _check_settings(out_dir, settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / SETTINGS).exists():
+        atomic_write_text(out_dir / SETTINGS, json.dumps(settings, indent=2, sort_keys=True))
+    if num_shards > 1:
+        atomic_write_text(out_dir / "shard.json", _json({"shard": shard, "num_shards": num_shards}))
+    schedule = interleave(allocate_counts(n, source.slot_probs()))
+    ranges = _block_ranges(n, block_size)
+    mine = [b for b in range(len(ranges)) if b % num_shards == shard]
+    written = skipped = 0
+    timings: dict[str, float] = {}
+    row_info = source.row_info()
+    for b in progress(mine, desc="blocks", enabled=show_progress):
+        if (out_dir / "blocks" / f"{b:05d}.json").exists():
+            skipped += 1
+            continue
+        start, stop = ranges[b]
+        t0 = time.perf_counter()
+        out = source.produce(b, schedule[start:stop])
+        t1 = time.perf_counter()
+        _write_block(out_dir, b, start, schedule[start:stop], out, source, row_info, save_latents)
+        t2 = time.perf_counter()
+        written += 1
+        tm = {**{k: float(v) for k, v in out.timings.items()}, "produce": t1 - t0, "write": t2 - t1}
+        for k, v in tm.items():
+            timings[k] = timings.get(k, 0.0) + v
+        with open(out_dir / "run_log.jsonl", "a") as fh:
+            fh.write(_json({"block": b, "timings": tm, "stats": dict(out.stats)}) + "\n")
+    complete = all((out_dir / "blocks" / f"{b:05d}.json").exists() for b in range(len(ranges)))
+    if complete:
+        finalize_dataset(out_dir)
+    return {"blocks_written": written, "blocks_skipped": skipped, "complete": complete, "timings": timings}
+
+
+def _write_block(out_dir: Path, block: int, start: int, slots: np.ndarray, out: BlockOutput, source: BlockSource,
+                 row_info: dict, save_latents: bool) -> None:
+    k = len(slots)
+    seeds = np.asarray(out.seeds, dtype=np.int64)
+    if seeds.shape != (k,) or len(out.latents) != k or len(out.images) != k:
+        raise RuntimeError(f"block {block}: source returned {len(seeds)} seeds / {len(out.latents)} latents / "
+                           f"{len(out.images)} images for {k} slots")
+    imgs = out.images if isinstance(out.images, np.ndarray) and out.images.dtype == np.uint8 else images_to_uint8(out.images)
+    attrs = list(out.probs)
+    probs = {a: np.asarray(p, dtype=np.float64) for a, p in out.probs.items()}
+    labelled = label_cells(probs, source.classes, source.attributes)
+    names = cell_names(source.classes, source.attributes)
+    rows = []
+    for j in range(k):
+        idx = start + j
+        rel = f"images/{idx:07d}.png"
+        atomic_write_bytes(out_dir / rel, _png_bytes(imgs[j]))
+        rows.append({"index": idx, "file": rel, "seed": int(seeds[j]), "block": block,
+                     "intended_cell": source.slot_names[int(slots[j])], "labelled_cell": names[int(labelled[j])],
+                     "probs": {a: {c: round(float(probs[a][j, i]), 6) for i, c in enumerate(source.classes[a])} for a in attrs},
+                     **row_info})
+    if save_latents:
+        with atomic_path(out_dir / "blocks" / f"{block:05d}.npy", suffix=".npy") as tmp:
+            np.save(tmp, np.asarray(out.latents, dtype=np.float32))
+    atomic_write_text(out_dir / "blocks" / f"{block:05d}.json",
+                      _json({"block": block, "rows": rows, "stats": {k2: float(v) for k2, v in out.stats.items()}}))
+
+
+def _read_blocks(out_dir: Path) -> tuple[list[dict], dict]:
+    settings = json.loads((out_dir / SETTINGS).read_text())
+    nblocks = len(_block_ranges(settings["n"], settings["block_size"]))
+    rows, stats = [], {}
+    missing = [b for b in range(nblocks) if not (out_dir / "blocks" / f"{b:05d}.json").exists()]
+    if missing:
+        raise DatasetError(f"{out_dir} is incomplete: blocks {missing[:10]}{'...' if len(missing) > 10 else ''} "
+                           f"of {nblocks} are missing; re-run the same command to finish it")
+    for b in range(nblocks):
+        blk = json.loads((out_dir / "blocks" / f"{b:05d}.json").read_text())
+        rows.extend(blk["rows"])
+        for k, v in blk["stats"].items():
+            stats[k] = stats.get(k, 0.0) + v
+    return rows, stats
+
+
+def finalize_dataset(out_dir: str | Path) -> dict:
+    """Write ``manifest.csv``, ``manifest.jsonl``, ``dataset_card.json/.md`` (and ``latents.npy``) from the blocks.
+
+    Target, attributes and classes are read from ``settings.json``. Returns the dataset card.
+    """
+    out_dir = Path(out_dir)
+    settings = json.loads((out_dir / SETTINGS).read_text())
+    rows, stats = _read_blocks(out_dir)
+    seeds = [r["seed"] for r in rows]
+    if len(set(seeds)) != len(seeds):
+        raise DatasetError(f"{out_dir}: duplicate seeds in the manifest; the folder is corrupt")
+    missing = [r["file"] for r in rows if not (out_dir / r["file"]).exists()]
+    if missing:
+        raise DatasetError(f"{out_dir}: {len(missing)} images listed in the blocks are missing (e.g. {missing[0]})")
+    atomic_write_text(out_dir / "manifest.jsonl", "".join(_json(r) + "\n" for r in rows))
+    flat = [_flatten(r) for r in rows]
+    cols = list(flat[0])
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(flat)
+    atomic_write_text(out_dir / "manifest.csv", buf.getvalue())
+    if settings.get("save_latents"):
+        lat = np.concatenate([np.load(out_dir / "blocks" / f"{b:05d}.npy")
+                              for b in range(len(_block_ranges(settings["n"], settings["block_size"])))])
+        with atomic_path(out_dir / "latents.npy", suffix=".npy") as tmp:
+            np.save(tmp, lat)
+    card = _dataset_card(rows, stats, settings)
+    atomic_write_text(out_dir / "dataset_card.json", json.dumps(card, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / "dataset_card.md", _card_markdown(card))
+    return card
+
+
+def _flatten(row: dict) -> dict:
+    out = {k: v for k, v in row.items() if k != "probs"}
+    for a, d in row["probs"].items():
+        for c, p in d.items():
+            out[f"p_{a}_{c}"] = p
+    return out
+
+
+def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
+    attrs = settings["target_attributes"]
+    classes = settings["classes"]
+    names = cell_names(classes, attrs)
+    target = settings["target"]
+    counts = np.zeros(len(names), dtype=np.int64)
+    pos = {c: i for i, c in enumerate(names)}
+    for r in rows:
+        counts[pos[r["labelled_cell"]]] += 1
+    m = distribution_metrics(counts, [target.get(c, 0.0) for c in names], names, n_boot=1000, seed=0)
+    n = len(rows)
+    return {"n_images": n, "target_attributes": attrs, "target": target,
+            "achieved": {c["cell"]: {"count": c["count"], "share": c["achieved"], "low": c["low"], "high": c["high"]}
+                         for c in m["cells"]},
+            "metrics": {k: m[k] for k in ("kl", "tv", "fairness_discrepancy_l2", "worst_cell_ratio")},
+            "intervals": m["intervals"],
+            "intended_equals_labelled": float(np.mean([r["intended_cell"] == r["labelled_cell"] for r in rows])),
+            "cost": {f"{k}_per_image": v / n for k, v in stats.items()},
+            "settings": settings, "versions": package_versions()}
+
+
+def _card_markdown(card: dict) -> str:
+    lines = [f"# Dataset card\n", f"{card['n_images']} images generated by `{card['settings'].get('generator', {}).get('id')}`"
+             f" with latent-balance (mode `{card['settings'].get('mode')}`), labelled by the attribute labelers.\n",
+             "| cell | target | achieved | 95% interval | count |", "|---|---|---|---|---|"]
+    for cell, a in card["achieved"].items():
+        lines.append(f"| {cell} | {card['target'].get(cell, 0.0):.3f} | {a['share']:.3f} | {a['low']:.3f}-{a['high']:.3f} | {a['count']} |")
+    m = card["metrics"]
+    lines += ["", f"KL(achieved || target) = {m['kl']:.4f} nats, TV = {m['tv']:.4f}, fairness discrepancy (L2) = "
+              f"{m['fairness_discrepancy_l2']:.4f}, worst-cell ratio = {m['worst_cell_ratio']:.3f}.",
+              f"Share of images whose labels match the cell they were generated for: {card['intended_equals_labelled']:.3f}.", ""]
+    for k, v in card["cost"].items():
+        lines.append(f"- {k.replace('_', ' ')}: {v:.3f}")
+    lines += ["", "Settings:", "", "```json", json.dumps(card["settings"], indent=2, sort_keys=True), "```", "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def read_manifest(out_dir: str | Path) -> list[dict]:
+    """Rows of a finished dataset's ``manifest.jsonl``."""
+    path = Path(out_dir) / "manifest.jsonl"
+    if not path.exists():
+        raise DatasetError(f"{out_dir} has no manifest.jsonl: not a finished latent-balance dataset")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
+    """Combine shard folders (same settings, disjoint blocks) into `out_dir`, then finalize it.
+
+    The result is byte-identical to the folder a single process writes with the same settings
+    (run logs excepted). Returns the dataset card.
+    """
+    shard_dirs = [Path(d) for d in shard_dirs]
+    if not shard_dirs:
+        raise ValueError("no shard folders given")
+    settings = None
+    for d in shard_dirs:
+        if not (d / SETTINGS).exists():
+            raise DatasetError(f"{d} is not a dataset shard (no {SETTINGS})")
+        s = json.loads((d / SETTINGS).read_text())
+        if settings is not None and s != settings:
+            raise DatasetError(f"{d} was written with other settings than {shard_dirs[0]}; shards must share settings")
+        settings = s
+    out_dir = Path(out_dir)
+    _check_settings(out_dir, settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / SETTINGS, json.dumps(settings, indent=2, sort_keys=True))
+    for d in shard_dirs:
+        for blk_path in sorted((d / "blocks").glob("*.json")):
+            blk = json.loads(blk_path.read_text())
+            for r in blk["rows"]:
+                _copy_atomic(d / r["file"], out_dir / r["file"])
+            npy = blk_path.with_suffix(".npy")
+            if npy.exists():
+                _copy_atomic(npy, out_dir / "blocks" / npy.name)
+            _copy_atomic(blk_path, out_dir / "blocks" / blk_path.name)
+    logger.info("merged %d shards into %s", len(shard_dirs), out_dir)
+    return finalize_dataset(out_dir)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    with atomic_path(dst, suffix=dst.suffix) as tmp:
+        shutil.copyfile(src, tmp)

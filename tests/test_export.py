@@ -1,0 +1,116 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attributes import FunctionLabeler
+from latent_balance import CallableGenerator
+from latent_balance.export import DatasetError, allocate_counts, interleave, merge_shards, read_manifest, write_dataset
+from latent_balance.sources import NaturalSource
+
+
+def _gen():
+    def synth(latent):
+        return torch.tanh(latent[:, :3, None, None] * 2).expand(-1, 3, 8, 8).clone()
+
+    return CallableGenerator(synth, z_dim=4, img_resolution=8, id="toy")
+
+
+def _labs():
+    def sign(dim):
+        return lambda x: torch.stack([(x[:, dim, 0, 0] < 0).double(), (x[:, dim, 0, 0] >= 0).double()], 1)
+
+    return [FunctionLabeler("a", ["a0", "a1"], sign(0), id="a-v1"), FunctionLabeler("b", ["b0", "b1"], sign(1), id="b-v1")]
+
+
+class Crashing(NaturalSource):
+    def __init__(self, *a, crash_at=None, **k):
+        super().__init__(*a, **k)
+        self.crash_at = crash_at
+
+    def produce(self, block, slots):
+        if block == self.crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        return super().produce(block, slots)
+
+
+def _digest(d):
+    h = hashlib.sha256()
+    for p in sorted(d.rglob("*")):
+        if p.is_file() and p.name not in ("run_log.jsonl", "shard.json") and not p.name.startswith("."):
+            h.update(str(p.relative_to(d)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_allocate_and_interleave():
+    c = allocate_counts(10, [0.25, 0.25, 0.5])
+    assert c.tolist() == [3, 2, 5] or c.tolist() == [2, 3, 5]
+    assert c.sum() == 10
+    s = interleave([3, 2, 5])
+    assert np.bincount(s).tolist() == [3, 2, 5]
+    big = interleave(allocate_counts(1000, [0.5, 0.3, 0.2]))
+    for stop in (100, 250, 500):
+        np.testing.assert_allclose(np.bincount(big[:stop], minlength=3) / stop, [0.5, 0.3, 0.2], atol=2 / stop)
+    with pytest.raises(ValueError):
+        allocate_counts(5, [0.5, 0.6])
+
+
+def test_write_and_read(tmp_path):
+    src = NaturalSource(_gen(), _labs(), seed=3)
+    res = write_dataset(tmp_path / "d", src, n=23, block_size=5, save_latents=True)
+    assert res["complete"] and res["blocks_written"] == 5
+    rows = read_manifest(tmp_path / "d")
+    assert [r["index"] for r in rows] == list(range(23))
+    assert len({r["seed"] for r in rows}) == 23
+    assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 23
+    lat = np.load(tmp_path / "d" / "latents.npy")
+    assert lat.shape == (23, 4)
+    np.testing.assert_allclose(lat, _gen().to_latent(_gen().sample_z([r["seed"] for r in rows])).numpy())
+    card = json.loads((tmp_path / "d" / "dataset_card.json").read_text())
+    assert card["n_images"] == 23 and sum(a["count"] for a in card["achieved"].values()) == 23
+    assert card["cost"]["synthesis_calls_per_image"] == 1.0
+    header = (tmp_path / "d" / "manifest.csv").read_text().splitlines()[0].split(",")
+    assert {"file", "seed", "intended_cell", "labelled_cell", "p_a_a0", "p_b_b1", "generator", "truncation_psi"} <= set(header)
+    # labelled cell consistent with the probabilities
+    r = rows[0]
+    assert r["labelled_cell"] == "|".join(max(r["probs"][a], key=r["probs"][a].get) for a in ("a", "b"))
+
+
+def test_resume_after_crash_is_identical(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(tmp_path / "d", Crashing(_gen(), _labs(), crash_at=2), n=20, block_size=4)
+    assert not (tmp_path / "d" / "manifest.jsonl").exists()
+    res = write_dataset(tmp_path / "d", NaturalSource(_gen(), _labs()), n=20, block_size=4)
+    assert res["blocks_skipped"] == 2 and res["blocks_written"] == 3 and res["complete"]
+    write_dataset(tmp_path / "ref", NaturalSource(_gen(), _labs()), n=20, block_size=4)
+    assert _digest(tmp_path / "d") == _digest(tmp_path / "ref")
+
+
+def test_other_settings_refused(tmp_path):
+    write_dataset(tmp_path / "d", NaturalSource(_gen(), _labs(), seed=1), n=4, block_size=2)
+    before = _digest(tmp_path / "d")
+    with pytest.raises(DatasetError, match="other settings"):
+        write_dataset(tmp_path / "d", NaturalSource(_gen(), _labs(), seed=2), n=4, block_size=2)
+    with pytest.raises(DatasetError, match="other settings"):
+        write_dataset(tmp_path / "d", NaturalSource(_gen(), _labs(), seed=1), n=5, block_size=2)
+    assert _digest(tmp_path / "d") == before
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="not a latent-balance dataset"):
+        write_dataset(tmp_path / "foreign", NaturalSource(_gen(), _labs()), n=4)
+    assert sorted(p.name for p in (tmp_path / "foreign").iterdir()) == ["x.txt"]
+
+
+def test_shards_merge_equal_single_run(tmp_path):
+    for i in range(3):
+        res = write_dataset(tmp_path / f"s{i}", NaturalSource(_gen(), _labs()), n=17, block_size=3, shard=i,
+                            num_shards=3, save_latents=True)
+        assert not res["complete"]
+    merge_shards([tmp_path / f"s{i}" for i in range(3)], tmp_path / "merged")
+    write_dataset(tmp_path / "single", NaturalSource(_gen(), _labs()), n=17, block_size=3, save_latents=True)
+    assert _digest(tmp_path / "merged") == _digest(tmp_path / "single")
+    with pytest.raises(DatasetError, match="incomplete"):
+        merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "partial")
