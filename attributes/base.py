@@ -44,7 +44,7 @@ def check_images(images, min_size: int = 8) -> torch.Tensor:
         raise ValueError(f"images must be floating point in [-1, 1], got dtype {images.dtype} "
                          f"(convert uint8 images with x / 127.5 - 1)")
     if images.numel():
-        lo, hi = float(images.min()), float(images.max())
+        lo, hi = float(images.detach().min()), float(images.detach().max())
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ValueError("images contain NaN or infinite values")
         if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:

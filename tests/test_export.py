@@ -114,3 +114,14 @@ def test_shards_merge_equal_single_run(tmp_path):
     assert _digest(tmp_path / "merged") == _digest(tmp_path / "single")
     with pytest.raises(DatasetError, match="incomplete"):
         merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "partial")
+
+
+def test_written_files_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    write_dataset(tmp_path / "d", NaturalSource(_gen(), _labs()), n=2, block_size=2)
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [tmp_path / "d" / "manifest.csv", tmp_path / "d" / "images" / "0000000.png"]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
