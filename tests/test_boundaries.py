@@ -1,0 +1,246 @@
+"""Boundaries and the subgroup model against a synthetic generator with known normals and posteriors."""
+
+import json
+
+import numpy as np
+import pytest
+from _synthetic import SyntheticWorld, build_world_probes
+
+from latent_balance.audit import label_cells
+from latent_balance.boundaries import BoundaryFileError, BoundarySet, expected_calibration_error
+from latent_balance.subgroups import CellSpace, SubgroupFileError, SubgroupModel
+
+
+@pytest.fixture(scope="module")
+def world_w():
+    w = SyntheticWorld(latent_dim=32, space="w", hair=True, seed=1)
+    return w, build_world_probes(w, 20000)
+
+
+@pytest.fixture(scope="module")
+def fitted_w(world_w):
+    w, probes = world_w
+    return BoundarySet().fit(probes)
+
+
+def _fresh_latents(w, n=20000, seed=123):
+    return w.latents_of_z(np.random.default_rng(seed).standard_normal((n, w.latent_dim)))
+
+
+def test_normals_recovered_and_calibrated(world_w, fitted_w):
+    w, probes = world_w
+    b = fitted_w
+    x = _fresh_latents(w)
+    held = probes.latents[b.heldout_index_]
+    for a in ("gender", "age", "smile"):
+        n = b.normals_[a][0]
+        assert abs(np.linalg.norm(n) - 1) < 1e-12
+        # direction and sign: the normal points toward the second class
+        assert n @ w.normals[a] >= 0.99
+        # the boundary itself: offsets agree with the true ones (latent units)
+        assert abs(b.offsets_[a][0] - w.offsets[a]) < 0.05 * np.linalg.norm(w.A, 2)
+        rep = b.report_[a]
+        # held-out accuracy close to the Bayes accuracy of the true posterior on the same probes
+        truth = w.true_attribute_posterior(held, a)
+        bayes = np.mean(truth.argmax(1) == probes.labels(a)[b.heldout_index_])
+        assert rep["accuracy"] >= bayes - 0.015
+        assert rep["accuracy"] > rep["majority_accuracy"] + 0.2
+        # calibrated posterior vs the true posterior on fresh latents: mean abs error <= 0.02
+        # (4,000 held-out probes fit two Platt parameters; the measured error is ~0.01)
+        err = np.abs(b.predict_proba(x)[a][:, 1] - w.true_attribute_posterior(x, a)[:, 1]).mean()
+        assert err <= 0.02, (a, err)
+        # the reported (cross-fitted) ECE: a perfectly calibrated model measured on 4,000 probes in 15 bins
+        # shows ~0.01 from sampling noise alone; 0.03 leaves room for that and flags real miscalibration
+        assert rep["ece"] <= 0.03
+        assert rep["log_loss"] < rep["majority_log_loss"]
+
+
+def test_svm_decision_matches_sklearn_reference(world_w, fitted_w):
+    from sklearn.svm import LinearSVC
+
+    w, probes = world_w
+    b = fitted_w
+    X = probes.latents.astype(np.float64)
+    tr = b.train_index_
+    mu, sd = X[tr].mean(0), X[tr].std(0)
+    ref = LinearSVC(dual=False, C=1.0, tol=1e-4).fit((X[tr] - mu) / sd, probes.labels("gender")[tr])
+    ours = b.decision_function(X)["gender"] > 0
+    theirs = ref.decision_function((X - mu) / sd) > 0
+    assert np.mean(ours == theirs) > 0.999
+    # signed distance is in latent units: moving along the normal by t moves the distance by t
+    x0 = X[:5]
+    d0 = b.decision_function(x0)["gender"]
+    d1 = b.decision_function(x0 + 0.7 * b.normal("gender"))["gender"]
+    np.testing.assert_allclose(d1 - d0, 0.7, atol=1e-9)
+
+
+def test_normal_recovery_512_dims():
+    w = SyntheticWorld(latent_dim=512, space="w", tau=0.05, seed=2)
+    probes = build_world_probes(w, 20000)
+    b = BoundarySet().fit(probes, attributes=["gender"])
+    assert b.normals_["gender"][0] @ w.normals["gender"] >= 0.99
+
+
+def test_multiclass_attribute(world_w, fitted_w):
+    w, probes = world_w
+    b = fitted_w
+    assert b.normals_["hair"].shape == (3, w.latent_dim)
+    x = _fresh_latents(w, 5000)
+    p = b.predict_proba(x)["hair"]
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-12)
+    truth = w.true_attribute_posterior(x, "hair")
+    assert np.abs(p - truth).max(1).mean() <= 0.04
+    held = probes.latents[b.heldout_index_]
+    bayes = np.mean(w.true_attribute_posterior(held, "hair").argmax(1) == probes.labels("hair")[b.heldout_index_])
+    assert b.report_["hair"]["calibrated_accuracy"] >= bayes - 0.02
+    d = b.decision_function(x)
+    assert d["hair"].shape == (5000, 3) and d["gender"].shape == (5000,)
+    with pytest.raises(ValueError, match="cls="):
+        b.normal("hair")
+    assert b.normal("hair", "blond").shape == (w.latent_dim,)
+
+
+def test_isotonic_calibration(world_w):
+    w, probes = world_w
+    b = BoundarySet(calibration="isotonic").fit(probes, ["gender", "hair"])
+    x = _fresh_latents(w, 5000)
+    p = b.predict_proba(x)
+    assert np.abs(p["gender"][:, 1] - w.true_attribute_posterior(x, "gender")[:, 1]).mean() <= 0.03
+    assert b.report_["gender"]["ece"] <= 0.04
+
+
+def test_conditional_boundaries(fitted_w):
+    b = fitted_w
+    d = b.conditional("age", keep=["gender", "smile"])
+    assert abs(np.linalg.norm(d) - 1) < 1e-12
+    for k in ("gender", "smile"):
+        assert abs(d @ b.normal(k)) < 1e-10
+    assert d @ b.normal("age") > 0
+    # keeping a multi-class attribute fixes all of its one-vs-rest normals
+    d2 = b.conditional("gender", keep="hair")
+    assert np.abs(b.normals_["hair"] @ d2).max() < 1e-10
+    with pytest.raises(ValueError, match="cannot keep"):
+        b.conditional("age", keep=["age"])
+    with pytest.raises(KeyError, match="no boundary"):
+        b.conditional("age", keep=["beard"])
+
+
+def test_save_load_roundtrip(tmp_path, world_w, fitted_w):
+    w, probes = world_w
+    b = fitted_w
+    path = tmp_path / "b.npz"
+    b.save(path)
+    with np.load(path, allow_pickle=False) as data:  # plain arrays only
+        meta = json.loads(bytes(data["meta"]).decode())
+    assert meta["generator"]["id"] == w.generator.id and meta["generator"]["latent_space"] == "w"
+    assert meta["labelers"]["gender"]["id"] == "synthetic:gender"
+    assert meta["n_probes"] == 20000
+    assert meta["report"]["age"]["accuracy"] == b.report_["age"]["accuracy"]
+    assert "ece" in meta["report"]["age"] and meta["versions"]["scikit-learn"] != "not installed"
+    b2 = BoundarySet.load(path)
+    x = _fresh_latents(w, 1000)
+    for a in b.attributes_:
+        np.testing.assert_array_equal(b2.predict_proba(x)[a], b.predict_proba(x)[a])
+    np.testing.assert_array_equal(b2.conditional("age", ["gender"]), b.conditional("age", ["gender"]))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(BoundaryFileError, match="corrupt"):
+        BoundarySet.load(bad)
+    with pytest.raises(BoundaryFileError, match="does not exist"):
+        BoundarySet.load(tmp_path / "missing.npz")
+    other = tmp_path / "other.npz"
+    np.savez(other, meta=np.frombuffer(json.dumps({"format": "x"}).encode(), np.uint8))
+    with pytest.raises(BoundaryFileError, match="not a latent-balance boundary"):
+        BoundarySet.load(other)
+
+
+def test_bad_inputs(world_w, fitted_w):
+    w, probes = world_w
+    with pytest.raises(ValueError, match="not in the probe set"):
+        BoundarySet().fit(probes, ["beard"])
+    one = probes.subset(np.flatnonzero(probes.labels("gender") == 0))
+    with pytest.raises(ValueError, match="only"):
+        BoundarySet().fit(one, ["gender"])
+    with pytest.raises(ValueError, match=r"shape \[N, 32\]"):
+        fitted_w.predict_proba(np.zeros((3, 5)))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        BoundarySet().predict_proba(np.zeros((3, 32)))
+    with pytest.raises(ValueError, match="calibration"):
+        BoundarySet(calibration="beta")
+
+
+def test_ece_reference():
+    # direct loop formulation on a tiny example
+    p = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    y = np.array([0, 1, 1, 0])
+    conf = p.max(1)
+    bins = np.minimum((conf * 15).astype(int), 14)
+    ref = 0.0
+    for bb in set(bins.tolist()):
+        m = bins == bb
+        ref += m.sum() / 4 * abs((p[m].argmax(1) == y[m]).mean() - conf[m].mean())
+    assert expected_calibration_error(p, y) == pytest.approx(ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# subgroup model
+# ------------------------------------------------------------------------------------------------
+def test_natural_frequencies_and_cells(world_w):
+    w, probes = world_w
+    m = SubgroupModel(attributes=["gender", "age", "smile"]).fit(probes)
+    nat = m.natural_
+    ref = np.bincount(label_cells(probes.probs, probes.classes, ["gender", "age", "smile"]), minlength=8)
+    np.testing.assert_array_equal(nat["counts"], ref)
+    assert nat["n"] == 20000 and np.all(nat["low"] <= nat["proportions"]) and np.all(nat["proportions"] <= nat["high"])
+    sp = m.space_
+    assert sp.ids[0] == "female|young|not_smiling" and len(sp) == 8
+    assert sp.index("male|old|smiling") == 7 == sp.index({"gender": "male", "age": "old", "smile": "smiling"})
+    assert sp.match("*|old|*").sum() == 4 and sp.match({"gender": "female"}).sum() == 4
+    with pytest.raises(ValueError, match="not a class of 'age'"):
+        sp.index("female|ancient|smiling")
+    with pytest.raises(ValueError, match="must name 3 classes"):
+        sp.index("female|old")
+    np.testing.assert_allclose(sp.marginal(nat["proportions"], "gender"), np.bincount(probes.labels("gender")) / 20000)
+
+
+def test_posterior_selection_independent_world(world_w):
+    w, probes = world_w
+    m = SubgroupModel(attributes=["gender", "age", "smile"]).fit(probes)
+    # labels are conditionally independent given the latent: the product model is the true one
+    assert m.posterior_ == "independent"
+    sel = m.selection_
+    assert sel["chosen"] == "independent" and "held-out log-likelihood" in sel["reason"]
+    x = _fresh_latents(w, 5000)
+    truth = w.true_posterior(x, ["gender", "age", "smile"])
+    tv = 0.5 * np.abs(m.predict_proba(x) - truth).sum(1).mean()
+    assert tv <= 0.04
+
+
+def test_posterior_selection_joint_world(tmp_path):
+    w = SyntheticWorld(kind="joint", seed=3)
+    probes = build_world_probes(w, 20000)
+    m = SubgroupModel().fit(probes)
+    assert m.posterior_ == "joint"
+    assert m.selection_["joint"]["log_lik"] > m.selection_["independent"]["log_lik"] + 0.05
+    x = _fresh_latents(w, 5000)
+    truth = w.true_posterior(x)
+    tv = lambda p: 0.5 * np.abs(p - truth).sum(1).mean()  # noqa: E731
+    assert tv(m.predict_proba(x)) <= 0.04 < tv(m.predict_proba(x, "independent"))
+    # the optional MLP posterior, and save / load of the whole model without pickles
+    m2 = SubgroupModel(posterior="mlp").fit(probes)
+    assert m2.posterior_ == "mlp" and tv(m2.predict_proba(x)) <= 0.08
+    m2.save(tmp_path / "m.npz")
+    m3 = SubgroupModel.load(tmp_path / "m.npz")
+    np.testing.assert_allclose(m3.predict_proba(x), m2.predict_proba(x), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(m3.natural_["counts"], m2.natural_["counts"])
+    assert m3.space_ == m2.space_ and m3.selection_ == m2.selection_
+    (tmp_path / "x.npz").write_bytes(b"junk")
+    with pytest.raises(SubgroupFileError):
+        SubgroupModel.load(tmp_path / "x.npz")
+
+
+def test_cellspace_validation():
+    with pytest.raises(ValueError, match="must not contain"):
+        CellSpace(["a"], {"a": ["x|y", "z"]})
+    with pytest.raises(ValueError, match="no classes"):
+        CellSpace(["a", "b"], {"a": ["x", "y"]})
