@@ -218,7 +218,8 @@ class SubgroupModel:
         attributes:  attributes spanning the cells (default: all of the probe set's), in order.
         posterior:   ``"auto"`` (the linear model with the higher held-out likelihood), ``"independent"``,
                      ``"joint"`` or ``"mlp"``.
-        holdout, seed, C, class_weight, calibration: as for :class:`BoundarySet` (same split for all models).
+        holdout, seed, C, class_weight, calibration, solver: as for :class:`BoundarySet` (same split for
+                     all models).
         mlp_hidden:  hidden units of the ``"mlp"`` posterior.
         mlp_alpha:   its L2 penalty.
 
@@ -238,13 +239,14 @@ class SubgroupModel:
 
     def __init__(self, attributes: Sequence[str] | None = None, posterior: str = "auto", holdout: float = 0.2,
                  seed: int = 0, C: float = 1.0, class_weight: str | None = None, calibration: str = "platt",
-                 mlp_hidden: int = 256, mlp_alpha: float = 1e-3):
+                 mlp_hidden: int = 256, mlp_alpha: float = 1e-3, solver: str = "svm"):
         if posterior not in ("auto",) + POSTERIORS:
             raise ValueError(f"posterior must be 'auto', 'independent', 'joint' or 'mlp', got {posterior!r}")
         self.attributes = None if attributes is None else ([attributes] if isinstance(attributes, str) else list(attributes))
         self.posterior, self.holdout, self.seed = posterior, float(holdout), int(seed)
         self.C, self.class_weight, self.calibration = float(C), class_weight, calibration
         self.mlp_hidden, self.mlp_alpha = int(mlp_hidden), float(mlp_alpha)
+        self.solver = solver
 
     # -- fitting ----------------------------------------------------------------------------------
     def fit(self, probes, boundaries: BoundarySet | None = None) -> "SubgroupModel":
@@ -260,7 +262,8 @@ class SubgroupModel:
         attributes = _check_attributes(probes, self.attributes)
         if boundaries is None:
             boundaries = BoundarySet(C=self.C, class_weight=self.class_weight, holdout=self.holdout,
-                                     calibration=self.calibration, seed=self.seed).fit(probes, attributes)
+                                     calibration=self.calibration, seed=self.seed,
+                                     solver=self.solver).fit(probes, attributes)
         else:
             missing = [a for a in attributes if a not in getattr(boundaries, "normals_", {})]
             if missing:
@@ -314,7 +317,8 @@ class SubgroupModel:
                       "n_probes": int(len(X)),
                       "settings": {"posterior": self.posterior, "holdout": self.holdout, "seed": self.seed,
                                    "C": self.C, "class_weight": self.class_weight, "calibration": self.calibration,
-                                   "mlp_hidden": self.mlp_hidden, "mlp_alpha": self.mlp_alpha},
+                                   "mlp_hidden": self.mlp_hidden, "mlp_alpha": self.mlp_alpha,
+                                   "solver": self.solver},
                       "versions": package_versions()}
         return self
 
@@ -433,7 +437,7 @@ class SubgroupModel:
             s = meta["settings"]
             self = cls(attributes=meta["space"]["attributes"], posterior=s["posterior"], holdout=s["holdout"],
                        seed=s["seed"], C=s["C"], class_weight=s["class_weight"], calibration=s["calibration"],
-                       mlp_hidden=s["mlp_hidden"], mlp_alpha=s["mlp_alpha"])
+                       mlp_hidden=s["mlp_hidden"], mlp_alpha=s["mlp_alpha"], solver=s.get("solver", "svm"))
             self.boundaries_ = BoundarySet.from_arrays(arrays, meta["boundaries"], prefix="boundaries/")
             self.space_ = CellSpace(meta["space"]["attributes"], meta["space"]["classes"])
             self.models_ = {}

@@ -109,6 +109,18 @@ def test_isotonic_calibration(world_w):
     assert b.report_["gender"]["ece"] <= 0.04
 
 
+def test_logistic_solver(world_w, fitted_w):
+    w, probes = world_w
+    b = BoundarySet(solver="logistic").fit(probes)
+    for a in ("gender", "age", "smile"):
+        assert b.normals_[a][0] @ w.normals[a] >= 0.99
+        assert b.report_[a]["accuracy"] >= fitted_w.report_[a]["accuracy"] - 0.01
+    assert b.normals_["hair"].shape == (3, w.latent_dim)
+    assert b.report_["hair"]["calibrated_accuracy"] >= fitted_w.report_["hair"]["calibrated_accuracy"] - 0.01
+    with pytest.raises(ValueError, match="solver"):
+        BoundarySet(solver="sgd")
+
+
 def test_conditional_boundaries(fitted_w):
     b = fitted_w
     d = b.conditional("age", keep=["gender", "smile"])
