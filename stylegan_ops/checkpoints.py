@@ -376,8 +376,15 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only ``_ALLOWED_GLOBALS`` (to our own functions) and nothing else."""
+class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler, so opcodes can be restricted
+    """Unpickler that resolves only ``_ALLOWED_GLOBALS`` (to our own functions) and nothing else.
+
+    It is Python's own (pure-Python) unpickler with three opcodes restricted: globals (``find_class``),
+    BUILD (only on our numpy / EasyDict stand-ins, so no attribute of any other object, function or
+    class can be set from the file) and the copyreg extension codes (refused).
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str):
         fn = _ALLOWED_GLOBALS.get((module, name))
@@ -394,6 +401,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         raise UnsafeCheckpointError("refusing to load: the pickle uses persistent ids, which NVIDIA pickles do not")
 
+    def _load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if not isinstance(inst, (_EasyDict, _NumpyDType, _NumpyArray, PersistentRecord)):
+            raise UnsafeCheckpointError(f"refusing to load: the pickle sets the state of a {type(inst).__name__}, "
+                                        f"which NVIDIA pickles do not")
+        inst.__setstate__(state)
+
+    def _refuse_extension(self):
+        raise UnsafeCheckpointError("refusing to load: the pickle uses copyreg extension codes")
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_op[0]] = _refuse_extension
+    del _op
+
 
 _NVIDIA_CLASSES = {"Generator", "MappingNetwork", "FullyConnectedLayer", "SynthesisNetwork", "SynthesisBlock",
                    "SynthesisLayer", "ToRGBLayer"}
@@ -407,8 +430,7 @@ def _unpickle_nvidia(fh) -> Any:
         return _RestrictedUnpickler(fh).load()
     except CheckpointError:
         raise
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            RuntimeError, OverflowError, MemoryError) as err:
+    except Exception as err:  # noqa: BLE001 - any failure of a malformed stream, re-raised with context
         msg = str(err) or type(err).__name__
         if isinstance(err, EOFError) or "truncated" in msg:
             raise CheckpointError(f"the pickle is truncated ({msg})") from err
@@ -459,7 +481,7 @@ def _generator_from_record(rec: PersistentRecord) -> Generator:
     if rec.class_name != "Generator":
         raise CheckpointError(f"the generator entry is a {rec.class_name!r}, expected 'Generator'")
     src = rec.module_src
-    if "SynthesisInput" in src or "magnitude_ema_beta" in src:
+    if "SynthesisInput" in src:
         raise CheckpointError("this is a StyleGAN3 (config T/R) generator; only StyleGAN2 generators "
                               "(stylegan2-ada-pytorch, stylegan3's 'stylegan2' config) are supported")
     state = rec.state

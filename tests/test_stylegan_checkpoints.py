@@ -571,3 +571,21 @@ def test_stylegan2_adapter_with_our_generator(tmp_path):
     b = lb_load_generator(path, device="cpu", truncation_psi=0.7)
     assert isinstance(b, StyleGAN2Adapter) and b.id.startswith("stylegan2:ours.pt:")
     torch.testing.assert_close(b.generate(seeds), img, rtol=0, atol=0)
+
+
+def test_restricted_opcodes_and_numpy(tmp_path):
+    """BUILD may set state only on our stand-ins; numpy object arrays and extension codes are refused."""
+    path = tmp_path / "x.pkl"
+    path.write_bytes(b"\x80\x02c__builtin__\nset\n(dp0\nS'__doc__'\np1\nI1\nsb.")  # BUILD on the class `set`
+    with pytest.raises(UnsafeCheckpointError, match="sets the state of a type"):
+        load_generator(path)
+    path.write_bytes(pickle.dumps({"G_ema": np.array([1, "a"], dtype=object)}, protocol=4))
+    with pytest.raises(UnsafeCheckpointError, match="numpy dtype 'O8'.*refused"):
+        load_generator(path)
+    path.write_bytes(b"\x80\x02\x82\x01.")  # EXT1 code 1
+    with pytest.raises(UnsafeCheckpointError, match="extension codes"):
+        load_generator(path)
+    # Numeric numpy arrays and scalars are fine (they may appear in D / augment_pipe entries).
+    path.write_bytes(pickle.dumps({"G": np.arange(6.0).reshape(2, 3), "x": np.float32(2)}, protocol=4))
+    with pytest.raises(CheckpointError, match="'G' is a _NumpyArray, expected a persistent Generator"):
+        load_generator(path)
