@@ -279,8 +279,9 @@ class BalancedSampler:
             C = np.where(tot[:, None] > 0, (a.T @ self._Y_h) / np.where(tot > 0, tot, 1.0)[:, None], 0.0)
             ess = np.where(tot > 0, tot**2 / np.maximum((a**2).sum(axis=0), 1e-300), 0.0)
         acc = a.mean(axis=0)
-        usable = (acc * self.max_proposals_per_image >= 1.0) & (ess >= self.min_ess)
-        return {"C": C, "acceptance": acc, "ess": ess, "usable": usable}
+        affordable = acc * self.max_proposals_per_image >= 1.0
+        return {"C": C, "acceptance": acc, "ess": ess, "affordable": affordable,
+                "usable": affordable & (ess >= self.min_ess)}
 
     def _sharpness_vector(self, s) -> np.ndarray:
         k = len(self.space)
@@ -314,13 +315,20 @@ class BalancedSampler:
         if isinstance(self._sharpness_arg, str):
             if self._sharpness_arg != "auto":
                 raise ValueError(f"sharpness must be a number, per-cell values or 'auto', got {self._sharpness_arg!r}")
-            candidates = [self._evaluate(np.full(len(q), s)) for s in SHARPNESS_GRID]
+            candidates = [self._evaluate(np.full(len(q), s), auto=True) for s in SHARPNESS_GRID]
             plan = self._pick(candidates)
             plan["auto"] = [{"sharpness": float(c["sharpness"][0]), "score": float(c["score"]), "ok": bool(c["ok"])}
                             for c in candidates]
         else:
             plan = self._evaluate(self._sharpness_vector(self._sharpness_arg))
         self._check_budgets(plan)
+        if self.mode == "matched" and not self.verify:
+            thin = [self.space.ids[g] for g in np.flatnonzero((plan["weights"] > 0) & (plan["ess"] < self.min_ess))]
+            if thin:
+                warnings.warn(f"the mixture weights use components whose labelled distribution rests on fewer than "
+                              f"{self.min_ess:g} effective held-out probes ({thin}); the achieved distribution may "
+                              f"differ from the prediction (build more probes or lower the sharpness)",
+                              RuntimeWarning, stacklevel=3)
         if self.mode == "matched" and not plan["reachable"]:
             closest = {cid: round(float(v), 4) for cid, v in zip(self.space.ids, plan["predicted"])}
             msg = (f"the target is outside what the latent model can reach (residual TV {plan['predicted_tv']:.4f} > "
@@ -332,10 +340,13 @@ class BalancedSampler:
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         return plan
 
-    def _evaluate(self, s: np.ndarray) -> dict[str, Any]:
+    def _evaluate(self, s: np.ndarray, auto: bool = False) -> dict[str, Any]:
+        """Predicted outcome of sharpness s. Automatic choices only use components whose row of C rests
+        on >= min_ess effective held-out probes (so that held-out noise is not mistaken for purity)."""
         q = self.q
         comp = self._components(s)
-        C, usable = comp["C"], comp["usable"]
+        C = comp["C"]
+        usable = comp["usable"] if auto else comp["affordable"]
         out = {"sharpness": s, **comp}
         if self.mode == "matched":
             pi = _mixture_weights(C, q, usable)
@@ -381,13 +392,12 @@ class BalancedSampler:
     def _check_budgets(self, plan: dict) -> None:
         acc, ids = plan["acceptance"], self.space.ids
         if self.verify:
-            usable = plan["usable"]
+            usable = plan["affordable"]
             reach = (plan["C"][usable] > 0).any(axis=0) if usable.any() else np.zeros(len(ids), bool)
             for g in np.flatnonzero((self.q > 0) & ~reach):
                 raise BudgetError(f"cell {ids[g]!r} cannot be filled: no component whose acceptance rate is within "
-                                  f"max_proposals_per_image={self.max_proposals_per_image:g} (and with >= "
-                                  f"{self.min_ess:g} effective held-out probes) ever produced an image labelled "
-                                  f"{ids[g]!r} among the held-out probes", cell=ids[g])
+                                  f"max_proposals_per_image={self.max_proposals_per_image:g} ever produced an image "
+                                  f"labelled {ids[g]!r} among the held-out probes", cell=ids[g])
             cost = plan["verify_cost"]
             if cost > self.max_synthesis_per_image:
                 worst = int(np.argmax(np.where(self.q > 0, self.q / np.maximum(plan["C"].max(axis=0), 1e-12), 0)))
@@ -576,7 +586,7 @@ class BalancedSampler:
         need = target_counts.copy()
         n = len(slots)
         plan = self.plan_
-        usable = plan["usable"]
+        usable = plan["affordable"]
         # prior of the in-block update of C: the held-out estimate with weight = its effective sample size
         prior_w = np.minimum(plan["ess"], 200.0)[:, None]
         prior = plan["C"] * prior_w
