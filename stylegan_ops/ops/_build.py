@@ -30,6 +30,7 @@ import hashlib
 import os
 import shutil
 import sys
+import sysconfig
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -127,6 +128,22 @@ def _env(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _path_with_own_ninja() -> str | None:
+    """PATH with this interpreter's scripts folder first when the ``ninja`` package put a binary there.
+
+    Builds then use the ninja that belongs to this environment even when it is not activated, and the
+    same one every time: two ninja versions hash commands differently, so alternating between them
+    (say /usr/bin/ninja and the venv's) would rebuild the cache on every switch.
+    """
+    scripts = sysconfig.get_path("scripts")
+    path = os.environ.get("PATH", "")
+    if not scripts or not (Path(scripts) / "ninja").is_file():
+        return None
+    if path.split(os.pathsep)[:1] == [scripts]:
+        return None
+    return scripts + os.pathsep + path if path else scripts
+
+
 def build_plugin(name: str, arch_list: str | None = None, verbose: bool | None = None) -> ModuleType:
     """Compile (or load from the cache) the CUDA extension of op `name` and return the module.
 
@@ -148,6 +165,12 @@ def build_plugin(name: str, arch_list: str | None = None, verbose: bool | None =
     if cpp_ext.CUDA_HOME is None:
         raise RuntimeError(
             "no CUDA toolkit found (nvcc): set CUDA_HOME to the toolkit folder, e.g. /usr/local/cuda"
+        )
+    if not (Path(cpp_ext.CUDA_HOME) / "include" / "cuda_runtime.h").is_file():
+        raise RuntimeError(
+            f"torch found the CUDA toolkit at {cpp_ext.CUDA_HOME!r}, which has no include/cuda_runtime.h "
+            f"(nvcc there may be a wrapper script); set CUDA_HOME to the toolkit root, e.g. "
+            f"CUDA_HOME=/usr/local/cuda, before starting Python"
         )
     if torch.version.cuda is None:
         raise RuntimeError(f"this torch build ({torch.__version__}) has no CUDA support")
@@ -171,7 +194,7 @@ def build_plugin(name: str, arch_list: str | None = None, verbose: bool | None =
             os.replace(tmp, dst)
         if path.suffix in (".cpp", ".cu"):
             sources.append(str(dst))
-    with _env(TORCH_CUDA_ARCH_LIST=arch):
+    with _env(TORCH_CUDA_ARCH_LIST=arch, PATH=_path_with_own_ninja()):
         return cpp_ext.load(
             name=f"stylegan_ops_{name}_{key}",
             sources=sources,

@@ -209,12 +209,17 @@ def _use_cuda(x, impl) -> bool:
     return True
 
 
-def _channel_layout(x, dim):
-    """(channels, inner): for contiguous x, element i has channel (i // inner) % channels."""
+def _kernel_args(x, b, dim, act, alpha, gain, clamp):
+    """The kernels' trailing arguments (b, act_id, alpha, gain, clamp, channels, inner) for contiguous x.
+
+    No bias is an empty tensor, no clamp is -1; element i of x has channel (i // inner) % channels.
+    """
     inner = 1
     for s in x.shape[dim + 1:]:
         inner *= int(s)
-    return int(x.shape[dim]), inner
+    bb = b.contiguous() if b is not None else x.new_empty([0])
+    return (bb, activation_funcs[act].cuda_id, float(alpha), float(gain), -1.0 if clamp is None else float(clamp),
+            int(x.shape[dim]), inner)
 
 
 class _BiasActCuda(torch.autograd.Function):
@@ -224,10 +229,7 @@ class _BiasActCuda(torch.autograd.Function):
     def forward(ctx, x, b, dim, act, alpha, gain, clamp):
         plugin = _build.get_plugin("bias_act")
         x = x.contiguous()
-        channels, inner = _channel_layout(x, dim)
-        bb = b.contiguous() if b is not None else x.new_empty([0])
-        act_id = activation_funcs[act].cuda_id
-        y = plugin.bias_act_cuda(x, bb, act_id, alpha, gain, -1.0 if clamp is None else clamp, channels, inner)
+        y = plugin.bias_act_cuda(x, *_kernel_args(x, b, dim, act, alpha, gain, clamp))
         ctx.save_for_backward(x, b)
         ctx.params = (dim, act, alpha, gain, clamp)
         return y
@@ -241,12 +243,7 @@ class _BiasActCuda(torch.autograd.Function):
             dx = _bias_act_grad_ref(dy, x, b, dim, act, alpha, gain, clamp)
         else:
             plugin = _build.get_plugin("bias_act")
-            channels, inner = _channel_layout(x, dim)
-            bb = b.contiguous() if b is not None else x.new_empty([0])
-            dx = plugin.bias_act_grad_cuda(
-                dy.contiguous(), x, bb, activation_funcs[act].cuda_id, alpha, gain,
-                -1.0 if clamp is None else clamp, channels, inner,
-            )
+            dx = plugin.bias_act_grad_cuda(dy.contiguous(), x, *_kernel_args(x, b, dim, act, alpha, gain, clamp))
         db = None
         if b is not None and ctx.needs_input_grad[1]:
             other = [i for i in range(dx.ndim) if i != dim]

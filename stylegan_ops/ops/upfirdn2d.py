@@ -194,7 +194,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="au
         f = f.to(x.device)
 
     if _use_cuda(x, f, impl):
-        g = _correlation_filter(f, flip_filter, gain, x.device)
+        g = _correlation_filter(f, flip_filter, gain, x)
         return _Upfirdn2dCuda.apply(x, g, upx, upy, downx, downy, px0, px1, py0, py1)
     return _upfirdn2d_ref(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain)
 
@@ -340,15 +340,17 @@ def _use_cuda(x, f, impl) -> bool:
     return True
 
 
-def _correlation_filter(f, flip_filter, gain, device) -> torch.Tensor:
-    """The 2-D float32 taps the kernel correlates with: flipped unless flip_filter, gain folded in."""
+def _correlation_filter(f, flip_filter, gain, x) -> torch.Tensor:
+    """The 2-D taps the kernel correlates with: flipped unless flip_filter, gain folded in, in the
+    kernel's arithmetic type (float64 for float64 x, else float32)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if f is None:
-        g = torch.ones([1, 1], dtype=torch.float32, device=device)
+        g = torch.ones([1, 1], dtype=dtype, device=x.device)
     elif f.ndim == 1:
-        f = f.detach().to(torch.float32)
+        f = f.detach().to(dtype)
         g = torch.outer(f, f)  # separable: rows are y taps, columns x taps
     else:
-        g = f.detach().to(torch.float32)
+        g = f.detach().to(dtype)
     g = g * gain  # gain ** (ndim / 2) per axis == gain for the 2-D product
     if not flip_filter:
         g = g.flip([0, 1])
@@ -376,15 +378,31 @@ class _Upfirdn2dCuda(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         (g,) = ctx.saved_tensors
-        upx, upy, downx, downy, px0, py0 = ctx.params
-        ih, iw = ctx.in_hw
-        oh, ow = int(dy.shape[2]), int(dy.shape[3])
-        fh, fw = int(g.shape[0]), int(g.shape[1])
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = _Upfirdn2dCuda.apply(
-                dy, g.flip([0, 1]).contiguous(), downx, downy, upx, upy,
-                fw - 1 - px0, iw * upx - ow * downx + px0 - upx + 1,
-                fh - 1 - py0, ih * upy - oh * downy + py0 - upy + 1,
-            )
+            dx = _Upfirdn2dCuda.apply(dy, *_grad_args(g, ctx.params, ctx.in_hw, (int(dy.shape[2]), int(dy.shape[3]))))
         return dx, None, None, None, None, None, None, None, None, None
+
+
+def _grad_args(g, params, in_hw, out_hw):
+    """Arguments (filter, up, down, padding) of the upfirdn2d that maps dy to dx.
+
+    Args:
+        g:      the forward's 2-D correlation filter [fh, fw].
+        params: the forward's (upx, upy, downx, downy, padx0, pady0).
+        in_hw:  the forward's input (H, W); out_hw: its output (OH, OW).
+
+    Returns:
+        (reversed g, upx', upy', downx', downy', px0', px1', py0', py1') with up' = down, down' = up,
+        front padding taps - 1 - pad0 and back padding in * up - out * down + pad0 - up + 1, which makes
+        the result exactly [.., H, W].
+    """
+    upx, upy, downx, downy, px0, py0 = params
+    ih, iw = in_hw
+    oh, ow = out_hw
+    fh, fw = int(g.shape[0]), int(g.shape[1])
+    return (
+        g.flip([0, 1]).contiguous(), downx, downy, upx, upy,
+        fw - 1 - px0, iw * upx - ow * downx + px0 - upx + 1,
+        fh - 1 - py0, ih * upy - oh * downy + py0 - upy + 1,
+    )

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# One-shot GPU check of latent-balance: run once on a machine with a CUDA GPU, from anywhere.
+#
+#   OUT=/path/to/results bash bench/gpu_check.sh        # OUT defaults to bench/results/gpu_check
+#
+# No install needed: the repo goes on PYTHONPATH. Python: $PYTHON, else .venv/bin/python when it has
+# torch, else python3. The CUDA kernels are built for the GPU present, into $STYLEGAN_OPS_CACHE
+# (default /tmp/stylegan_ops_cache). Steps (a failing step does not stop the later ones; the script
+# exits non-zero if any failed):
+#
+#   1. environment: GPU, driver, torch, nvcc                                  -> gpu_check.log
+#   2. build both CUDA ops for this GPU, in parallel, timed                   -> gpu_check.log
+#   3. pytest tests/test_ops_*.py (CPU tests, compile test, -m gpu parity)    -> pytest_ops.xml
+#   4. pytest -m gpu on the rest of tests/ (other GPU tests, if any)          -> pytest_gpu.xml
+#   5. bench/bench_ops.py (reference vs CUDA, fp32/fp16, fwd and fwd+bwd)     -> ops_<device>.json
+#
+# Every step's output is appended to $OUT/gpu_check.log; $OUT/gpu_check_summary.json lists each step's
+# exit status and seconds. The device runner returns at most 8 files from $OUT (no deeper than 2
+# folders), so keep new steps' outputs few: add a step with `step NAME COMMAND...` at the end.
+set -u
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+OUT="${OUT:-$ROOT/bench/results/gpu_check}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export STYLEGAN_OPS_CACHE="${STYLEGAN_OPS_CACHE:-/tmp/stylegan_ops_cache}"
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
+elif [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then PY=.venv/bin/python
+else PY=python3; fi
+
+SUMMARY=()
+FAILED=0
+step() {  # step NAME COMMAND... : run, log, record status and time
+    local name="$1"; shift
+    echo "=== [$name] $*" | tee -a "$LOG"
+    local t0=$SECONDS
+    "$@" >> "$LOG" 2>&1
+    local rc=$?
+    local dt=$((SECONDS - t0))
+    echo "=== [$name] exit $rc after ${dt}s" | tee -a "$LOG"
+    SUMMARY+=("{\"step\": \"$name\", \"exit\": $rc, \"seconds\": $dt}")
+    if [ "$rc" -ne 0 ]; then FAILED=1; fi
+}
+
+env_report() {
+    nvidia-smi || echo "nvidia-smi not available"
+    "$PY" -c "import torch, sys; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available()); print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+    "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version || echo "nvcc not found"
+    git -C "$ROOT" log -1 --oneline 2>/dev/null || true
+}
+
+build_one() {  # build_one OP: compile (or load from the cache) one op for the present GPU
+    "$PY" - "$1" <<'EOF'
+import sys, time
+import torch
+from stylegan_ops.ops import _build
+name = sys.argv[1]
+if not torch.cuda.is_available():
+    print(f"{name}: no CUDA device, nothing to build"); sys.exit(0)
+t0 = time.perf_counter()
+mod = _build.build_plugin(name)
+print(f"{name}: built/loaded {mod.__name__} in {time.perf_counter() - t0:.1f} s")
+EOF
+}
+
+build_ops() {
+    build_one upfirdn2d & local p1=$!
+    build_one bias_act & local p2=$!
+    local rc=0
+    wait $p1 || rc=1
+    wait $p2 || rc=1
+    return $rc
+}
+
+pytest_rest_gpu() {  # exit 5 = no test selected: fine
+    "$PY" -m pytest -q -m gpu tests --ignore-glob='tests/test_ops_*.py' -p no:cacheprovider \
+        --junitxml="$OUT/pytest_gpu.xml"
+    local rc=$?
+    [ "$rc" -eq 5 ] && return 0
+    return $rc
+}
+
+step env env_report
+step build build_ops
+step pytest_ops "$PY" -m pytest -q -rs tests/test_ops_upfirdn2d.py tests/test_ops_bias_act.py tests/test_ops_cuda.py \
+    -p no:cacheprovider --durations=10 --junitxml="$OUT/pytest_ops.xml"
+step pytest_gpu pytest_rest_gpu
+step bench_ops "$PY" bench/bench_ops.py --out "$OUT/ops_gpu_check.json"
+# The bench writes ops_gpu_check.json; name it after the device for bench/results/.
+DEV_JSON="$("$PY" -c "import json,re;d=json.load(open('$OUT/ops_gpu_check.json'));print('ops_'+('cpu' if d['device_type']=='cpu' else 'cuda_'+re.sub(r'[^A-Za-z0-9]+','_',d['device']).strip('_'))+'.json')" 2>/dev/null)"
+if [ -n "$DEV_JSON" ]; then mv "$OUT/ops_gpu_check.json" "$OUT/$DEV_JSON"; fi
+
+# ---- further steps go here (keep the number of files in $OUT at 8 or fewer) ----
+
+(IFS=,; echo "{\"steps\": [${SUMMARY[*]}], \"failed\": $FAILED}") > "$OUT/gpu_check_summary.json"
+echo "results in $OUT:"; ls -la "$OUT"
+exit $FAILED
