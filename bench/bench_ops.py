@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import re
 import statistics
@@ -109,6 +110,7 @@ def main(argv=None):
         dev_name = platform.processor() or platform.machine()
     tag = "cpu" if not on_gpu else "cuda_" + re.sub(r"[^A-Za-z0-9]+", "_", dev_name).strip("_")
 
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     build_s = {}
     if on_gpu and not _build.reference_forced():
         for name in ("upfirdn2d", "bias_act"):
@@ -159,6 +161,9 @@ def main(argv=None):
         "timing": "median ms per call after 3 warm-up calls" + (" (CUDA events)" if on_gpu else " (wall clock)"),
         "impls": impls,
         "reference_forced": _build.reference_forced(),
+        "load_average_1_5_15min": {"before": load_before,
+                                   "after": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "cpu_count": os.cpu_count(),
         "build_or_load_seconds": build_s,
         "cpu_note": None if on_gpu else "CPU: reference path only, float32, spatial sizes halved",
         "versions": {**package_versions(), "cuda": torch.version.cuda, "python": platform.python_version()},

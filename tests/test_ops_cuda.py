@@ -214,6 +214,12 @@ def test_import_and_cpu_calls_build_nothing(tmp_path):
     assert not cache.exists()
 
 
+def test_folder_lock_clears_a_leftover_torch_lock(tmp_path):
+    (tmp_path / "lock").write_text("")  # as left by a builder killed under an older torch
+    with _build._folder_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+
+
 def test_build_key_tracks_sources_and_arch():
     a = _build._build_key("upfirdn2d", "9.0")
     assert a == _build._build_key("upfirdn2d", "9.0")

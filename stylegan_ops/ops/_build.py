@@ -9,7 +9,9 @@ Rules (see DESIGN.md, "Custom ops"):
 * a failed build emits ONE warning and is remembered for the rest of the process: every later call of
   that op takes the pure-PyTorch reference path without trying to build again;
 * ``STYLEGAN_OPS_REFERENCE=1`` in the environment forces the reference path (no build at all);
-* only public torch APIs are used (``torch.utils.cpp_extension.load`` with ninja).
+* only public torch APIs are used (``torch.utils.cpp_extension.load`` with ninja);
+* concurrent builders of one cache folder (several processes) wait for each other on an OS lock that
+  dies with its holder, so a build killed half-way never blocks later ones.
 
 Environment variables:
 
@@ -128,6 +130,31 @@ def _env(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _folder_lock(build_dir: Path) -> Iterator[None]:
+    """Hold an OS advisory lock on `build_dir` (released by the kernel if this process dies).
+
+    Older torch versions guard a build with a ``lock`` file whose mere existence blocks, so a builder
+    killed mid-build (timeout, OOM) leaves every later build waiting forever. All our builders of a
+    folder take this lock first, so while we hold it any ``lock`` file there is a leftover: remove it.
+    No-op where ``fcntl`` is missing (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(build_dir / ".stylegan_ops.lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            leftover = build_dir / "lock"
+            if leftover.exists():
+                leftover.unlink()
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def _path_with_own_ninja() -> str | None:
     """PATH with this interpreter's scripts folder first when the ``ninja`` package put a binary there.
 
@@ -185,16 +212,16 @@ def build_plugin(name: str, arch_list: str | None = None, verbose: bool | None =
     build_dir.mkdir(parents=True, exist_ok=True)
     # Build from copies inside the hashed folder, so the binary there always matches its key, even if
     # the package files are edited later (ninja decides on timestamps).
-    sources = []
-    for path in _source_files(name):
-        dst = build_dir / path.name
-        if not dst.exists() or dst.read_bytes() != path.read_bytes():
-            tmp = build_dir / f".{path.name}.{os.getpid()}.tmp"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, dst)
-        if path.suffix in (".cpp", ".cu"):
-            sources.append(str(dst))
-    with _env(TORCH_CUDA_ARCH_LIST=arch, PATH=_path_with_own_ninja()):
+    with _folder_lock(build_dir), _env(TORCH_CUDA_ARCH_LIST=arch, PATH=_path_with_own_ninja()):
+        sources = []
+        for path in _source_files(name):
+            dst = build_dir / path.name
+            if not dst.exists() or dst.read_bytes() != path.read_bytes():
+                tmp = build_dir / f".{path.name}.{os.getpid()}.tmp"
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, dst)
+            if path.suffix in (".cpp", ".cu"):
+                sources.append(str(dst))
         return cpp_ext.load(
             name=f"stylegan_ops_{name}_{key}",
             sources=sources,
