@@ -138,6 +138,7 @@ def _conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None, u
     return upfirdn2d.upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up * up)
 
 
+
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None = None,
                      up: int = 1, padding: int = 0, resample_filter: torch.Tensor | None = None,
                      demodulate: bool = True, fused_modconv: bool = True) -> torch.Tensor:
@@ -171,11 +172,11 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
-    w = dcoefs = None
-    if demodulate or fused_modconv:
-        w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)  # [N, O, I, kh, kw]
+    # Demodulation coefficients: sum_{i,k} (weight[o,i,k] * styles[n,i])**2 = (styles**2 @ sum_k weight**2 .T)[n,o],
+    # a small matrix product instead of a pass over the [N, O, I, kh, kw] per-sample weights.
+    dcoefs = None
     if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
@@ -188,8 +189,11 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
             return x.add_(noise.to(x.dtype))
         return x
 
+    # Per-sample weights [N, O, I, kh, kw] in one pass: weight * (styles[n, i] * dcoefs[n, o]).
+    scale = styles.reshape(batch, 1, -1)
     if demodulate:
-        w = w * dcoefs.reshape(batch, -1, 1, 1, 1)
+        scale = scale * dcoefs.reshape(batch, -1, 1)
+    w = weight.unsqueeze(0) * scale.unsqueeze(-1).unsqueeze(-1)
     x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, in_ch, kh, kw)
     x = _conv2d_resample(x, w.to(x.dtype), resample_filter, up, padding, groups=batch)
@@ -493,7 +497,7 @@ class SynthesisBlock(nn.Module):
         self.num_torgb += 1
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, force_fp32: bool = False,
-                fused_modconv: bool | None = None, noise_mode: str = "const", channels_last: bool = False):
+                fused_modconv: bool | None = None, noise_mode: str = "const", channels_last: bool | None = None):
         """Run the block.
 
         Args:
@@ -503,7 +507,7 @@ class SynthesisBlock(nn.Module):
             force_fp32:    never use float16.
             fused_modconv: see :meth:`SynthesisNetwork.forward`.
             noise_mode:    'const', 'random' or 'none'.
-            channels_last: run the features channels-last (float32 too).
+            channels_last: run the features channels-last (float32 too); None: on CPU only.
 
         Returns:
             (x [N, out_channels, R, R], img [N, img_channels, R, R] float32).
@@ -511,9 +515,12 @@ class SynthesisBlock(nn.Module):
         w_iter = iter(ws.unbind(dim=1))
         use_fp16 = self.use_fp16 and not force_fp32 and ws.device.type == "cuda"
         dtype = torch.float16 if use_fp16 else torch.float32
+        if channels_last is None:  # auto: channels-last on CPU (measured faster), NVIDIA's fp16 rule on CUDA
+            channels_last = ws.device.type == "cpu"
         memory_format = torch.channels_last if (channels_last or (self.channels_last and use_fp16)) \
             else torch.contiguous_format
-        fused = _resolve_fused(fused_modconv, self.fused_modconv_default, self.training, dtype, ws.shape[0])
+        fused = _resolve_fused(fused_modconv, self.fused_modconv_default, self.training, dtype, ws.shape[0],
+                               ws.device.type)
 
         if self.in_channels == 0:
             x = self.const.to(dtype=dtype, memory_format=torch.contiguous_format)
@@ -535,10 +542,14 @@ class SynthesisBlock(nn.Module):
         return f"resolution={self.resolution}, architecture={self.architecture}"
 
 
-def _resolve_fused(fused_modconv, default, training: bool, dtype: torch.dtype, batch: int) -> bool:
-    """The fused_modconv actually used: explicit value, else the block default, else NVIDIA's rule."""
+def _resolve_fused(fused_modconv, default, training: bool, dtype: torch.dtype, batch: int, device_type: str) -> bool:
+    """The fused_modconv actually used: explicit value, else the block default, else the automatic rule
+    (CPU: not fused, measured 1.2-1.8x faster, see bench/bench_generator.py; CUDA: stylegan2-ada-pytorch's
+    rule, fused for inference in float32 or at batch size 1)."""
     choice = fused_modconv if fused_modconv is not None else default
-    if choice is None:  # stylegan2-ada-pytorch: fused for inference in float32 (or batch 1)
+    if choice is None:
+        if device_type != "cuda":
+            return False
         return (not training) and (dtype == torch.float32 or int(batch) == 1)
     if choice == "inference_only":
         return not training
@@ -587,7 +598,7 @@ class SynthesisNetwork(nn.Module):
             if is_last:
                 self.num_ws += block.num_torgb
             setattr(self, f"b{res}", block)
-        self.channels_last = False
+        self.channels_last: bool | None = None  # None: channels-last on CPU, see Generator.set_channels_last
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = False,
                 fused_modconv: bool | str | None = None, update_emas: bool = False) -> torch.Tensor:
@@ -599,9 +610,10 @@ class SynthesisNetwork(nn.Module):
                            (fresh noise from torch's global RNG) or 'none' (no noise).
             force_fp32:    run every block in float32 even where ``num_fp16_res`` says float16.
             fused_modconv: True: grouped convolution with per-sample weights; False: shared
-                           convolution with activation scaling; None: the blocks'
-                           ``fused_modconv_default`` (None there = NVIDIA stylegan2-ada-pytorch's rule:
-                           fused in eval mode in float32).
+                           convolution with activation scaling (equal up to rounding); None: the
+                           blocks' ``fused_modconv_default``, and where that is None too: not fused on
+                           CPU (faster there), NVIDIA stylegan2-ada-pytorch's rule on CUDA (fused in
+                           eval mode in float32).
             update_emas:   accepted for NVIDIA compatibility (nothing to update here).
 
         Returns:
@@ -702,10 +714,11 @@ class Generator(nn.Module):
                           update_emas=update_emas)
         return self.synthesis(ws, noise_mode=noise_mode, **synthesis_kwargs)
 
-    def set_channels_last(self, enabled: bool = True) -> "Generator":
-        """Run the synthesis features in channels-last memory format (outputs are unchanged up to
-        rounding; faster on some CPUs, see bench/bench_generator.py). Returns self."""
-        self.synthesis.channels_last = bool(enabled)
+    def set_channels_last(self, enabled: bool | None = True) -> "Generator":
+        """Memory format of the synthesis features: True = channels-last, False = contiguous, None
+        (the default) = channels-last on CPU only (measured faster there, see bench/bench_generator.py).
+        Outputs are equal up to rounding. Returns self."""
+        self.synthesis.channels_last = None if enabled is None else bool(enabled)
         return self
 
     def extra_repr(self) -> str:

@@ -188,15 +188,20 @@ def test_noise_modes_and_fused_variants():
         r1 = G.synthesis(ws, noise_mode="random")
         torch.manual_seed(5)
         r2 = G.synthesis(ws, noise_mode="random")
-        unfused = G.synthesis(ws, fused_modconv=False)
-        G.set_channels_last(True)
-        cl = G.synthesis(ws)
-        cl_unfused = G.synthesis(ws, fused_modconv=False)
-        G.set_channels_last(False)
+        auto = G.synthesis(ws)  # CPU default: not fused, channels-last
+        variants = {}
+        for cl in (False, True):
+            G.set_channels_last(cl)
+            for fused in (False, True):
+                variants[(cl, fused)] = G.synthesis(ws, fused_modconv=fused)
+        G.set_channels_last(None)
     assert (const - none).abs().max() > 1e-3 and (const - r1).abs().max() > 1e-3
     torch.testing.assert_close(r1, r2, rtol=0, atol=0)
-    for other in (unfused, cl, cl_unfused):
-        torch.testing.assert_close(other, const, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(auto, const, rtol=0, atol=0)
+    torch.testing.assert_close(auto, variants[(True, False)], rtol=0, atol=0)
+    assert not torch.equal(variants[(False, True)], variants[(True, False)])  # really different code paths
+    for other in variants.values():
+        torch.testing.assert_close(other, auto, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="noise_mode"):
         G.synthesis(ws, noise_mode="fixed")
     with pytest.raises(ValueError, match=r"\[N, 8, 16\]"):
