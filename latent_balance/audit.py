@@ -158,3 +158,161 @@ def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_ce
             row["frechet_vgg16"] = float(perceptual.frechet_distance(feats[m], nat_feats[mn]))
         out[name] = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in row.items()}
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole-dataset and whole-generator audits (what `latent-balance audit` runs)
+# ------------------------------------------------------------------------------------------------
+def _probs_from_rows(rows: Sequence[Mapping], classes: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
+    attrs = list(rows[0]["probs"]) if rows else []
+    return {a: np.array([[r["probs"][a][c] for c in classes[a]] for r in rows], dtype=np.float64) for a in attrs}
+
+
+def _load_images(root, files: Sequence[str]) -> np.ndarray:
+    """PNG files under `root` -> float32 [N, 3, H, W] in [-1, 1]."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    arrs = []
+    for f in files:
+        with Image.open(Path(root) / f) as im:
+            arrs.append(np.asarray(im.convert("RGB")))
+    if not arrs:
+        return np.zeros((0, 3, 1, 1), np.float32)
+    return (np.stack(arrs).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
+
+
+def _natural_images(generator, n: int, batch_size: int = 256):
+    """`n` images of the generator's own distribution (seeds 0 .. n-1), float32 tensor [n, 3, H, W]."""
+    import torch
+
+    parts = [generator.generate(np.arange(i, min(n, i + batch_size))).cpu() for i in range(0, n, batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _sheets(images, cells: np.ndarray, names: Sequence[str], per_cell: int) -> dict[str, bytes]:
+    from .report import contact_sheet
+
+    out = {}
+    for i, name in enumerate(names):
+        idx = np.flatnonzero(cells == i)[:per_cell]
+        if len(idx):
+            out[name] = contact_sheet(images[idx], ncol=8)
+    return out
+
+
+def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1000, image_metrics: bool = True,
+                  report_dir=None, max_pairs: int = 1000, per_cell_sheet: int = 32, seed: int = 0,
+                  device=None) -> dict:
+    """Audit a dataset folder written by :func:`latent_balance.export.write_dataset` and write its report.
+
+    The audited labels are the manifest's (the labelers' probabilities stored at export time). The
+    natural reference is `natural_n` images of `generator` (seeds ``0 .. natural_n - 1``) labelled by
+    `labelers`; both default to what ``settings.json`` records (``generator_spec``,
+    ``labelers_spec``, written by the CLI). With ``natural_n = 0`` there is no natural reference.
+
+    Args:
+        dataset_dir:    the dataset folder (must be finished: manifest present).
+        labelers:       labelers for the natural images (default: rebuilt from the settings; their
+                        ids must equal the dataset's).
+        generator:      generator adapter for the natural images (default: rebuilt from the settings).
+        natural_n:      natural images to compare with.
+        image_metrics:  compute LPIPS diversity and VGG16 Frechet distance per cell.
+        report_dir:     where ``report.html`` / ``audit.json`` / contact sheets go (default
+                        ``<dataset_dir>/report``).
+        max_pairs:      LPIPS pairs per cell.
+        per_cell_sheet: images per contact sheet.
+        seed:           bootstrap and pair-sampling seed.
+
+    Returns:
+        The audit dict (as in :func:`audit_labels`, plus ``images``, ``cost``, ``report``).
+    """
+    import json
+    from pathlib import Path
+
+    from .export import read_manifest
+    from .report import write_report
+
+    dataset_dir = Path(dataset_dir)
+    settings_path = dataset_dir / "settings.json"
+    if not settings_path.exists():
+        raise FileNotFoundError(f"{dataset_dir} is not a latent-balance dataset (no settings.json)")
+    settings = json.loads(settings_path.read_text())
+    rows = read_manifest(dataset_dir)
+    classes = {a: tuple(c) for a, c in settings["classes"].items()}
+    attributes = settings["target_attributes"]
+    probs = _probs_from_rows(rows, classes)
+    natural_probs = natural_images = None
+    if natural_n:
+        if generator is None:
+            spec = settings.get("generator_spec")
+            if spec is None:
+                raise ValueError("the dataset does not record how to load its generator; pass a generator "
+                                 "(or natural_n=0 to audit without a natural reference)")
+            from .generators import load_generator
+
+            generator = load_generator(spec["name"], device=device, **spec.get("kwargs", {}))
+        if generator.id != settings["generator"]["id"]:
+            raise ValueError(f"the dataset was made by generator {settings['generator']['id']!r}, not {generator.id!r}")
+        if labelers is None:
+            import attributes as attrs_pkg
+
+            labelers = attrs_pkg.load_labelers(settings.get("labelers_spec") or list(settings["labelers"]))
+        labelers = [lab for lab in labelers if lab.name in probs]
+        for lab in labelers:
+            want = settings["labelers"].get(lab.name)
+            if want is not None and want != lab.id:
+                raise ValueError(f"labeler {lab.name!r} is {lab.id!r}, the dataset was labelled with {want!r}")
+        natural_images = _natural_images(generator, natural_n)
+        import attributes as attrs_pkg
+
+        natural_probs = attrs_pkg.label_images(labelers, natural_images)
+    target = settings["target"]
+    out = audit_labels(probs, classes, target, attributes, natural_probs=natural_probs, seed=seed)
+    card_path = dataset_dir / "dataset_card.json"
+    if card_path.exists():
+        out["cost"] = json.loads(card_path.read_text()).get("cost", {})
+    names = out["cells"]
+    cells = label_cells(probs, classes, attributes)
+    images = _load_images(dataset_dir, [r["file"] for r in rows])
+    if image_metrics and natural_images is not None:
+        nat_cells = label_cells(natural_probs, classes, attributes)
+        out["images"] = image_metrics_per_cell(images, cells, natural_images.numpy(), nat_cells, names,
+                                               max_pairs=max_pairs, seed=seed, device=device)
+    sheets = _sheets(images, cells, names, per_cell_sheet)
+    report_dir = Path(report_dir) if report_dir is not None else dataset_dir / "report"
+    out["report"] = str(write_report(out, report_dir, sheets=sheets, settings=settings,
+                                     title=f"latent-balance audit of {dataset_dir.name}"))
+    return out
+
+
+def audit_generator(generator, labelers, attributes: Sequence[str], target: Mapping[str, float] | None = None,
+                    n: int = 1000, report_dir=None, per_cell_sheet: int = 32, seed: int = 0) -> dict:
+    """Audit a generator's own (natural) distribution against a target and write the report.
+
+    Args:
+        generator:  generator adapter; images of seeds ``0 .. n-1`` are labelled.
+        labelers:   labelers covering `attributes` (others label drift-free extras).
+        attributes: attributes spanning the cells.
+        target:     cell name -> probability (default uniform over the cells).
+        n:          images.
+        report_dir: where the report goes (None: no report written).
+    """
+    import attributes as attrs_pkg
+
+    labelers = list(labelers)
+    classes = {lab.name: tuple(lab.classes) for lab in labelers}
+    names = cell_names(classes, attributes)
+    target = dict(target) if target is not None else {c: 1.0 / len(names) for c in names}
+    images = _natural_images(generator, n)
+    probs = attrs_pkg.label_images(labelers, images)
+    out = audit_labels(probs, classes, target, attributes, seed=seed)
+    if report_dir is not None:
+        from .report import write_report
+
+        cells = label_cells(probs, classes, attributes)
+        out["report"] = str(write_report(out, report_dir, sheets=_sheets(images, cells, names, per_cell_sheet),
+                                         settings={"generator": generator.describe(), "n": n, "target": target},
+                                         title=f"latent-balance audit of generator {generator.id}"))
+    return out

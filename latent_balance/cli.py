@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 
 import click
+import numpy as np
 import yaml
 
 from ._utils import ModelPackageMissing
@@ -24,6 +25,12 @@ EXAMPLES = {
     "probe": "latent-balance probe --generator dcgan-faces --attributes gender,age,smile --n 20000 --out probes.npz",
     "merge": "latent-balance merge out/shard0 out/shard1 --out out/all",
     "info": "latent-balance info probes.npz",
+    "fit": "latent-balance fit --probes probes.npz --out model.npz --posterior auto",
+    "sample": ("latent-balance sample --model model.npz --n 2000 --out dataset/ --verify\n\n"
+               "  latent-balance sample --model model.npz --n 64 --cell female,old,smiling --out group/\n\n"
+               "  latent-balance sample --model model.npz --target target.yaml --n 10000 --out part0/ --shard 0 --num-shards 4"),
+    "audit": "latent-balance audit dataset/ --natural-n 1000\n\n  latent-balance audit --generator dcgan-faces --attributes gender,age,smile --n 2000 --report-dir natural/",
+    "demo": "latent-balance demo --out demo/",
 }
 
 
@@ -154,7 +161,7 @@ def main(verbose: bool):
     or all at once, offline, on the packaged face GAN:
       latent-balance demo --out demo/
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("latent_balance").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -252,6 +259,215 @@ def describe_path(path: Path) -> dict:
                 "num_ws": G.num_ws, "img_resolution": G.img_resolution,
                 "parameters": int(sum(p.numel() for p in G.parameters()))}
     raise ValueError(f"cannot describe {path}: expected a dataset folder, a .npz probe/model file or a checkpoint")
+
+
+# ------------------------------------------------------------------------------------------------
+@main.command(epilog="Example:\n\n  " + EXAMPLES["fit"])
+@config_option
+@click.option("--probes", type=click.Path(dir_okay=False), required=True, help="Probe file from `probe`.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Model file (.npz) to write.")
+@click.option("--attributes", default=None, help="Attributes spanning the cells (default: all in the probes).")
+@click.option("--posterior", type=click.Choice(["auto", "independent", "joint", "mlp"]), default="auto",
+              show_default=True, help="P(cell | latent): product of calibrated SVMs, joint logistic, or an MLP.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Held-out split seed.")
+@click.pass_context
+def fit(ctx, probes, out, attributes, posterior, seed):
+    """Fit calibrated linear boundaries and the subgroup model on a probe file."""
+    from .probes import ProbeSet
+    from .subgroups import SubgroupModel
+
+    _check_writable_target(Path(out))
+    ps = _run(ctx, ProbeSet.load, probes)
+    model = _run(ctx, lambda: SubgroupModel(attributes=_csv(attributes) or None, posterior=posterior, seed=seed).fit(ps))
+    _run(ctx, model.save, out)
+    summ = model.summary()
+    for a, rep in summ["boundaries"].items():
+        click.echo(f"{a}: held-out accuracy {rep['accuracy']:.3f} (majority class {rep['majority_accuracy']:.3f}), "
+                   f"calibration error (ECE) {rep['ece']:.3f} on {rep['n_heldout']} held-out probes")
+    click.echo(f"posterior: {summ['posterior']}; model written to {out}")
+
+
+def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, threshold, seed, batch_size,
+             block_size, cell=None):
+    from .sampler import BalancedSampler
+
+    sharp = sharpness if sharpness == "auto" else float(sharpness)
+    if cell:
+        # One subgroup: start from any supported matching cell; for_cell sets the natural conditional.
+        spec = _cell_spec(cell, model.space_.attributes)
+        ok = _run(ctx, model.space_.match, spec) & (model.natural_["counts"] >= 5)
+        target = {"cells": {model.space_.ids[int(i)]: 1.0 for i in np.flatnonzero(ok)[:1]}} if ok.any() else None
+    sampler = _run(ctx, BalancedSampler, generator, model, target, mode=mode, verify=verify, labelers=labelers,
+                   sharpness=sharp, threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size)
+    if cell:
+        sampler = _run(ctx, sampler.for_cell, spec)
+    return sampler
+
+
+def _cell_spec(cell: str, attributes) -> dict:
+    parts = _csv(cell.replace("|", ","))
+    if len(parts) != len(attributes):
+        raise InputError(f"--cell needs one class per attribute ({', '.join(attributes)}), got {cell!r}")
+    return {a: c for a, c in zip(attributes, parts) if c != "*"}
+
+
+@main.command(epilog="Examples:\n\n  " + EXAMPLES["sample"])
+@config_option
+@click.option("--generator", "generator_spec", default="dcgan-faces", show_default=True,
+              help="Built-in generator name or checkpoint path; must be the one the model was fitted on.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True, help="Model file from `fit`.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder (resumed if it exists).")
+@click.option("--n", type=click.IntRange(min=1), required=True, help="Number of images.")
+@click.option("--target", default="uniform", show_default=True,
+              help="'uniform' or a YAML target file (cells / marginals / exclude; see the README).")
+@click.option("--cell", default=None, help="Only this subgroup: one class per attribute, e.g. female,old,smiling "
+                                           "('*' = any).")
+@click.option("--mode", type=click.Choice(["posterior", "matched", "natural"]), default="posterior", show_default=True,
+              help="posterior: rejection in latent space with the calibrated posterior; matched: mixture "
+                   "weights that match the target in expectation; natural: the unbalanced generator.")
+@click.option("--verify/--no-verify", default=False, show_default=True,
+              help="Label every image and keep it only for a cell that needs it: exact counts.")
+@click.option("--attributes", default=None, help="Labelers to record in the manifest (default: the model's).")
+@click.option("--labelers", "labelers_spec", default=None, type=click.Path(dir_okay=False), help="YAML labeler spec.")
+@click.option("--sharpness", default="1.0", show_default=True, help="Acceptance exponent, or 'auto'.")
+@click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Accept only latents with P(cell | latent) >= this.")
+@click.option("--seed", type=click.IntRange(0, 2**20 - 1), default=0, show_default=True)
+@click.option("--block-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Images per block (unit of resumption and sharding).")
+@click.option("--shard", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--save-latents", is_flag=True, help="Also save the latents (.npy) for later editing.")
+@click.option("--truncation-psi", type=float, default=None, help="StyleGAN2 truncation, applied after selection.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.pass_context
+def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
+           threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi, batch_size, device):
+    """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
+    from .export import write_dataset
+    from .sampler import BalancedSource
+    from .sources import NaturalSource
+    from .subgroups import SubgroupModel
+
+    out = Path(out)
+    if shard >= num_shards:
+        raise InputError(f"--shard must be below --num-shards ({num_shards}), got {shard}")
+    if sharpness != "auto":
+        try:
+            if float(sharpness) <= 0:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"--sharpness must be a positive number or 'auto', got {sharpness!r}") from None
+    _check_writable_target(out)
+    model = _run(ctx, SubgroupModel.load, model_path)
+    gen = _run(ctx, _generator, generator_spec, truncation_psi, device)
+    lab_spec = labelers_spec or (_csv(attributes) if attributes else list(model.space_.attributes))
+    labs = _run(ctx, _labelers, None, lab_spec) if labelers_spec else _run(ctx, _labelers, ",".join(lab_spec), None)
+    extra = {"generator_spec": {"name": generator_spec,
+                                "kwargs": {} if truncation_psi is None else {"truncation_psi": truncation_psi}},
+             "labelers_spec": str(Path(labelers_spec).resolve()) if labelers_spec else lab_spec}
+    if mode == "natural":
+        from .targets import Target
+
+        tgt = _run(ctx, lambda: Target.coerce(target).resolve(model.space_, model.natural_["counts"]))
+        source = NaturalSource(gen, labs, attributes=list(model.space_.attributes),
+                               target=dict(zip(model.space_.ids, map(float, tgt))), seed=seed, batch_size=batch_size)
+    else:
+        sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed, batch_size,
+                           block_size, cell=cell)
+        source = BalancedSource(sampler)
+    res = _run(ctx, write_dataset, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
+               save_latents=save_latents, extra_settings=extra)
+    done = "complete" if res["complete"] else f"shard {shard}/{num_shards} written; merge the shards when all are done"
+    click.echo(f"{out}: {res['blocks_written']} blocks written, {res['blocks_skipped']} already there; {done}")
+    if res["complete"]:
+        import json as _json
+
+        card = _json.loads((out / "dataset_card.json").read_text())
+        m = card["metrics"]
+        click.echo(f"achieved (labelers): KL {m['kl']:.4f} nats, TV {m['tv']:.4f}, worst-cell ratio "
+                   f"{m['worst_cell_ratio']:.3f}; " + ", ".join(f"{k} {v:.2f}" for k, v in card["cost"].items()))
+
+
+@main.command(epilog="Examples:\n\n  " + EXAMPLES["audit"])
+@config_option
+@click.argument("dataset", required=False, type=click.Path(file_okay=False))
+@click.option("--generator", "generator_spec", default=None,
+              help="Audit this generator's natural output instead of a dataset (with --attributes).")
+@click.option("--attributes", default=None, help="With --generator: attributes spanning the cells.")
+@click.option("--target", default="uniform", show_default=True, help="With --generator: 'uniform' or a YAML cells target.")
+@click.option("--n", type=click.IntRange(min=2), default=1000, show_default=True, help="With --generator: images.")
+@click.option("--natural-n", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Natural images to compare a dataset with (0: none).")
+@click.option("--image-metrics/--no-image-metrics", default=True, show_default=True,
+              help="LPIPS diversity and VGG16 Frechet distance per cell.")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Where report.html / audit.json go (default DATASET/report).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", default=None)
+@click.pass_context
+def audit(ctx, dataset, generator_spec, attributes, target, n, natural_n, image_metrics, report_dir, seed, device):
+    """Measure a dataset (or a generator) against its target; write an HTML report and JSON."""
+    from . import audit as audit_mod
+
+    if (dataset is None) == (generator_spec is None):
+        raise InputError("give a DATASET folder, or --generator with --attributes (not both)")
+    if dataset is not None:
+        if not Path(dataset).is_dir():
+            raise InputError(f"dataset folder {dataset} does not exist")
+        if report_dir:
+            _check_writable_target(Path(report_dir))
+        res = _run(ctx, audit_mod.audit_dataset, dataset, natural_n=natural_n, image_metrics=image_metrics,
+                   report_dir=report_dir, seed=seed, device=device)
+    else:
+        attrs = _csv(attributes)
+        labs = _run(ctx, _labelers, attributes, None)
+        if report_dir:
+            _check_writable_target(Path(report_dir))
+        tgt = None
+        if target != "uniform":
+            import yaml as _yaml
+
+            spec = _run(ctx, lambda: _yaml.safe_load(Path(target).read_text()))
+            if not isinstance(spec, dict) or "cells" not in spec:
+                raise InputError(f"{target}: a generator audit takes a target with explicit 'cells'")
+            tgt = spec["cells"]
+        gen = _run(ctx, _generator, generator_spec, None, device)
+        res = _run(ctx, audit_mod.audit_generator, gen, labs, attrs, target=tgt, n=n, report_dir=report_dir, seed=seed)
+    a = res["achieved"]
+    ci = a.get("intervals", {})
+    click.echo(f"{res['n']} images; KL {a['kl']:.4f} nats {ci.get('kl', '')}, TV {a['tv']:.4f}, worst-cell ratio "
+               f"{a['worst_cell_ratio']:.3f}" + (f"; report: {res['report']}" if res.get("report") else ""))
+
+
+@main.command(epilog="Example:\n\n  " + EXAMPLES["demo"])
+@config_option
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--generator", "generator_spec", default="dcgan-faces", show_default=True)
+@click.option("--attributes", default="gender,age,smile", show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=1000, show_default=True, help="Images in the balanced dataset.")
+@click.option("--probes", "n_probes", type=click.IntRange(min=100), default=10000, show_default=True)
+@click.option("--verify/--no-verify", default=True, show_default=True)
+@click.option("--mode", type=click.Choice(["posterior", "matched"]), default="posterior", show_default=True)
+@click.option("--natural-n", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**20 - 1), default=0, show_default=True)
+@click.option("--device", default=None)
+@click.pass_context
+def demo(ctx, out, generator_spec, attributes, n, n_probes, verify, mode, natural_n, seed, device):
+    """The whole pipeline offline on the packaged face GAN: probe, fit, sample, audit, report."""
+    from .demo import run_demo
+
+    _check_writable_target(Path(out))
+    s = _run(ctx, run_demo, out, generator=generator_spec, attributes=_csv(attributes), n=n, n_probes=n_probes,
+             verify=verify, mode=mode, natural_n=natural_n, seed=seed, device=device)
+    a, nat = s["achieved"], s["natural"]
+    click.echo(f"balanced dataset: {n} images in {Path(out) / 'dataset'}")
+    click.echo(f"achieved (labelers): KL {a['kl']:.4f} nats, TV {a['tv']:.4f}, worst-cell ratio {a['worst_cell_ratio']:.3f}"
+               + (f"; natural generator: KL {nat['kl']:.4f}, TV {nat['tv']:.4f}, worst-cell ratio "
+                  f"{nat['worst_cell_ratio']:.3f}" if nat else ""))
+    click.echo("cost: " + ", ".join(f"{k} {v:.2f}" for k, v in s["cost"].items()))
+    click.echo(f"report: {s['report']}; seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in s["seconds"].items()))
 
 
 if __name__ == "__main__":  # pragma: no cover

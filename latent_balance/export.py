@@ -150,7 +150,8 @@ def _png_bytes(img_u8: np.ndarray) -> bytes:
 
 
 def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: int = 250, shard: int = 0,
-                  num_shards: int = 1, save_latents: bool = False, show_progress: bool | None = None) -> dict:
+                  num_shards: int = 1, save_latents: bool = False, show_progress: bool | None = None,
+                  extra_settings: Mapping[str, Any] | None = None) -> dict:
     """Write (or resume) a dataset of `n` images from `source` into `out_dir`.
 
     Args:
@@ -161,6 +162,8 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
         shard, num_shards: write only blocks ``b % num_shards == shard``.
         save_latents: also save latents (``.npy``) for later editing.
         show_progress: progress bar (default: stderr is a terminal).
+        extra_settings: more JSON settings recorded in ``settings.json`` (e.g. how to reload the
+                      generator and labelers: ``generator_spec``, ``labelers_spec``).
 
     Returns:
         dict with ``blocks_written``, ``blocks_skipped``, ``complete`` (all blocks of the dataset
@@ -171,7 +174,9 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
     if not (0 <= shard < num_shards):
         raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
     out_dir = Path(out_dir)
-    settings = {**source.settings(), "n": int(n), "block_size": int(block_size), "save_latents": bool(save_latents)}
+    settings = {**source.settings(), **dict(extra_settings or {}), "n": int(n), "block_size": int(block_size),
+                "save_latents": bool(save_latents)}
+    settings = json.loads(_json(settings))  # normalized as stored (tuples -> lists), so resumes compare equal
     _check_settings(out_dir, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (out_dir / SETTINGS).exists():

@@ -9,7 +9,11 @@ probability vector over the same cells, in the same order.
 * Fairness discrepancy: ``||a - q||_2`` (the L2 distance used in the fair-generation literature).
 * Worst-cell ratio: ``min_{g: q_g > 0} a_g / q_g`` (1 = every cell at least at its target share).
 * Intervals: Wilson 95% intervals per cell; percentile bootstrap (multinomial resampling of the
-  counts, fixed seed) for the scalar metrics.
+  counts, fixed seed) for the scalar metrics. KL, TV and the L2 discrepancy are biased upwards in
+  finite samples (they are >= 0), so the bootstrap interval of a set that matches its target exactly
+  does not contain 0. Two numbers put them in scale: the *noise floor* (mean and 95th percentile of
+  each metric for n images drawn exactly from the target) and a chi-square goodness-of-fit p-value
+  of the counts against the target.
 """
 
 from __future__ import annotations
@@ -84,8 +88,10 @@ def distribution_metrics(counts, target, cells: Sequence[str] | None = None, n_b
 
     Returns:
         dict with ``n``, ``kl``, ``tv``, ``fairness_discrepancy_l2``, ``worst_cell_ratio`` (each a
-        float), ``intervals`` (metric -> [low, high]), ``excluded_mass`` (share of images in cells
-        with target 0) and ``cells`` (list of per-cell dicts: name, count, achieved, target, wilson
+        float), ``intervals`` (metric -> [low, high]), ``noise_floor`` (metric -> mean and p95 for n
+        draws from the target itself), ``chi2_p`` (goodness of fit of the counts to the target; 0
+        when excluded cells got images), ``excluded_mass`` (share of images in cells with target 0) and
+        ``cells`` (list of per-cell dicts: name, count, achieved, target, wilson
         95% low/high).
     """
     counts = np.asarray(counts, dtype=np.int64)
@@ -107,6 +113,18 @@ def distribution_metrics(counts, target, cells: Sequence[str] | None = None, n_b
         # no interpolation between order statistics: KL replicates may be inf (mass in an excluded cell)
         out["intervals"] = {k: [float(np.percentile(v, 2.5, method="lower")), float(np.percentile(v, 97.5, method="higher"))]
                             for k, v in vals.items()}
+        ideal = rng.multinomial(n, q, size=n_boot) / n
+        floor = {k: np.array([_scalars(b, q)[k] for b in ideal]) for k in ("kl", "tv", "fairness_discrepancy_l2")}
+        out["noise_floor"] = {k: {"mean": float(v.mean()), "p95": float(np.percentile(v, 95))} for k, v in floor.items()}
+    pos = q > 0
+    if out["excluded_mass"] > 0:
+        out["chi2_p"] = 0.0
+    elif pos.sum() > 1:
+        from scipy.stats import chisquare
+
+        out["chi2_p"] = float(chisquare(counts[pos], n * q[pos]).pvalue)
+    else:
+        out["chi2_p"] = 1.0
     low, high = wilson_interval(counts, n)
     names = list(cells) if cells is not None else [str(i) for i in range(len(counts))]
     out["cells"] = [{"cell": names[i], "count": int(counts[i]), "achieved": float(a[i]), "target": float(q[i]),

@@ -47,3 +47,14 @@ def test_distribution_metrics():
         distribution_metrics([1, 2], [0.5, 0.6])
     with pytest.raises(ValueError, match="same length"):
         distribution_metrics([1, 2], [1.0])
+
+
+def test_noise_floor_and_chi2():
+    q = np.full(8, 1 / 8)
+    exact = distribution_metrics([50] * 8, q, n_boot=400)
+    assert exact["kl"] == 0 and exact["chi2_p"] == pytest.approx(1.0)
+    # analytic: E[KL] ~ (G - 1) / (2 n) for n draws from q
+    assert exact["noise_floor"]["kl"]["mean"] == pytest.approx(7 / 800, rel=0.2)
+    skewed = distribution_metrics([100, 60, 50, 50, 40, 40, 30, 30], q, n_boot=100)
+    assert skewed["chi2_p"] < 1e-3 and skewed["kl"] > skewed["noise_floor"]["kl"]["p95"]
+    assert distribution_metrics([5, 5, 1], [0.5, 0.5, 0.0], n_boot=0)["chi2_p"] == 0.0
