@@ -24,8 +24,9 @@ hook dicts, ``'_non_persistent_buffers_set'``, plain attributes (``weight_gain``
 ``torch.storage._load_from_bytes(<bytes of a legacy-format torch.save of the storage>)``.
 
 NVIDIA's loader would ``exec`` ``module_src``; torch's own ``_load_from_bytes`` calls
-``torch.load(weights_only=False)``. Here a restricted :class:`pickle.Unpickler` resolves only the
-globals listed in ``_ALLOWED_GLOBALS``, each mapped to *our* function:
+``torch.load(weights_only=False)``. Here a restricted unpickler (Python's pure-Python unpickler with
+three opcodes restricted: globals, BUILD, extension codes) resolves only the globals listed in
+``_ALLOWED_GLOBALS``, each mapped to *our* function or class:
 
 * ``_reconstruct_persistent_obj`` -> an inert :class:`PersistentRecord` (class name + state; the
   source text is kept only as a string and never executed);
@@ -37,7 +38,8 @@ globals listed in ``_ALLOWED_GLOBALS``, each mapped to *our* function:
   dict), numpy scalars, dtypes and arrays of numeric types (rebuilt from their bytes).
 
 Any other global (``os.system``, ``builtins.eval``, ``subprocess.Popen``, any class) raises
-:class:`UnsafeCheckpointError` before anything is called. After unpickling, ``G_ema`` (else ``G``)
+:class:`UnsafeCheckpointError` before anything is called; so does a BUILD (attribute setting) on
+anything but our numpy / EasyDict stand-ins, and any copyreg extension code. After unpickling, ``G_ema`` (else ``G``)
 must be a record of class ``Generator`` whose sub-records are ``MappingNetwork``,
 ``FullyConnectedLayer``, ``SynthesisNetwork``, ``SynthesisBlock``, ``SynthesisLayer`` or
 ``ToRGBLayer``; our Generator is built from its ``_init_kwargs`` (validated) and its state dict is

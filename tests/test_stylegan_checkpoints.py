@@ -178,7 +178,7 @@ def _dump(obj, path, protocol=4, cuda_tags=False):
             pickle.dump(obj, fh, protocol=protocol)
 
 
-@pytest.mark.parametrize("protocol,cuda_tags", [(2, False), (4, True), (5, False)])
+@pytest.mark.parametrize("protocol,cuda_tags", [(2, False), (3, False), (4, True), (5, False)])
 def test_nvidia_pickle_loads_and_reproduces(tmp_path, nvidia_modules, protocol, cuda_tags):
     marker = tmp_path / "executed"
     G_ema = small_G(32, c_dim=0, conv_clamp=256)
@@ -507,6 +507,7 @@ def test_rosinality_256px_channel_layout(tmp_path):
     assert torch.equal(_images(G, n=1), _images(G0, n=1))
 
 
+@pytest.mark.filterwarnings("ignore:the rosinality checkpoint has no 'latent_avg'")
 def test_rosinality_training_checkpoint_without_latent_avg(tmp_path):
     G0 = small_G(32)
     ros = to_rosinality(G0)
