@@ -91,11 +91,22 @@ def _load_config(ctx: click.Context, param: click.Parameter, value):
         raise InputError(f"cannot read config {value}: {err}") from err
     if not isinstance(data, dict):
         raise InputError(f"config {value} must be a YAML mapping of option names to values")
-    known = {p.name for p in ctx.command.params}
-    norm = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(norm) - known)
+    # keys are the flags' names (``block-size`` or ``block_size``, ``model`` for ``--model``)
+    names: dict[str, str] = {}
+    for p in ctx.command.params:
+        if isinstance(p, click.Option) and p.name != "config":
+            for opt in p.opts:
+                names[opt.lstrip("-").replace("-", "_")] = p.name
+    norm, unknown = {}, []
+    for k, v in data.items():
+        key = str(k).replace("-", "_")
+        if key in names:
+            norm[names[key]] = v
+        else:
+            unknown.append(str(k))
     if unknown:
-        raise InputError(f"config {value}: unknown settings {unknown}; known: {sorted(known - {'config'})}")
+        known = sorted({k.replace("_", "-") for k in names})
+        raise InputError(f"config {value}: unknown settings {sorted(unknown)}; known: {known}")
     ctx.default_map = {**(ctx.default_map or {}), **norm}
     return value
 
@@ -106,16 +117,26 @@ def config_option(f):
 
 
 def _check_writable_target(path: Path) -> None:
-    """Fail (exit 2) before any work if `path` cannot be created or written."""
+    """Fail (exit 2) before any work if `path` cannot be created or written.
+
+    Tries to create (and removes) a temporary file in the nearest existing folder, so the check is
+    real for every user, root included; nothing is left behind.
+    """
+    import tempfile
+
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
-    if probe.exists() and not probe.is_dir() and probe != path:
-        raise InputError(f"cannot create {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK):
-        raise InputError(f"cannot write to {path}: {probe} is not writable")
+    if probe.exists() and not probe.is_dir():
+        if probe == path and path.is_file():
+            probe = path.parent
+        else:
+            raise InputError(f"cannot create {path}: {probe} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".latent-balance-write-check-"):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write to {path}: {probe} is not writable ({err.strerror})") from None
 
 
 def _csv(value) -> list[str]:

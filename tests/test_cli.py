@@ -1,0 +1,212 @@
+"""The CLI, through click's runner and as a subprocess: happy paths, bad input, kill + resume, shards."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from latent_balance.cli import main
+
+TESTS = Path(__file__).parent
+SPEC = """labelers:
+  - name: light
+    classes: [dark, light]
+    function: cli_labelers:light
+    id: test-light-v1
+  - name: warm
+    classes: [cool, warm]
+    function: cli_labelers:warm
+    id: test-warm-v1
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _invoke(*args):
+    sys.path.insert(0, str(TESTS)) if str(TESTS) not in sys.path else None
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _tree(d: Path, skip=("run_log.jsonl", "shard.json")) -> dict:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name not in skip and not p.name.startswith(".") and "report" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "labelers.yaml").write_text(SPEC)
+    r = _invoke("probe", "--labelers", d / "labelers.yaml", "--n", 1500, "--out", d / "probes.npz")
+    assert r.exit_code == 0, r.output
+    r = _invoke("fit", "--probes", d / "probes.npz", "--out", d / "model.npz")
+    assert r.exit_code == 0, r.output
+    assert "held-out accuracy" in r.output
+    return d
+
+
+def _sample_args(work, out, *extra):
+    return ["sample", "--model", work / "model.npz", "--labelers", work / "labelers.yaml", "--out", out, *extra]
+
+
+def test_sample_happy_path_and_info(work, tmp_path):
+    r = _invoke(*_sample_args(work, tmp_path / "ds", "--n", 60, "--block-size", 25, "--verify", "--save-latents"))
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "ds" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 60 and len({r["seed"] for r in rows}) == 60
+    counts = {}
+    for row in rows:
+        assert row["intended_cell"] == row["labelled_cell"]  # verify: exact
+        counts[row["labelled_cell"]] = counts.get(row["labelled_cell"], 0) + 1
+    assert sorted(counts.values()) == [15, 15, 15, 15]
+    assert np.load(tmp_path / "ds" / "latents.npy").shape == (60, 100)
+    card = json.loads((tmp_path / "ds" / "dataset_card.json").read_text())
+    assert card["metrics"]["tv"] == 0 and card["cost"]["synthesis_calls_per_image"] >= 1
+    for target in (work / "probes.npz", work / "model.npz", tmp_path / "ds"):
+        r = _invoke("info", target)
+        assert r.exit_code == 0, r.output
+        json.loads(r.output)
+    r = _invoke("audit", tmp_path / "ds", "--natural-n", 40, "--no-image-metrics")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ds" / "report" / "report.html").exists()
+    assert "KL" in r.output
+
+
+def test_subgroup_sampling(work, tmp_path):
+    r = _invoke(*_sample_args(work, tmp_path / "g", "--n", 12, "--cell", "light,*", "--verify"))
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "g" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(r["labelled_cell"].startswith("light|") for r in rows)
+
+
+def test_config_file_and_flag_override(work, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {work / 'model.npz'}\nlabelers: {work / 'labelers.yaml'}\nn: 8\nblock-size: 4\nmode: matched\n")
+    r = _invoke("sample", "--config", cfg, "--out", tmp_path / "c", "--n", 6)
+    assert r.exit_code == 0, r.output
+    settings = json.loads((tmp_path / "c" / "settings.json").read_text())
+    assert settings["n"] == 6 and settings["mode"] == "matched" and settings["block_size"] == 4
+    cfg.write_text("nonsense_key: 1\n")
+    r = _invoke("sample", "--config", cfg, "--out", tmp_path / "c2", "--n", 6)
+    assert r.exit_code == 2 and "unknown settings" in r.output and not (tmp_path / "c2").exists()
+
+
+@pytest.mark.parametrize("case", ["unknown_attribute", "bad_target", "missing_model", "corrupt_model",
+                                  "unwritable_out", "bad_cell", "missing_probes"])
+def test_bad_input_exits_2_and_writes_nothing(work, tmp_path, case):
+    out = tmp_path / "out"
+    if case == "unknown_attribute":
+        args = ["probe", "--attributes", "gender,charisma", "--n", 5, "--out", tmp_path / "p.npz"]
+        expect = "charisma"
+    elif case == "bad_target":
+        (tmp_path / "t.yaml").write_text("cells: {'dark|cool': -0.5, 'light|warm': 1.5}\n")
+        args = _sample_args(work, out, "--n", 10, "--target", tmp_path / "t.yaml")
+        expect = "negative"
+    elif case == "missing_model":
+        args = ["sample", "--model", tmp_path / "nope.npz", "--labelers", work / "labelers.yaml", "--out", out, "--n", 5]
+        expect = "nope.npz"
+    elif case == "corrupt_model":
+        (tmp_path / "bad.npz").write_bytes((work / "model.npz").read_bytes()[:300])
+        args = ["sample", "--model", tmp_path / "bad.npz", "--labelers", work / "labelers.yaml", "--out", out, "--n", 5]
+        expect = "bad.npz"
+    elif case == "unwritable_out":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "sub"
+        args = _sample_args(work, out, "--n", 5)
+        expect = "not a folder"
+    elif case == "bad_cell":
+        args = _sample_args(work, out, "--n", 5, "--cell", "purple,warm")
+        expect = "purple"
+    else:
+        args = ["fit", "--probes", tmp_path / "missing.npz", "--out", tmp_path / "m.npz"]
+        expect = "missing.npz"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = _invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert expect in r.output
+    assert len([line for line in r.output.strip().splitlines() if line.startswith("error:")]) == 1
+    assert "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def _run_cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "latent_balance.cli", *map(str, args)], env=_env(),
+                          capture_output=True, text=True, **kw)
+
+
+def test_subprocess_kill_resume_identical_and_shards(work, tmp_path):
+    base = ["sample", "--model", work / "model.npz", "--labelers", work / "labelers.yaml", "--n", 90,
+            "--block-size", 10]
+    # 1) a run killed with SIGKILL mid-way, then resumed with the same command
+    proc = subprocess.Popen([sys.executable, "-m", "latent_balance.cli", *map(str, base), "--out", tmp_path / "a"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    blocks = tmp_path / "a" / "blocks"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if blocks.exists() and len(list(blocks.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(blocks.glob("*.json")))
+    assert 2 <= done_before < 9 and not (tmp_path / "a" / "manifest.jsonl").exists()
+    r = _run_cli([*base, "--out", tmp_path / "a"])
+    assert r.returncode == 0, r.stderr
+    assert "already there" in r.stdout
+    rows = [json.loads(line) for line in (tmp_path / "a" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 90 and len({row["seed"] for row in rows}) == 90
+    assert len(list((tmp_path / "a" / "images").glob("*.png"))) == 90
+    # 2) the same command in a fresh folder: identical manifests and image bytes
+    r = _run_cli([*base, "--out", tmp_path / "b"])
+    assert r.returncode == 0, r.stderr
+    assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+    # 3) shards merged equal the single run
+    for i in range(3):
+        r = _run_cli([*base, "--out", tmp_path / f"s{i}", "--shard", i, "--num-shards", 3])
+        assert r.returncode == 0, r.stderr
+    r = _run_cli(["merge", *[tmp_path / f"s{i}" for i in range(3)], "--out", tmp_path / "m"])
+    assert r.returncode == 0, r.stderr
+    assert _tree(tmp_path / "m") == _tree(tmp_path / "b")
+    # 4) the folder refuses other settings (exit 2, nothing changed)
+    before = _tree(tmp_path / "b")
+    r = _run_cli([*base[:-2], "--block-size", 30, "--out", tmp_path / "b"])
+    assert r.returncode == 2 and "other settings" in r.stderr
+    assert _tree(tmp_path / "b") == before
+
+
+def test_runtime_failure_exit_1(work, tmp_path, monkeypatch):
+    import latent_balance.export as export
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(export, "write_dataset", boom)
+    r = _invoke(*_sample_args(work, tmp_path / "x", "--n", 5))
+    assert r.exit_code == 1 and "disk on fire" in r.output and "Traceback" not in r.output
+
+
+def test_demo_with_real_face_labelers(tmp_path):
+    """The demo pipeline end to end on the packaged DCGAN with the built-in labelers (small numbers)."""
+    r = _invoke("demo", "--out", tmp_path / "demo", "--attributes", "gender,smile", "--n", 24, "--probes", 400,
+                "--natural-n", 24)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
+    assert summary["achieved"]["tv"] == 0  # verify mode: exact counts
+    assert summary["natural"]["tv"] > 0
+    assert summary["cost"]["synthesis_calls_per_image"] >= 1
+    page = (tmp_path / "demo" / "dataset" / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4  # one contact sheet per cell
+    assert "female|smiling" in page
