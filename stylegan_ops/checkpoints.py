@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import json
 import pickle
@@ -621,8 +622,12 @@ def _check_state(G: Generator, sd: dict, source: str) -> None:
 # Torch files: ours and rosinality
 # ------------------------------------------------------------------------------------------------
 def _torch_load_weights_only(path: Path):
+    # argparse.Namespace ('args' in rosinality training checkpoints) is allowed where torch can
+    # (torch >= 2.5); older torch refuses such files with the UnsafeCheckpointError below.
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    allow = safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with allow:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(f"{path}: refused by torch.load(weights_only=True) (it holds objects other "
