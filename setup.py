@@ -7,8 +7,8 @@ from setuptools import setup
 HERE = Path(__file__).parent
 
 CORE = [
-    "torch>=2.1,<=2.14.1",
-    "torchvision>=0.16,<=0.29.1",
+    "torch>=2.5,<=2.14.1",
+    "torchvision>=0.20,<=0.29.1",
     "numpy>=1.24",
     "scikit-learn>=1.3",
     "scipy>=1.10",
