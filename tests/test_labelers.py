@@ -449,3 +449,17 @@ def test_mirror_average_is_mirror_invariant(fixture, name):
     np.testing.assert_array_equal(p, avg(images.flip(-1)))
     # (age: averaging the 81 ages before summing, and renormalized float32 rows: ~1e-8 apart)
     np.testing.assert_allclose(p, 0.5 * (plain(images) + plain(images.flip(-1))), atol=1e-6)
+
+
+def test_other_resolutions_give_consistent_labels(fixture, labelers):
+    """Larger images (here the fixture upsampled 4x, as from a 256 px generator) are handled by the
+    same framing: resampled to the aligner's 256 px working size / shrunk for the smile crop."""
+    images = fixture[0]
+    big = torch.nn.functional.interpolate(images, size=(256, 256), mode="bilinear", align_corners=False).clamp(-1, 1)
+    ref = label_images(labelers.values(), images)
+    out = label_images(labelers.values(), big)
+    for name in ref:
+        assert out[name].shape == (24, 2)
+        assert np.mean(out[name].argmax(1) == ref[name].argmax(1)) >= 0.85, name
+    rect = label_images(labelers.values(), images[:, :, :, 4:60])  # non-square input
+    assert all(v.shape == (24, 2) for v in rect.values())
