@@ -1,0 +1,279 @@
+#!/usr/bin/env python
+"""Evaluate the StyleGAN2 face student against its teacher, the face DCGAN (issue 6). Writes JSON.
+
+Measures (every step cached under ``--work`` so a rerun only computes what is missing):
+
+* **labels**: the real labelers (gender, age at 35, smile) on ``--n`` images of the student and of the
+  teacher for the same seeds: per-attribute marginals, total variation between them (with a paired
+  bootstrap 95% interval), per-sample agreement of the student's label with the teacher's for the same
+  seed, and, as the labelers' own stability ceiling, the agreement of the teacher's labels with those
+  of its mirrored images;
+* **Frechet distance** on VGG16 relu5_3 features (:func:`latent_balance.lpips.vgg16_features`, 64 px)
+  between the student's and the teacher's images, next to the same distance between two independent
+  teacher sets of the same size (the noise floor); plus the mean paired LPIPS (alex) student vs teacher;
+* **boundaries**: probe sets of ``--probes`` seeds for both generators (same seeds, same labelers),
+  :class:`~latent_balance.boundaries.BoundarySet` held-out accuracy of the student's W-space boundaries
+  next to the DCGAN's Z-space boundaries (and, for reference, the student's own Z-space boundaries);
+  the student's W boundaries are saved with ``--save-boundaries``;
+* optionally ``--grid PNG``: an 8x8 grid of the student's images for seeds 0..63 (and the teacher's,
+  for side-by-side viewing, with ``--teacher-grid``).
+
+Seeds: samples ``EVAL_SEED0 + [0, n)`` (student and teacher), the independent teacher set
+``FLOOR_SEED0 + [0, n)``, probes ``[0, probes)`` (as :func:`~latent_balance.probes.build_probes` does by
+default). None overlaps the training seeds (>= 2**40).
+
+    python tools/eval_stylegan2_faces.py --model latent_balance/models/stylegan2_faces.pt \
+        --out bench/results/distill_stylegan2_faces.json --probes 20000 \
+        --save-boundaries latent_balance/models/stylegan2_faces_boundaries.npz \
+        --grid docs/stylegan2_faces_samples.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from latent_balance._utils import atomic_path, atomic_write_text, package_versions, sha256_file  # noqa: E402
+
+EVAL_SEED0 = 500_000_000
+FLOOR_SEED0 = 600_000_000
+ATTRS = ("gender", "age", "smile")
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _images(gen, seeds: np.ndarray, batch: int = 250) -> torch.Tensor:
+    parts = []
+    for i in range(0, len(seeds), batch):
+        with torch.no_grad():
+            parts.append(gen.generate(seeds[i : i + batch]).clamp(-1, 1))
+    return torch.cat(parts)
+
+
+def _cached(path: Path, fn):
+    """Arrays from `path` (.npz) if present, else ``fn()`` (a dict of arrays) saved there atomically."""
+    if path.exists():
+        with np.load(path, allow_pickle=False) as d:
+            return {k: d[k] for k in d.files}
+    out = fn()
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **out)
+    return out
+
+
+def _label(labelers, images: torch.Tensor) -> dict:
+    from attributes import label_images
+
+    return {f"probs/{k}": v for k, v in label_images(labelers, images).items()}
+
+
+def _paired_tv_ci(ys: np.ndarray, yt: np.ndarray, k: int, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the TV between the label marginals of paired samples."""
+    rng = np.random.default_rng(seed)
+    n = len(ys)
+    tvs = np.empty(reps)
+    for r in range(reps):
+        idx = rng.integers(0, n, n)
+        a = np.bincount(ys[idx], minlength=k) / n
+        b = np.bincount(yt[idx], minlength=k) / n
+        tvs[r] = 0.5 * np.abs(a - b).sum()
+    return float(np.percentile(tvs, 2.5)), float(np.percentile(tvs, 97.5))
+
+
+def label_section(student_l: dict, teacher_l: dict, mirror_l: dict, classes: dict) -> dict:
+    out = {}
+    for a in ATTRS:
+        k = len(classes[a])
+        ys = student_l[f"probs/{a}"].argmax(1)
+        yt = teacher_l[f"probs/{a}"].argmax(1)
+        ym = mirror_l[f"probs/{a}"].argmax(1)
+        ms = np.bincount(ys, minlength=k) / len(ys)
+        mt = np.bincount(yt, minlength=k) / len(yt)
+        lo, hi = _paired_tv_ci(ys, yt, k)
+        # Cohen's kappa of the paired labels (agreement beyond chance)
+        po = float(np.mean(ys == yt))
+        pe = float(np.sum(ms * mt))
+        out[a] = {
+            "classes": list(classes[a]),
+            "student_marginal": ms.tolist(),
+            "teacher_marginal": mt.tolist(),
+            "tv": float(0.5 * np.abs(ms - mt).sum()),
+            "tv_ci95": [lo, hi],
+            "within_0.05": bool(0.5 * np.abs(ms - mt).sum() <= 0.05),
+            "agreement_same_seed": po,
+            "cohen_kappa": (po - pe) / (1 - pe) if pe < 1 else None,
+            "teacher_vs_mirrored_teacher_agreement": float(np.mean(yt == ym)),
+            "mean_abs_prob_diff": float(np.mean(np.abs(student_l[f"probs/{a}"] - teacher_l[f"probs/{a}"]).sum(1) / 2)),
+        }
+    return out
+
+
+def boundary_section(student, teacher, labelers, n: int, work: Path, twork: Path, save_to: str | None) -> dict:
+    from latent_balance.boundaries import BoundarySet
+    from latent_balance.probes import ProbeSet, build_probes
+
+    out = {"n_probes": n, "settings": "BoundarySet() defaults: LinearSVC C=1, holdout 0.2, Platt, seed 0"}
+    t = time.perf_counter()
+    ps = build_probes(student, labelers, n, path=work / f"probes_student_{n}.npz", show_progress=False)
+    out["student_probe_seconds"] = time.perf_counter() - t
+    log(f"student probes {len(ps)} ({out['student_probe_seconds']:.0f} s)")
+    t = time.perf_counter()
+    pt = build_probes(teacher, labelers, n, path=twork / f"probes_teacher_{n}.npz", show_progress=False)
+    out["teacher_probe_seconds"] = time.perf_counter() - t
+    log(f"teacher probes {len(pt)} ({out['teacher_probe_seconds']:.0f} s)")
+
+    def rep(b: BoundarySet) -> dict:
+        return {a: {k: b.report_[a][k] for k in ("accuracy", "majority_accuracy", "calibrated_accuracy", "ece",
+                                                 "log_loss", "majority_log_loss", "class_counts")}
+                for a in b.attributes_}
+
+    bw = BoundarySet().fit(ps, list(ATTRS))
+    bt = BoundarySet().fit(pt, list(ATTRS))
+    ps_z = ProbeSet(ps.seeds, ps.z, ps.z, ps.probs, ps.classes, ps.meta)
+    bz = BoundarySet().fit(ps_z, list(ATTRS))
+    out["student_w"] = rep(bw)
+    out["teacher_z"] = rep(bt)
+    out["student_z"] = rep(bz)
+    out["student_generator"] = ps.meta.get("generator")
+    out["teacher_generator"] = pt.meta.get("generator")
+    if save_to:
+        bw.save(save_to)
+        out["saved_to"] = save_to
+    return out
+
+
+def _grid(images: torch.Tensor, path: str, nrow: int = 8) -> None:
+    from PIL import Image
+
+    from latent_balance._utils import images_to_uint8
+
+    arr = images_to_uint8(images)  # [N, H, W, 3]
+    n, h, w, _ = arr.shape
+    rows = -(-n // nrow)
+    pad = 2
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = arr[i]
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG", optimize=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="student weights (default: the shipped model)")
+    ap.add_argument("--out", required=True, help="JSON results file")
+    ap.add_argument("--work", default="runs/stylegan2_faces/eval", help="cache folder (not committed)")
+    ap.add_argument("--n", type=int, default=5000, help="samples for labels and Frechet distance")
+    ap.add_argument("--probes", type=int, default=20000, help="probes per generator for the boundaries (0 = skip)")
+    ap.add_argument("--skip-fd", action="store_true", help="skip the VGG16 Frechet distances")
+    ap.add_argument("--save-boundaries", default=None, help="write the student's W boundaries here (.npz)")
+    ap.add_argument("--grid", default=None, help="write an 8x8 grid of student seeds 0..63 here (.png)")
+    ap.add_argument("--teacher-grid", default=None, help="the teacher's grid for the same seeds (.png)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from attributes import load_labelers
+    from latent_balance import load_generator
+
+    t_all = time.perf_counter()
+    student = load_generator("stylegan2-faces", device="cpu", weights=args.model, batch_size=250)
+    teacher = load_generator("dcgan-faces", device="cpu")
+    model_path = args.model or str(ROOT / "latent_balance" / "models" / "stylegan2_faces.pt")
+    meta = torch.load(model_path, map_location="cpu", weights_only=True).get("metadata", {})
+    work = Path(args.work) / student.id.replace(":", "_")
+    work.mkdir(parents=True, exist_ok=True)
+    twork = Path(args.work) / teacher.id.replace(":", "_")
+    twork.mkdir(parents=True, exist_ok=True)
+    labelers = load_labelers(list(ATTRS))
+    classes = {lab.name: tuple(lab.classes) for lab in labelers}
+    res: dict = {"student": student.describe(), "teacher": teacher.describe(), "model_file": model_path,
+                 "model_sha256": sha256_file(model_path), "model_metadata": meta,
+                 "labelers": {lab.name: lab.id for lab in labelers}, "n": args.n,
+                 "seeds": {"samples": [EVAL_SEED0, EVAL_SEED0 + args.n], "noise_floor_teacher": [FLOOR_SEED0, FLOOR_SEED0 + args.n],
+                           "probes": [0, args.probes]},
+                 "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__,
+                             "note": "shared 2-core CPU"},
+                 "versions": package_versions()}
+
+    if args.grid:
+        _grid(_images(student, np.arange(64)), args.grid)
+        log("grid ->", args.grid)
+    if args.teacher_grid:
+        _grid(_images(teacher, np.arange(64)), args.teacher_grid)
+
+    seeds = np.arange(EVAL_SEED0, EVAL_SEED0 + args.n, dtype=np.int64)
+    floor_seeds = np.arange(FLOOR_SEED0, FLOOR_SEED0 + args.n, dtype=np.int64)
+    t = time.perf_counter()
+    s_img = _images(student, seeds)
+    res["student_images_per_second"] = args.n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    t_img = _images(teacher, seeds)
+    res["teacher_images_per_second"] = args.n / (time.perf_counter() - t)
+    log("images ready")
+
+    sl = _cached(work / f"labels_{EVAL_SEED0}_{args.n}.npz", lambda: _label(labelers, s_img))
+    tl = _cached(twork / f"labels_{EVAL_SEED0}_{args.n}.npz", lambda: _label(labelers, t_img))
+    ml = _cached(twork / f"labels_mirror_{EVAL_SEED0}_{args.n}.npz", lambda: _label(labelers, t_img.flip(-1)))
+    res["labels"] = label_section(sl, tl, ml, classes)
+    log("labels:", json.dumps({a: (round(v["tv"], 4), round(v["agreement_same_seed"], 3)) for a, v in res["labels"].items()}))
+
+    from latent_balance.lpips import LPIPS, VGG16_FEATURES_ID, frechet_distance, vgg16_features
+
+    lp = LPIPS("alex", device="cpu")
+    with torch.no_grad():
+        d = lp(s_img, t_img).numpy()
+    res["paired_lpips_alex"] = {"mean": float(d.mean()), "stderr": float(d.std(ddof=1) / np.sqrt(len(d))), "id": lp.id}
+    log(f"paired LPIPS {d.mean():.4f}")
+
+    if not args.skip_fd:
+        fs = _cached(work / f"vgg_{EVAL_SEED0}_{args.n}.npz", lambda: {"f": vgg16_features(s_img, size=64, device="cpu")})["f"]
+        ft = _cached(twork / f"vgg_{EVAL_SEED0}_{args.n}.npz", lambda: {"f": vgg16_features(t_img, size=64, device="cpu")})["f"]
+        del s_img
+        ff = _cached(twork / f"vgg_{FLOOR_SEED0}_{args.n}.npz",
+                     lambda: {"f": vgg16_features(_images(teacher, floor_seeds), size=64, device="cpu")})["f"]
+        res["frechet_vgg16"] = {
+            "features": VGG16_FEATURES_ID, "size": 64, "n_each": args.n,
+            "student_vs_teacher": frechet_distance(fs, ft),
+            "teacher_vs_independent_teacher_noise_floor": frechet_distance(ff, ft),
+            "student_vs_independent_teacher": frechet_distance(fs, ff),
+        }
+        log("FD:", json.dumps(res["frechet_vgg16"]))
+    atomic_write_text(args.out, json.dumps(res, indent=1, default=_json_default))
+
+    if args.probes:
+        res["boundaries"] = boundary_section(student, teacher, labelers, args.probes, work, twork, args.save_boundaries)
+        log("boundaries:", json.dumps({k: {a: round(v[a]["accuracy"], 3) for a in ATTRS}
+                                       for k, v in res["boundaries"].items() if k in ("student_w", "teacher_z", "student_z")}))
+    res["seconds"] = time.perf_counter() - t_all
+    atomic_write_text(args.out, json.dumps(res, indent=1, default=_json_default))
+    log("done ->", args.out)
+
+
+if __name__ == "__main__":
+    main()
