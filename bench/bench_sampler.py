@@ -192,10 +192,9 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
             ("posterior/auto/s=auto", "independent+joint", dict(mode="posterior", sharpness="auto"), None),
             ("matched/auto/s=1", "independent+joint", dict(mode="matched", sharpness=1.0), None),
             ("matched/auto/s=auto", "independent+joint", dict(mode="matched", sharpness="auto"), None),
-            ("matched/mlp/s=1", "mlp", dict(mode="matched", sharpness=1.0), None),
             ("matched/mlp/s=auto", "mlp", dict(mode="matched", sharpness="auto"), None),
+            ("verify/auto/s=1", "independent+joint", dict(verify=True, sharpness=1.0), None),
             ("verify/auto/s=auto", "independent+joint", dict(verify=True, sharpness="auto"), None),
-            ("verify/mlp/s=auto", "mlp", dict(verify=True, sharpness="auto"), None),
         ]
         sec["runs"] = {}
         for name, mkey, kw, force in configs:
@@ -225,6 +224,7 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
             run.update({
                 "seconds": time.perf_counter() - t0, "timings": res.timings, "warnings": with_warnings,
                 "sharpness": st["sharpness"][0] if len(set(st["sharpness"])) == 1 else st["sharpness"],
+                "auto": s.plan_.get("auto"),
                 "predicted_tv": st["predicted_tv"], "predicted_kl": st["predicted_kl"], "pi": st["pi"],
                 "labelled": _achieved(res.counts(labelled=True), q),
                 "exact_counts": bool(np.array_equal(res.counts(labelled=True), res.counts())) if s.verify else None,
@@ -247,13 +247,16 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
 
 
 def main() -> None:
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="outputs per run")
     ap.add_argument("--probes", type=int, default=20000, help="probe count")
     ap.add_argument("--only", choices=["boundaries", "dcgan"], default=None)
     ap.add_argument("--lpips-images", type=int, default=100, help="images per cell for LPIPS diversity")
     ap.add_argument("--lpips-pairs", type=int, default=1000, help="pairs per cell for LPIPS diversity")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     args = ap.parse_args()
+    RESULTS = args.out
     torch.set_num_threads(2)
     out: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     out["machine"] = {"cpu_count": os.cpu_count(), "threads": 2, "platform": platform.platform(),
