@@ -316,6 +316,7 @@ class _Trainer:
         self.lpips = LPIPS("alex", device="cpu").requires_grad_(False) if cfg.lpips > 0 else None
         self.step = 0
         self.elapsed = 0.0  # training seconds over all stretches
+        self.prior = {"kimg": 0.0, "hours": 0.0, "runs": []}  # training before this run (--init-from)
         self.threads = threads
         self.heldout_z = torch.from_numpy(z_from_seeds(np.arange(HELDOUT_SEED0, HELDOUT_SEED0 + 256), 100))
         self._heldout_img = None
@@ -325,7 +326,7 @@ class _Trainer:
         return {"G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(),
                 "H": self.H.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "step": self.step,
-                "elapsed": self.elapsed, "config": dataclasses.asdict(self.cfg)}
+                "elapsed": self.elapsed, "config": dataclasses.asdict(self.cfg), "prior": json.dumps(self.prior)}
 
     def load(self, st: dict) -> None:
         self.G.load_state_dict(st["G"])
@@ -336,6 +337,24 @@ class _Trainer:
         self.opt_d.load_state_dict(st["opt_d"])
         self.step = int(st["step"])
         self.elapsed = float(st["elapsed"])
+        self.prior = json.loads(st.get("prior", json.dumps(self.prior)))
+
+    def init_from(self, run: Path) -> None:
+        """Start from another run's generator (G, G_ema, hint heads; optimizer and D fresh)."""
+        st = torch.load(Path(run) / "checkpoint.pt", map_location="cpu", weights_only=True)
+        other = _cfg_from_dict(st["config"])
+        if other.generator_kwargs() != self.cfg.generator_kwargs():
+            raise SystemExit(f"--init-from {run}: its generator {other.generator_kwargs()} differs from this "
+                             f"run's {self.cfg.generator_kwargs()}")
+        self.G.load_state_dict(st["G"])
+        self.G_ema.load_state_dict(st["G_ema"])
+        if other.hint_res == self.cfg.hint_res:
+            self.H.load_state_dict(st["H"])
+        prior = json.loads(st.get("prior", '{"kimg": 0, "hours": 0, "runs": []}'))
+        kimg = st["step"] * other.batch / 1000
+        self.prior = {"kimg": prior["kimg"] + kimg, "hours": prior["hours"] + st["elapsed"] / 3600,
+                      "runs": prior["runs"] + [{"run": str(run), "kimg": kimg, "hours": st["elapsed"] / 3600,
+                                                "config": st["config"]}]}
 
     def save_checkpoint(self) -> None:
         with atomic_path(self.run / "checkpoint.pt", suffix=".pt.tmp") as tmp:
@@ -457,6 +476,9 @@ def cmd_train(args) -> None:
     if ckpt.exists():
         tr.load(torch.load(ckpt, map_location="cpu", weights_only=True))
         print(f"resumed {run} at step {tr.step} ({tr.kimg:.1f} kimg, {tr.elapsed / 3600:.2f} h)", flush=True)
+    elif args.init_from:
+        tr.init_from(Path(args.init_from))
+        print(f"initialized from {args.init_from} ({tr.prior['kimg']:.1f} kimg before this run)", flush=True)
     (run / "snapshots").mkdir(exist_ok=True)
 
     stop = {"flag": False}
@@ -485,6 +507,7 @@ def cmd_train(args) -> None:
         now = time.perf_counter()
         if tr.kimg - tick_start_kimg >= args.tick_kimg:
             rec = {"event": "tick", "step": tr.step, "kimg": round(tr.kimg, 3),
+                   "total_kimg": round(tr.kimg + tr.prior["kimg"], 3),
                    "sec_per_kimg": (now - tick_t) / (tr.kimg - tick_start_kimg),
                    "train_hours": tr.elapsed / 3600, "load_avg": os.getloadavg()[0],
                    **{k: v / count for k, v in sums.items()}}
@@ -496,8 +519,9 @@ def cmd_train(args) -> None:
             te = time.perf_counter()
             m = tr.heldout_metrics()
             snap = run / "snapshots" / f"ema_{int(round(tr.kimg)):06d}.pt"
-            stylegan_ops.save_generator(tr.G_ema, snap, metadata=_metadata(tr, cfg, source))
+            stylegan_ops.save_generator(tr.G_ema, snap, metadata=_metadata(tr, cfg, source.meta))
             rec = {"event": "eval", "step": tr.step, "kimg": round(tr.kimg, 3), "train_hours": tr.elapsed / 3600,
+                   "total_kimg": round(tr.kimg + tr.prior["kimg"], 3),
                    "eval_seconds": time.perf_counter() - te, "snapshot": snap.name, **m}
             _log(run, rec)
             print(json.dumps(rec), flush=True)
@@ -514,11 +538,14 @@ def cmd_train(args) -> None:
     print(f"stopped at {tr.kimg:.1f} kimg ({tr.elapsed / 3600:.2f} h of training)", flush=True)
 
 
-def _metadata(tr: _Trainer, cfg: Config, source) -> dict:
-    return {"kind": "stylegan2-faces distilled from dcgan-faces", "teacher": source.meta.get("teacher"),
-            "kimg": round(tr.kimg, 3), "step": tr.step, "train_hours": round(tr.elapsed / 3600, 4),
+def _metadata(tr: _Trainer, cfg: Config, source_meta: dict) -> dict:
+    """Plain-JSON metadata stored with each exported G_ema (totals include --init-from runs)."""
+    return json.loads(json.dumps({"kind": "stylegan2-faces distilled from dcgan-faces", "teacher": source_meta.get("teacher"),
+            "kimg": round(tr.kimg + tr.prior["kimg"], 3), "step": tr.step,
+            "train_hours": round(tr.elapsed / 3600 + tr.prior["hours"], 4), "this_run_kimg": round(tr.kimg, 3),
+            "earlier_runs": [{k: v for k, v in r.items() if k != "config"} for r in tr.prior["runs"]],
             "config": dataclasses.asdict(cfg), "device": f"cpu ({tr.threads} threads, shared)",
-            "torch": str(torch.__version__)}
+            "torch": str(torch.__version__)}))
 
 
 def cmd_export(args) -> None:
@@ -533,10 +560,12 @@ def cmd_export(args) -> None:
     else:
         st = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
         cfg = _cfg_from_dict(st["config"])
+        tr = _Trainer.__new__(_Trainer)  # only the bookkeeping fields that _metadata reads
+        tr.cfg, tr.step, tr.elapsed, tr.threads = cfg, int(st["step"]), float(st["elapsed"]), args.threads
+        tr.prior = json.loads(st.get("prior", '{"kimg": 0, "hours": 0, "runs": []}'))
         G = build_generator(cfg)
         G.load_state_dict(st["G_ema"])
-        meta = {"kimg": st["step"] * cfg.batch / 1000, "step": st["step"],
-                "train_hours": round(st["elapsed"] / 3600, 4), "config": st["config"]}
+        meta = _metadata(tr, cfg, {"teacher": _teacher().id})
     G.set_channels_last(False)
     meta = dict(meta, exported_from=str(args.snapshot if args.snapshot is not None else "checkpoint"))
     stylegan_ops.save_generator(G.eval(), args.out, metadata=meta)
@@ -566,11 +595,13 @@ def main(argv=None) -> None:
     p.add_argument("--tick-kimg", type=float, default=1.0)
     p.add_argument("--eval-kimg", type=float, default=20.0)
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p.add_argument("--init-from", default=None, help="new run only: start from this run's checkpoint (G, G_ema)")
     _add_config_args(p)
     p = sub.add_parser("export", help="G_ema -> our safe format")
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--snapshot", type=int, default=None, help="kimg of a snapshot (default: the checkpoint)")
+    p.add_argument("--threads", type=int, default=1, help="threads the run used (recorded in the metadata)")
     args = ap.parse_args(argv)
     {"train": cmd_train, "export": cmd_export}[args.cmd](args)
 

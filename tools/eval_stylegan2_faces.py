@@ -151,13 +151,20 @@ def boundary_section(student, teacher, labelers, n: int, work: Path, twork: Path
                                                  "log_loss", "majority_log_loss", "class_counts")}
                 for a in b.attributes_}
 
-    bw = BoundarySet().fit(ps, list(ATTRS))
-    bt = BoundarySet().fit(pt, list(ATTRS))
-    ps_z = ProbeSet(ps.seeds, ps.z, ps.z, ps.probs, ps.classes, ps.meta)
-    bz = BoundarySet().fit(ps_z, list(ATTRS))
-    out["student_w"] = rep(bw)
-    out["teacher_z"] = rep(bt)
-    out["student_z"] = rep(bz)
+    def fit(probes, key: str):
+        """Boundaries for every attribute that can be fitted; the others are reported with the reason."""
+        fitted = [a for a in ATTRS if min(np.bincount(probes.labels(a), minlength=2)) >= 10]
+        for a in set(ATTRS) - set(fitted):
+            out.setdefault("not_fitted", {})[f"{key}/{a}"] = {
+                "class_counts": np.bincount(probes.labels(a), minlength=2).tolist(),
+                "reason": "fewer than 10 probes in a class"}
+        b = BoundarySet().fit(probes, fitted)
+        out[key] = rep(b)
+        return b
+
+    bw = fit(ps, "student_w")
+    fit(pt, "teacher_z")
+    fit(ProbeSet(ps.seeds, ps.z, ps.z, ps.probs, ps.classes, ps.meta), "student_z")
     out["student_generator"] = ps.meta.get("generator")
     out["teacher_generator"] = pt.meta.get("generator")
     if save_to:
@@ -268,7 +275,7 @@ def main(argv=None) -> None:
 
     if args.probes:
         res["boundaries"] = boundary_section(student, teacher, labelers, args.probes, work, twork, args.save_boundaries)
-        log("boundaries:", json.dumps({k: {a: round(v[a]["accuracy"], 3) for a in ATTRS}
+        log("boundaries:", json.dumps({k: {a: round(v[a]["accuracy"], 3) for a in v}
                                        for k, v in res["boundaries"].items() if k in ("student_w", "teacher_z", "student_z")}))
     res["seconds"] = time.perf_counter() - t_all
     atomic_write_text(args.out, json.dumps(res, indent=1, default=_json_default))
