@@ -173,6 +173,51 @@ def boundary_section(student, teacher, labelers, n: int, work: Path, twork: Path
     return out
 
 
+def run_sampler_bench(model: str | None, out_json: str, work: Path, n: int, n_probes: int, lpips_images: int,
+                      lpips_pairs: int, threads: int) -> None:
+    """The sampler benchmark of issue 4 (``bench/bench_sampler.py``, its ``bench_dcgan`` part: 2, 4 and 8
+    cells, every sampler mode) run unchanged on the student.
+
+    ``bench_sampler.py`` has no generator option yet: it builds ``latent_balance.DCGANFaces`` inside
+    ``bench_dcgan``. For the duration of the call that name is bound to a factory of the student adapter,
+    the module's results path and probe cache are pointed at our files (the probe cache at the probes
+    of this evaluation, so nothing is labelled twice), and ``torch.set_num_threads`` keeps `threads`
+    (the benchmark asks for 2; on this shared, oversubscribed machine 2 threads made our training ~15x slower than 1). Nothing else
+    in the benchmark changes.
+    """
+    import latent_balance
+    from latent_balance import load_generator
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    import bench_sampler as bs
+
+    probes = work / f"probes_student_{n_probes}.npz"
+    link = work / f"probes_dcgan_{n_probes}.npz"  # the name bench_dcgan looks for in its cache folder
+    if probes.exists() and not link.exists():
+        os.symlink(probes.name, link)
+
+    def student_factory(device=None, batch_size=256):
+        return load_generator("stylegan2-faces", device=device, weights=model, batch_size=batch_size)
+
+    saved = (latent_balance.DCGANFaces, bs.RESULTS, bs.CACHE, torch.set_num_threads)
+    latent_balance.DCGANFaces = student_factory
+    bs.RESULTS, bs.CACHE = Path(out_json), work
+    torch.set_num_threads = lambda k: saved[3](threads)
+    try:
+        out = json.loads(Path(out_json).read_text()) if Path(out_json).exists() else {}
+        out["generator"] = student_factory().describe()
+        out["how"] = ("bench/bench_sampler.py bench_dcgan() run unchanged with the generator swapped for the "
+                      "student (tools/eval_stylegan2_faces.py --sampler-bench)")
+        out["machine"] = {"cpu_count": os.cpu_count(), "threads": threads, "platform": platform.platform(),
+                          "torch": torch.__version__, "note": "shared 2-core CPU; timings include other users' load"}
+        out["settings"] = {"n": n, "probes": n_probes, "lpips_images": lpips_images, "lpips_pairs": lpips_pairs,
+                           "target": "uniform", "seed": 1}
+        bs.bench_dcgan(out, n, n_probes, lpips_images, lpips_pairs)
+    finally:
+        latent_balance.DCGANFaces, bs.RESULTS, bs.CACHE, torch.set_num_threads = saved
+
+
 def _grid(images: torch.Tensor, path: str, nrow: int = 8) -> None:
     from PIL import Image
 
@@ -202,6 +247,9 @@ def main(argv=None) -> None:
     ap.add_argument("--grid", default=None, help="write an 8x8 grid of student seeds 0..63 here (.png)")
     ap.add_argument("--teacher-grid", default=None, help="the teacher's grid for the same seeds (.png)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sampler-bench", default=None, metavar="JSON",
+                    help="also run the sampler benchmark of issue 4 on the student, results to JSON")
+    ap.add_argument("--sampler-n", type=int, default=2000, help="outputs per sampler run")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -280,6 +328,9 @@ def main(argv=None) -> None:
     res["seconds"] = time.perf_counter() - t_all
     atomic_write_text(args.out, json.dumps(res, indent=1, default=_json_default))
     log("done ->", args.out)
+    if args.sampler_bench:
+        run_sampler_bench(args.model, args.sampler_bench, work, args.sampler_n, args.probes, 100, 1000, args.threads)
+        log("sampler benchmark ->", args.sampler_bench)
 
 
 if __name__ == "__main__":
