@@ -182,8 +182,8 @@ def run_sampler_bench(model: str | None, out_json: str, work: Path, n: int, n_pr
     ``bench_dcgan``. For the duration of the call that name is bound to a factory of the student adapter,
     the module's results path and probe cache are pointed at our files (the probe cache at the probes
     of this evaluation, so nothing is labelled twice), and ``torch.set_num_threads`` keeps `threads`
-    (the benchmark asks for 2; on this shared, oversubscribed machine 2 threads made our training ~15x slower than 1). Nothing else
-    in the benchmark changes.
+    (the benchmark asks for 2; on this shared, oversubscribed machine 2 threads made our training
+    ~15x slower than 1). Nothing else in the benchmark changes.
     """
     import latent_balance
     from latent_balance import load_generator
