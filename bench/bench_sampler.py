@@ -123,7 +123,9 @@ def _achieved(counts: np.ndarray, q: np.ndarray) -> dict:
             "tv": total_variation(a, q)}
 
 
-def _lpips_per_cell(images: torch.Tensor, cells: np.ndarray, k: int, max_images: int, max_pairs: int) -> list:
+def _lpips_per_cell(images, cells: np.ndarray, k: int, max_images: int, max_pairs: int) -> list:
+    """Mean pairwise LPIPS (alex) of the first `max_images` images of each cell. `images` is a tensor or a
+    function idx -> tensor (to synthesize only the images used)."""
     from latent_balance.lpips import mean_pairwise_lpips
 
     out = []
@@ -132,10 +134,25 @@ def _lpips_per_cell(images: torch.Tensor, cells: np.ndarray, k: int, max_images:
         if len(idx) < 3:
             out.append(None)
             continue
-        m, se = mean_pairwise_lpips(images[torch.from_numpy(idx)], net="alex", max_pairs=max_pairs, seed=0,
-                                    device="cpu")
+        imgs = images(idx) if callable(images) else images[torch.from_numpy(idx)]
+        m, se = mean_pairwise_lpips(imgs, net="alex", max_pairs=max_pairs, seed=0, device="cpu")
         out.append({"mean": m, "stderr": se, "images": int(len(idx))})
     return out
+
+
+def _lpips_ratios(run: list, nat: list) -> dict:
+    """Per-cell ratio balanced / natural with a delta-method standard error, and the pooled ratio."""
+    per, se = [], []
+    for a, b in zip(run, nat):
+        if a and b:
+            r = a["mean"] / b["mean"]
+            per.append(r)
+            se.append(r * float(np.hypot(a["stderr"] / a["mean"], b["stderr"] / b["mean"])))
+    pa = [a["mean"] for a, b in zip(run, nat) if a and b]
+    pb = [b["mean"] for a, b in zip(run, nat) if a and b]
+    return {"per_cell": per, "stderr": se, "min": min(per) if per else None,
+            "pooled": float(np.mean(pa) / np.mean(pb)) if per else None,
+            "cells_below_0.97_by_2_stderr": int(sum(r + 2 * e < 0.97 for r, e in zip(per, se)))}
 
 
 def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs: int) -> None:
@@ -156,9 +173,8 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
     log(f"probes ready ({len(probes)}) in {time.perf_counter() - t:.0f} s")
     save(out)
 
-    # natural images for the LPIPS reference: the first probes, re-synthesized
-    n_nat = min(len(probes), 4000)
-    nat_images = torch.cat([gen.synthesize(probes.latents[i : i + 256]) for i in range(0, n_nat, 256)])
+    def nat_images(idx):  # natural reference images: probes of the cell, re-synthesized
+        return torch.cat([gen.synthesize(probes.latents[idx[i : i + 256]]) for i in range(0, len(idx), 256)])
 
     for k, attrs in ATTRS.items():
         sec: dict = {"attributes": attrs}
@@ -183,7 +199,7 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
                           "tv_to_uniform": total_variation(nat["proportions"], q)}
         sec["naive_rejection"] = {"per_cell_alone": float(np.sum(q / nat["proportions"])),
                                   "shared_stream_measured_on_probes": _shared_stream_cost(cells_all, q, n)}
-        sec["lpips_natural"] = _lpips_per_cell(nat_images, cells_all[:n_nat], len(sp), lpips_images, lpips_pairs)
+        sec["lpips_natural"] = _lpips_per_cell(nat_images, cells_all, len(sp), lpips_images, lpips_pairs)
         log(f"{k} cells: natural {np.round(nat['proportions'], 3)}, naive {sec['naive_rejection']}")
         save(out)
 
@@ -194,6 +210,7 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
             ("matched/auto/s=auto", "independent+joint", dict(mode="matched", sharpness="auto"), None),
             ("matched/mlp/s=auto", "mlp", dict(mode="matched", sharpness="auto"), None),
             ("verify/auto/s=1", "independent+joint", dict(verify=True, sharpness=1.0), None),
+            ("verify/auto/s=2", "independent+joint", dict(verify=True, sharpness=2.0), None),
             ("verify/auto/s=auto", "independent+joint", dict(verify=True, sharpness="auto"), None),
         ]
         sec["runs"] = {}
@@ -220,7 +237,7 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
                 save(out)
                 continue
             st = res.stats
-            per_comp = [v for v in st["latent_proposals_per_kept_image_per_component"] if v is not None]
+            per_cell = [v for v in st["latent_proposals_per_kept_image_per_cell"] if v is not None]
             run.update({
                 "seconds": time.perf_counter() - t0, "timings": res.timings, "warnings": with_warnings,
                 "sharpness": st["sharpness"][0] if len(set(st["sharpness"])) == 1 else st["sharpness"],
@@ -230,20 +247,48 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
                 "exact_counts": bool(np.array_equal(res.counts(labelled=True), res.counts())) if s.verify else None,
                 "synthesis_calls_per_kept_image": st["synthesis_calls_per_kept_image"],
                 "latent_proposals_per_kept_image": st["latent_proposals_per_kept_image"],
-                "max_latent_proposals_per_kept_image_per_component": max(per_comp) if per_comp else None,
+                "max_latent_proposals_per_kept_image_per_cell": max(per_cell) if per_cell else None,
+                "latent_proposals_per_kept_image_per_cell": st["latent_proposals_per_kept_image_per_cell"],
                 "latent_proposals_per_kept_image_per_component": st["latent_proposals_per_kept_image_per_component"],
                 "acceptance_rate_per_component": st["acceptance_rate_per_component"],
                 "verify_rounds": st["verify_rounds"],
             })
             run["lpips"] = _lpips_per_cell(res.images, res.labelled, len(sp), lpips_images, lpips_pairs)
-            ratios = [a["mean"] / b["mean"] for a, b in zip(run["lpips"], sec["lpips_natural"]) if a and b]
-            run["lpips_ratio_to_natural"] = {"per_cell": ratios, "min": min(ratios) if ratios else None,
-                                             "mean": float(np.mean(ratios)) if ratios else None}
+            run["lpips_ratio_to_natural"] = _lpips_ratios(run["lpips"], sec["lpips_natural"])
             log(f"{k} cells {name}: KL {run['labelled']['kl']:.4f} TV {run['labelled']['tv']:.4f} "
                 f"synth/img {run['synthesis_calls_per_kept_image']:.3f} prop/img {run['latent_proposals_per_kept_image']:.1f} "
-                f"max prop/img/comp {run['max_latent_proposals_per_kept_image_per_component']} s={run['sharpness']} "
-                f"lpips ratio min {run['lpips_ratio_to_natural']['min']} ({run['seconds']:.0f} s)")
+                f"max prop/img/cell {run['max_latent_proposals_per_kept_image_per_cell']:.0f} s={run['sharpness']} "
+                f"lpips ratio min {run['lpips_ratio_to_natural']['min']:.3f} pooled {run['lpips_ratio_to_natural']['pooled']:.3f} "
+                f"({run['seconds']:.0f} s)")
             save(out)
+
+
+def bench_stability(out: dict, n_probes: int, count: int = 400) -> None:
+    """How rough the labels are as functions of the latent: label agreement after small z perturbations.
+
+    The last `count` probes are re-synthesized with ``z + sigma * noise`` and relabelled; the share of
+    unchanged labels bounds how well any smooth latent model (linear or MLP) can predict them.
+    """
+    from latent_balance import DCGANFaces
+    from latent_balance.probes import ProbeSet
+
+    torch.set_num_threads(2)
+    probes = ProbeSet.load(CACHE / f"probes_dcgan_{n_probes}.npz")
+    gen = DCGANFaces(device="cpu", batch_size=256)
+    labelers = _labelers()
+    idx = np.arange(len(probes) - count, len(probes))
+    rng = np.random.default_rng(0)
+    res = {"probes": int(count), "z_norm_mean": float(np.linalg.norm(probes.z[idx], axis=1).mean()), "sigma": {}}
+    for sigma in (0.05, 0.15, 0.3):
+        z = probes.z[idx] + sigma * rng.standard_normal(probes.z[idx].shape).astype(np.float32)
+        imgs = gen.synthesize(z)
+        res["sigma"][str(sigma)] = {lab.name: float(np.mean(lab(imgs).argmax(1) == probes.labels(lab.name)[idx]))
+                                    for lab in labelers}
+        log(f"stability sigma={sigma}: {res['sigma'][str(sigma)]}")
+    res["independent_labels_agreement"] = {a: float(np.sum((np.bincount(probes.labels(a)) / len(probes)) ** 2))
+                                           for a in probes.attributes}
+    out["label_stability_under_z_perturbation"] = res
+    save(out)
 
 
 def main() -> None:
@@ -251,9 +296,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="outputs per run")
     ap.add_argument("--probes", type=int, default=20000, help="probe count")
-    ap.add_argument("--only", choices=["boundaries", "dcgan"], default=None)
-    ap.add_argument("--lpips-images", type=int, default=100, help="images per cell for LPIPS diversity")
-    ap.add_argument("--lpips-pairs", type=int, default=1000, help="pairs per cell for LPIPS diversity")
+    ap.add_argument("--only", choices=["boundaries", "dcgan", "stability"], default=None)
+    ap.add_argument("--lpips-images", type=int, default=250, help="images per cell for LPIPS diversity")
+    ap.add_argument("--lpips-pairs", type=int, default=4000, help="pairs per cell for LPIPS diversity")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     args = ap.parse_args()
     RESULTS = args.out
@@ -267,6 +312,8 @@ def main() -> None:
         bench_boundaries(out)
     if args.only in (None, "dcgan"):
         bench_dcgan(out, args.n, args.probes, args.lpips_images, args.lpips_pairs)
+    if args.only in (None, "stability"):
+        bench_stability(out, args.probes)
     log("done ->", RESULTS)
 
 

@@ -158,7 +158,8 @@ class BalancedSampler:
                      (matched mode and ``sharpness="auto"``).
         strict:      matched mode: raise :class:`UnreachableTarget` instead of warning.
         min_count:   fewest probes a cell with target mass needs (see :meth:`Target.resolve`).
-        max_proposals_per_image: latent proposals allowed per accepted latent of a component.
+        max_proposals_per_image: latent proposals allowed per accepted latent of a component (and, for the
+                     automatic sharpness with verify, the predicted proposals per *kept* image).
         max_synthesis_per_image: verify: synthesis calls allowed per kept image.
         min_ess:     fewest effective held-out probes behind a component's row of C for it to be used
                      by the automatic choices (matched weights, verify allocation, auto sharpness).
@@ -371,7 +372,20 @@ class BalancedSampler:
             m = _lp_allocation(C, q, usable)
             out["verify_cost"] = float(m.sum()) if m is not None else math.inf
             out["score"] = out["verify_cost"]
-            out["ok"] = bool(np.isfinite(out["verify_cost"]))
+            out["proposals_per_kept"] = None
+            ok = m is not None
+            if ok:
+                # expected share of component g's images that are kept: images labelled c are kept while
+                # c needs them, i.e. in proportion q_c / (m @ C)_c
+                expected = m @ C
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    share = np.where(expected > 0, np.minimum(1.0, q / np.where(expected > 0, expected, 1.0)), 0.0)
+                    kept = C @ share
+                    ppk = np.where(m > 1e-9, 1.0 / np.maximum(comp["acceptance"] * kept, 1e-300), 0.0)
+                out["proposals_per_kept"] = ppk
+                # automatic choices also keep latent proposals per *kept* image within the budget
+                ok = bool(np.all(ppk <= self.max_proposals_per_image)) or not auto
+            out["ok"] = bool(ok)
         else:
             out["verify_cost"] = None
             out["score"] = out["predicted_tv"]
@@ -503,7 +517,9 @@ class BalancedSampler:
             :class:`SampleResult` with stats: ``n``, ``mode``, ``verify``, ``posterior``, ``sharpness``,
             ``target``, ``predicted`` (labelled distribution expected), ``latent_proposals`` (total and
             ``per_component``), ``accepted_per_component``, ``acceptance_rate_per_component``,
-            ``latent_proposals_per_kept_image`` (overall and ``..._per_component``), ``synthesis_calls``,
+            ``latent_proposals_per_kept_image`` (overall, ``..._per_component``: a component's proposals over
+            the images kept from it, and ``..._per_cell``: the mean of that over the images kept in each
+            cell), ``synthesis_calls``,
             ``synthesis_calls_per_kept_image``, ``truncation_psi``, ``blocks``.
         """
         n = int(n)
@@ -661,7 +677,10 @@ class BalancedSampler:
             synth += len(lat)
             cells = self.space.cell_of_probs(probs)
             np.add.at(seen, (comp, cells), 1.0)
-            for i in range(len(lat)):
+            # candidates are offered to the cells interleaved across components (by relative rank within
+            # their component), so no component's images systematically arrive after the cells are full
+            rank = np.concatenate([(np.arange(len(b[1])) + 0.5) / len(b[1]) for b in batch])
+            for i in np.lexsort((comp, rank)).tolist():
                 c = int(cells[i])
                 if need[c] > 0:
                     need[c] -= 1
@@ -719,6 +738,9 @@ class BalancedSampler:
         with np.errstate(divide="ignore", invalid="ignore"):
             per_comp = np.where(kept > 0, props / np.maximum(kept, 1), np.nan)
             rate = np.where(props > 0, acc / np.maximum(props, 1), np.nan)
+            # per cell: each kept image carries its component's proposals per kept image
+            cost = np.where(kept > 0, props / np.maximum(kept, 1), 0.0)[res.components]
+            per_cell = np.bincount(res.cells, weights=cost, minlength=k) / np.bincount(res.cells, minlength=k)
         plan = self.plan_
         res.stats = {
             "n": n, "mode": self.mode, "verify": self.verify, "posterior": self.model.posterior_,
@@ -733,6 +755,7 @@ class BalancedSampler:
             "acceptance_rate_per_component": [None if np.isnan(v) else float(v) for v in rate],
             "latent_proposals_per_kept_image": float(props.sum() / max(n, 1)),
             "latent_proposals_per_kept_image_per_component": [None if np.isnan(v) else float(v) for v in per_comp],
+            "latent_proposals_per_kept_image_per_cell": [None if np.isnan(v) else float(v) for v in per_cell],
             "synthesis_calls": synth, "synthesis_calls_per_kept_image": synth / max(n, 1),
             "verify_rounds": int(sum(p.stats.get("verify_rounds", 0) for p in parts)),
             "truncation_psi": float(self.generator.describe().get("truncation_psi", 1.0)),
@@ -800,6 +823,7 @@ class BalancedSampler:
                 "pi": None if p["pi"] is None else p["pi"].tolist(), "predicted": p["predicted"].tolist(),
                 "predicted_tv": p["predicted_tv"], "predicted_kl": p["predicted_kl"], "reachable": p["reachable"],
                 "acceptance": p["acceptance"].tolist(), "ess": p["ess"].tolist(), "verify_cost": p["verify_cost"],
+                "proposals_per_kept": None if p.get("proposals_per_kept") is None else p["proposals_per_kept"].tolist(),
                 "confusion": p["C"].tolist(), "auto": p.get("auto")}
 
     def __repr__(self) -> str:

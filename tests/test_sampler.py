@@ -111,6 +111,12 @@ def test_verify_gives_exact_counts(noisy, target):
     naive = float(np.sum(s.q[s.q > 0] / np.diag(C)[s.q > 0]))
     assert st["synthesis_calls_per_kept_image"] < min(naive - 0.05, s.plan_["verify_cost"] + 0.3)
     assert res.images.shape == (N, 3, w.res, w.res)
+    # per-cell latent cost: mean over the images kept in a cell of their component's proposals per kept image
+    props, kept = np.array(st["latent_proposals_per_component"]), np.array(st["kept_per_component"])
+    for c in np.flatnonzero(want):
+        rows = [i for i in range(N) if res.cells[i] == c]
+        ref = np.mean([props[res.components[i]] / kept[res.components[i]] for i in rows])
+        assert st["latent_proposals_per_kept_image_per_cell"][c] == pytest.approx(ref)
 
 
 def test_bad_inputs_fail_before_any_synthesis(noisy):
