@@ -278,7 +278,8 @@ class _Synthesis(torch.nn.Module):
 
 def test_bare_nvidia_mapping_synthesis_pair():
     w = SyntheticWorld(space="w", tau=0.005, seed=6)
-    G = StyleGAN2Adapter(mapping=_Mapping(w.A, w.c), synthesis=_Synthesis(w), device="cpu", id="pair-test")
+    G = StyleGAN2Adapter(mapping=_Mapping(w.A, w.c), synthesis=_Synthesis(w), device="cpu", id="pair-test",
+                         batch_size=4096)
     probes = __import__("latent_balance.probes", fromlist=["build_probes"]).build_probes(
         G, w.labelers(), 20000, batch_size=4096, show_progress=False)
     s = BalancedSampler(G, probes, seed=1, labelers=w.labelers(), verify=True)
