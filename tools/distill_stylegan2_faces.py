@@ -84,12 +84,14 @@ class Config:
     map_lr_mult: float = 0.1
     channel_base: int = 1024          # channels at resolution R: min(channel_base // R, channel_max)
     channel_max: int = 128
+    d_arch: str = "resnet"            # "resnet" (whole image -> 1 logit) or "patch" (PatchGAN: 8x8 logits)
     d_channel_base: int = 1024
     d_channel_max: int = 128
     batch: int = 32
     lr_g: float = 0.002
     lr_d: float = 0.002
-    betas: tuple = (0.0, 0.99)
+    betas: tuple = (0.0, 0.99)        # Adam betas of G (and of D, except beta1: d_beta1)
+    d_beta1: float = 0.0
     l1: float = 1.0
     lpips: float = 1.0
     adv: float = 0.1
@@ -213,6 +215,43 @@ class Discriminator(nn.Module):
         return self.out(x).squeeze(1)
 
 
+class PatchDiscriminator(nn.Module):
+    """PatchGAN discriminator: three 4x4 stride-2 convolutions (channels c, 2c, 4c) and a 3x3 output
+    convolution; images [N, 3, R, R] -> logits [N, R/8 * R/8], each judging a ~30 px patch. Cheap, and
+    aimed at local sharpness (the paired losses take care of the global layout)."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        c = channels
+        self.convs = nn.ModuleList([_EqConv4s2(3, c), _EqConv4s2(c, 2 * c), _EqConv4s2(2 * c, 4 * c)])
+        self.out = _EqConv(4 * c, 1)
+
+    def forward(self, img):
+        x = img
+        for conv in self.convs:
+            x = _lrelu(conv(x))
+        return self.out(x).flatten(1)
+
+
+class _EqConv4s2(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 4, 4))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.gain = 1 / math.sqrt(cin * 16)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.gain, self.bias, stride=2, padding=1)
+
+
+def build_discriminator(cfg: "Config") -> nn.Module:
+    if cfg.d_arch == "patch":
+        return PatchDiscriminator(min(cfg.d_channel_base // cfg.resolution, cfg.d_channel_max))
+    if cfg.d_arch == "resnet":
+        return Discriminator(cfg.resolution, cfg.d_channel_base, cfg.d_channel_max)
+    raise SystemExit(f"d_arch must be 'resnet' or 'patch', got {cfg.d_arch!r}")
+
+
 def build_generator(cfg: Config):
     import stylegan_ops
 
@@ -302,7 +341,7 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         self.G = build_generator(cfg).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.D = Discriminator(cfg.resolution, cfg.d_channel_base, cfg.d_channel_max).train()
+        self.D = build_discriminator(cfg).train()
         if cfg.channels_last:
             self.D = self.D.to(memory_format=torch.channels_last)
         # hint heads: 1x1 convolutions from the student's block features to the teacher's ReLU features
@@ -312,7 +351,7 @@ class _Trainer:
                                       betas=tuple(cfg.betas), eps=1e-8)
         mb = cfg.r1_interval / (cfg.r1_interval + 1)  # lazy-regularization correction of lr and betas
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d * mb,
-                                      betas=tuple(b ** mb for b in cfg.betas), eps=1e-8)
+                                      betas=(cfg.d_beta1 ** mb, cfg.betas[1] ** mb), eps=1e-8)
         self.lpips = LPIPS("alex", device="cpu").requires_grad_(False) if cfg.lpips > 0 else None
         self.step = 0
         self.elapsed = 0.0  # training seconds over all stretches
@@ -416,7 +455,8 @@ class _Trainer:
             d_loss.backward()
             if cfg.r1_gamma > 0 and self.step % cfg.r1_interval == 0:
                 r = real.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(self.D(r).sum(), r, create_graph=True)
+                logits = self.D(r).reshape(len(r), -1).mean(1)  # per image (patch D: mean over patches)
+                (grad,) = torch.autograd.grad(logits.sum(), r, create_graph=True)
                 r1 = grad.square().sum(dim=[1, 2, 3]).mean()
                 out["r1"] = r1.item()
                 (r1 * (cfg.r1_gamma / 2) * cfg.r1_interval).backward()
@@ -580,7 +620,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         elif f.name in _TUPLE_FIELDS:
             p.add_argument(name, type=_TUPLE_FIELDS[f.name], nargs="+", default=None)
         else:
-            typ = {"int": int, "float": float}.get(f.type, f.type if callable(f.type) else float)
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type if callable(f.type) else float)
             p.add_argument(name, type=typ, default=None)
 
 

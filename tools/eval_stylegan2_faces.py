@@ -173,6 +173,28 @@ def boundary_section(student, teacher, labelers, n: int, work: Path, twork: Path
     return out
 
 
+def resolution_check(labelers, n: int = 2000, seed0: int = 10_000_000) -> dict:
+    """How much labelling teacher faces after 64 -> 32 -> 64 px resampling moves the label marginals
+    (decides whether a 32 px student could meet the 0.05 TV budget). Antialiased bilinear down,
+    bilinear up; also the 32 px images labelled directly (the labelers resample internally)."""
+    import torch.nn.functional as F
+
+    from latent_balance import DCGANFaces
+
+    img = _images(DCGANFaces(device="cpu"), np.arange(seed0, seed0 + n, dtype=np.int64))
+    down = F.interpolate(img, size=32, mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+    up = F.interpolate(down, size=64, mode="bilinear", align_corners=False).clamp(-1, 1)
+    l64, l32up, l32 = _label(labelers, img), _label(labelers, up), _label(labelers, down)
+    out = {"n": n, "seeds": [seed0, seed0 + n]}
+    for a in ATTRS:
+        y64, yu, yd = (d[f"probs/{a}"].argmax(1) for d in (l64, l32up, l32))
+        m64, mu, md = (np.bincount(y, minlength=2) / n for y in (y64, yu, yd))
+        out[a] = {"marginal_64": m64.tolist(), "marginal_32_up_64": mu.tolist(), "marginal_32": md.tolist(),
+                  "tv_32_up_64": float(0.5 * np.abs(m64 - mu).sum()), "tv_32": float(0.5 * np.abs(m64 - md).sum()),
+                  "agreement_32_up_64": float(np.mean(y64 == yu)), "agreement_32": float(np.mean(y64 == yd))}
+    return out
+
+
 def run_sampler_bench(model: str | None, out_json: str, work: Path, n: int, n_probes: int, lpips_images: int,
                       lpips_pairs: int, threads: int) -> None:
     """The sampler benchmark of issue 4 (``bench/bench_sampler.py``, its ``bench_dcgan`` part: 2, 4 and 8
@@ -238,7 +260,7 @@ def _grid(images: torch.Tensor, path: str, nrow: int = 8) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="student weights (default: the shipped model)")
-    ap.add_argument("--out", required=True, help="JSON results file")
+    ap.add_argument("--out", default=None, help="JSON results file (required unless --resolution-check)")
     ap.add_argument("--work", default="runs/stylegan2_faces/eval", help="cache folder (not committed)")
     ap.add_argument("--n", type=int, default=5000, help="samples for labels and Frechet distance")
     ap.add_argument("--probes", type=int, default=20000, help="probes per generator for the boundaries (0 = skip)")
@@ -250,12 +272,23 @@ def main(argv=None) -> None:
     ap.add_argument("--sampler-bench", default=None, metavar="JSON",
                     help="also run the sampler benchmark of issue 4 on the student, results to JSON")
     ap.add_argument("--sampler-n", type=int, default=2000, help="outputs per sampler run")
+    ap.add_argument("--resolution-check", default=None, metavar="JSON",
+                    help="only measure the label shift of 64 -> 32 -> 64 px teacher faces, results to JSON")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from attributes import load_labelers
     from latent_balance import load_generator
 
+    if args.resolution_check:
+        res = resolution_check(load_labelers(list(ATTRS)))
+        res.update(labelers={lab.name: lab.id for lab in load_labelers(list(ATTRS))}, versions=package_versions())
+        atomic_write_text(args.resolution_check, json.dumps(res, indent=1, default=_json_default))
+        log("resolution check ->", args.resolution_check, json.dumps({a: res[a]["tv_32_up_64"] for a in ATTRS}))
+        return
+
+    if not args.out:
+        ap.error("--out is required (unless --resolution-check)")
     t_all = time.perf_counter()
     student = load_generator("stylegan2-faces", device="cpu", weights=args.model, batch_size=250)
     teacher = load_generator("dcgan-faces", device="cpu")
