@@ -3,9 +3,19 @@
 Public API (everything else is private):
 
 * generators: :func:`load_generator`, :class:`GeneratorAdapter`, :class:`DCGANFaces`,
-  :class:`CallableGenerator`, :class:`StyleGAN2Adapter`.
+  :class:`CallableGenerator`, :class:`StyleGAN2Adapter`;
+* probes and models: :func:`build_probes`, :class:`ProbeSet`, :class:`BoundarySet`, :class:`SubgroupModel`;
+* targets and sampling: :class:`Target`, :class:`BalancedSampler`, :class:`SampleResult`,
+  :class:`BalancedDataset`;
+* datasets and audits: :func:`write_dataset`, :func:`merge_shards`, :func:`audit_dataset`,
+  :func:`audit_generator`.
+
+Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 runtime in ``stylegan_ops``.
 """
 
+from .audit import audit_dataset, audit_generator
+from .boundaries import BoundarySet
+from .export import merge_shards, write_dataset
 from .generators import (
     CallableGenerator,
     DCGANFaces,
@@ -14,14 +24,30 @@ from .generators import (
     available_generators,
     load_generator,
 )
+from .probes import ProbeSet, build_probes
+from .sampler import BalancedDataset, BalancedSampler, SampleResult
+from .subgroups import SubgroupModel
+from .targets import Target
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BalancedDataset",
+    "BalancedSampler",
+    "BoundarySet",
     "CallableGenerator",
     "DCGANFaces",
     "GeneratorAdapter",
+    "ProbeSet",
+    "SampleResult",
     "StyleGAN2Adapter",
+    "SubgroupModel",
+    "Target",
+    "audit_dataset",
+    "audit_generator",
     "available_generators",
+    "build_probes",
     "load_generator",
+    "merge_shards",
+    "write_dataset",
 ]
