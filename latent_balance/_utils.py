@@ -28,11 +28,14 @@ def warn_once(key: str, message: str, category: type[Warning] = RuntimeWarning) 
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one `os.replace`.
 
     If the body raises (or the process dies), `path` is left exactly as it was and the temporary
     file is removed (or, after a hard kill, left as a hidden ``.tmp`` file that is never read).
+    With `durable` the data is fsync'ed before the rename (survives a power loss, ~4 ms per file
+    here); without it the rename is still atomic for every process that reads the file, and a
+    caller can make a batch durable at once with :func:`sync_all`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,9 +44,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        if durable:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -56,9 +60,22 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+_UMASK = _umask()  # read once: os.umask is process-global, so reading it later could race with writer threads
+
+
+def sync_all(paths=()) -> None:
+    """Make everything written so far durable: ``os.sync()`` where it exists, else fsync each of `paths`."""
+    if hasattr(os, "sync"):
+        os.sync()
+        return
+    for p in paths:
+        with open(p, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` atomically (temporary file in the same folder, then rename)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 

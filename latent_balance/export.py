@@ -26,13 +26,15 @@ import io
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ._utils import atomic_path, atomic_write_bytes, atomic_write_text, images_to_uint8, logger, package_versions, progress
+from ._utils import (atomic_path, atomic_write_bytes, atomic_write_text, images_to_uint8, logger, package_versions,
+                     progress, sync_all)
 from .audit import cell_names, label_cells
 from .metrics import distribution_metrics
 
@@ -189,22 +191,40 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
     written = skipped = 0
     timings: dict[str, float] = {}
     row_info = source.row_info()
-    for b in progress(mine, desc="blocks", enabled=show_progress):
-        if (out_dir / "blocks" / f"{b:05d}.json").exists():
-            skipped += 1
-            continue
-        start, stop = ranges[b]
-        t0 = time.perf_counter()
-        out = source.produce(b, schedule[start:stop])
-        t1 = time.perf_counter()
-        _write_block(out_dir, b, start, schedule[start:stop], out, source, row_info, save_latents)
-        t2 = time.perf_counter()
-        written += 1
-        tm = {**{k: float(v) for k, v in out.timings.items()}, "produce": t1 - t0, "write": t2 - t1}
-        for k, v in tm.items():
-            timings[k] = timings.get(k, 0.0) + v
-        with open(out_dir / "run_log.jsonl", "a") as fh:
-            fh.write(_json({"block": b, "timings": tm, "stats": dict(out.stats)}) + "\n")
+    # A writer thread encodes and writes block b while the source produces block b + 1 (PNG encoding and
+    # file I/O overlap with synthesis); at most one block waits, so memory stays bounded.
+    pending = None
+
+    def drain() -> None:
+        nonlocal pending
+        if pending is not None:
+            fut, b, tm, stats = pending
+            pending = None
+            t = time.perf_counter()
+            tm["write"] = fut.result()
+            tm["write_wait"] = time.perf_counter() - t
+            for k, v in tm.items():
+                timings[k] = timings.get(k, 0.0) + v
+            with open(out_dir / "run_log.jsonl", "a") as fh:
+                fh.write(_json({"block": b, "timings": tm, "stats": stats}) + "\n")
+
+    # On an error or Ctrl-C the pool's exit lets the in-flight block finish (marker written) or not (no marker):
+    # either way the folder stays consistent and a re-run resumes it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-balance-writer") as pool:
+        for b in progress(mine, desc="blocks", enabled=show_progress):
+            if (out_dir / "blocks" / f"{b:05d}.json").exists():
+                skipped += 1
+                continue
+            start, stop = ranges[b]
+            t0 = time.perf_counter()
+            out = source.produce(b, schedule[start:stop])
+            tm = {**{k: float(v) for k, v in out.timings.items()}, "produce": time.perf_counter() - t0}
+            drain()
+            fut = pool.submit(_write_block, out_dir, b, start, schedule[start:stop], out, source, row_info,
+                              save_latents)
+            pending = (fut, b, tm, dict(out.stats))
+            written += 1
+        drain()
     complete = all((out_dir / "blocks" / f"{b:05d}.json").exists() for b in range(len(ranges)))
     if complete:
         finalize_dataset(out_dir)
@@ -212,7 +232,9 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
 
 
 def _write_block(out_dir: Path, block: int, start: int, slots: np.ndarray, out: BlockOutput, source: BlockSource,
-                 row_info: dict, save_latents: bool) -> None:
+                 row_info: dict, save_latents: bool) -> float:
+    """Write a block's PNGs (and latents), make them durable, then its marker. Returns seconds spent."""
+    t0 = time.perf_counter()
     k = len(slots)
     seeds = np.asarray(out.seeds, dtype=np.int64)
     if seeds.shape != (k,) or len(out.latents) != k or len(out.images) != k:
@@ -227,16 +249,19 @@ def _write_block(out_dir: Path, block: int, start: int, slots: np.ndarray, out: 
     for j in range(k):
         idx = start + j
         rel = f"images/{idx:07d}.png"
-        atomic_write_bytes(out_dir / rel, _png_bytes(imgs[j]))
+        atomic_write_bytes(out_dir / rel, _png_bytes(imgs[j]), durable=False)
         rows.append({"index": idx, "file": rel, "seed": int(seeds[j]), "block": block,
                      "intended_cell": source.slot_names[int(slots[j])], "labelled_cell": names[int(labelled[j])],
                      "probs": {a: {c: round(float(probs[a][j, i]), 6) for i, c in enumerate(source.classes[a])} for a in attrs},
                      **row_info})
     if save_latents:
-        with atomic_path(out_dir / "blocks" / f"{block:05d}.npy", suffix=".npy") as tmp:
+        with atomic_path(out_dir / "blocks" / f"{block:05d}.npy", suffix=".npy", durable=False) as tmp:
             np.save(tmp, np.asarray(out.latents, dtype=np.float32))
+    # one durability barrier for the whole block (a per-file fsync costs ~4 ms a file), then the marker
+    sync_all([out_dir / r["file"] for r in rows])
     atomic_write_text(out_dir / "blocks" / f"{block:05d}.json",
                       _json({"block": block, "rows": rows, "stats": {k2: float(v) for k2, v in out.stats.items()}}))
+    return time.perf_counter() - t0
 
 
 def _read_blocks(out_dir: Path) -> tuple[list[dict], dict]:
