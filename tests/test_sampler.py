@@ -7,6 +7,8 @@ which only the matched mode and verify correct). Outputs are labelled by the rea
 synthesized images and compared with the target by a chi-square goodness-of-fit test at a fixed seed.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -72,6 +74,11 @@ def test_matched_mode_corrects_a_weak_posterior(noisy, target):
                         labelers=w.labelers(), seed=7)
     assert s.plan_["reachable"] and s.plan_["predicted_tv"] <= 0.002
     assert (s.plan_["sharpness"][0] == 1.0) == (target is None)
+    with warnings.catch_warnings():  # the skewed target is out of reach at sharpness <= 1.5 (warned)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        capped = BalancedSampler(w.generator, model, target, mode="matched", sharpness="auto", max_sharpness=1.5,
+                                 tolerance=0.002, seed=7)
+    assert capped.plan_["sharpness"].max() <= 1.5
     res = s.sample(N, images=True)
     obs, p = _labelled(res, s.q)
     assert p > 0.01, (obs, N * s.q)
