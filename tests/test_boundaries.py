@@ -23,6 +23,12 @@ def fitted_w(world_w):
     return BoundarySet().fit(probes)
 
 
+@pytest.fixture(scope="module")
+def model_w(world_w, fitted_w):
+    w, probes = world_w
+    return SubgroupModel(attributes=["gender", "age", "smile"]).fit(probes)
+
+
 def _fresh_latents(w, n=20000, seed=123):
     return w.latents_of_z(np.random.default_rng(seed).standard_normal((n, w.latent_dim)))
 
@@ -197,9 +203,9 @@ def test_ece_reference():
 # ------------------------------------------------------------------------------------------------
 # subgroup model
 # ------------------------------------------------------------------------------------------------
-def test_natural_frequencies_and_cells(world_w):
+def test_natural_frequencies_and_cells(world_w, model_w):
     w, probes = world_w
-    m = SubgroupModel(attributes=["gender", "age", "smile"]).fit(probes)
+    m = model_w
     nat = m.natural_
     ref = np.bincount(label_cells(probes.probs, probes.classes, ["gender", "age", "smile"]), minlength=8)
     np.testing.assert_array_equal(nat["counts"], ref)
@@ -215,9 +221,9 @@ def test_natural_frequencies_and_cells(world_w):
     np.testing.assert_allclose(sp.marginal(nat["proportions"], "gender"), np.bincount(probes.labels("gender")) / 20000)
 
 
-def test_posterior_selection_independent_world(world_w):
+def test_posterior_selection_independent_world(world_w, model_w):
     w, probes = world_w
-    m = SubgroupModel(attributes=["gender", "age", "smile"]).fit(probes)
+    m = model_w
     # labels are conditionally independent given the latent: the product model is the true one
     assert m.posterior_ == "independent"
     sel = m.selection_

@@ -288,8 +288,8 @@ def test_bare_nvidia_mapping_synthesis_pair():
     G = StyleGAN2Adapter(mapping=_Mapping(w.A, w.c), synthesis=_Synthesis(w), device="cpu", id="pair-test",
                          batch_size=4096)
     probes = __import__("latent_balance.probes", fromlist=["build_probes"]).build_probes(
-        G, w.labelers(), 20000, batch_size=4096, show_progress=False)
-    s = BalancedSampler(G, probes, seed=1, labelers=w.labelers(), verify=True)
+        G, w.labelers(), 10000, batch_size=4096, show_progress=False)
+    s = BalancedSampler(G, probes, posterior="independent", seed=1, labelers=w.labelers(), verify=True)
     res = s.sample(200)
     np.testing.assert_array_equal(res.counts(labelled=True), res.counts())
     assert res.stats["truncation_psi"] == 1.0
