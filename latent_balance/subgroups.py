@@ -332,7 +332,7 @@ class SubgroupModel:
         if kind == "joint":
             from sklearn.linear_model import LogisticRegression
 
-            lr = LogisticRegression(C=self.C, max_iter=2000).fit(Xs[mask], y[mask])
+            lr = LogisticRegression(C=self.C, max_iter=2000, tol=1e-6).fit(Xs[mask], y[mask])
             if len(present) == 2:
                 coef = np.vstack([np.zeros_like(lr.coef_), lr.coef_])
                 icpt = np.array([0.0, lr.intercept_[0]])
