@@ -14,8 +14,8 @@ Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 run
 """
 
 from .audit import audit_dataset, audit_generator
-from .boundaries import BoundarySet
-from .export import merge_shards, write_dataset
+from .boundaries import BoundaryFileError, BoundarySet
+from .export import DatasetError, merge_shards, write_dataset
 from .generators import (
     CallableGenerator,
     DCGANFaces,
@@ -24,17 +24,28 @@ from .generators import (
     available_generators,
     load_generator,
 )
-from .probes import ProbeSet, build_probes
-from .sampler import BalancedDataset, BalancedSampler, SampleResult
-from .subgroups import SubgroupModel
-from .targets import Target
+from .probes import ProbeFileError, ProbeSet, build_probes
+from .sampler import (BalancedDataset, BalancedSampler, BalancedSource, BudgetError, SampleResult, SamplingError,
+                      UnreachableTarget)
+from .subgroups import CellSpace, SubgroupFileError, SubgroupModel
+from .targets import Target, TargetError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BalancedDataset",
     "BalancedSampler",
+    "BalancedSource",
+    "BoundaryFileError",
     "BoundarySet",
+    "BudgetError",
+    "CellSpace",
+    "DatasetError",
+    "ProbeFileError",
+    "SamplingError",
+    "SubgroupFileError",
+    "TargetError",
+    "UnreachableTarget",
     "CallableGenerator",
     "DCGANFaces",
     "GeneratorAdapter",

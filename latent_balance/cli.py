@@ -309,7 +309,7 @@ def fit(ctx, probes, out, attributes, posterior, seed):
 
 
 def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, threshold, seed, batch_size,
-             block_size, cell=None):
+             block_size, cell=None, max_sharpness=None):
     from .sampler import BalancedSampler
 
     sharp = sharpness if sharpness == "auto" else float(sharpness)
@@ -319,7 +319,8 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
         ok = _run(ctx, model.space_.match, spec) & (model.natural_["counts"] >= 5)
         target = {"cells": {model.space_.ids[int(i)]: 1.0 for i in np.flatnonzero(ok)[:1]}} if ok.any() else None
     sampler = _run(ctx, BalancedSampler, generator, model, target, mode=mode, verify=verify, labelers=labelers,
-                   sharpness=sharp, threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size)
+                   sharpness=sharp, threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size,
+                   max_sharpness=max_sharpness)
     if cell:
         sampler = _run(ctx, sampler.for_cell, spec)
     return sampler
@@ -343,14 +344,18 @@ def _cell_spec(cell: str, attributes) -> dict:
               help="'uniform' or a YAML target file (cells / marginals / exclude; see the README).")
 @click.option("--cell", default=None, help="Only this subgroup: one class per attribute, e.g. female,old,smiling "
                                            "('*' = any).")
-@click.option("--mode", type=click.Choice(["posterior", "matched", "natural"]), default="posterior", show_default=True,
-              help="posterior: rejection in latent space with the calibrated posterior; matched: mixture "
-                   "weights that match the target in expectation; natural: the unbalanced generator.")
+@click.option("--mode", type=click.Choice(["posterior", "matched", "natural"]), default="matched", show_default=True,
+              help="matched: mixture weights over latent components so the labelled distribution matches the "
+                   "target in expectation (warns with the closest reachable one); posterior: rejection in latent "
+                   "space with the calibrated posterior P(cell | latent)^sharpness; natural: the unbalanced generator.")
 @click.option("--verify/--no-verify", default=False, show_default=True,
               help="Label every image and keep it only for a cell that needs it: exact counts.")
 @click.option("--attributes", default=None, help="Labelers to record in the manifest (default: the model's).")
 @click.option("--labelers", "labelers_spec", default=None, type=click.Path(dir_okay=False), help="YAML labeler spec.")
-@click.option("--sharpness", default="1.0", show_default=True, help="Acceptance exponent, or 'auto'.")
+@click.option("--sharpness", default="auto", show_default=True,
+              help="Acceptance exponent (1 = the model's own conditional; larger = purer, less diverse), or 'auto'.")
+@click.option("--max-sharpness", type=click.FloatRange(min=1), default=None,
+              help="Upper bound for --sharpness auto (e.g. 2 keeps diversity closer to the natural generator's).")
 @click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Accept only latents with P(cell | latent) >= this.")
 @click.option("--seed", type=click.IntRange(0, 2**20 - 1), default=0, show_default=True)
@@ -364,7 +369,7 @@ def _cell_spec(cell: str, attributes) -> dict:
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.pass_context
 def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
-           threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi, batch_size, device):
+           max_sharpness, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi, batch_size, device):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
     from .export import write_dataset
     from .sampler import BalancedSource
@@ -396,7 +401,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                                target=dict(zip(model.space_.ids, map(float, tgt))), seed=seed, batch_size=batch_size)
     else:
         sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed, batch_size,
-                           block_size, cell=cell)
+                           block_size, cell=cell, max_sharpness=max_sharpness)
         source = BalancedSource(sampler)
     res = _run(ctx, write_dataset, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
                save_latents=save_latents, extra_settings=extra)
