@@ -52,17 +52,9 @@ def log(*a):
 
 
 def save(out: dict) -> None:
-    from latent_balance._utils import atomic_write_text
+    from latent_balance._utils import atomic_write_text, json_default
 
-    atomic_write_text(RESULTS, json.dumps(out, indent=1, sort_keys=False, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    atomic_write_text(RESULTS, json.dumps(out, indent=1, sort_keys=False, default=json_default))
 
 
 # ------------------------------------------------------------------------------------------------

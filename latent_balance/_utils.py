@@ -164,3 +164,65 @@ def images_to_uint8(images):
 
     arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
     return np.clip(np.rint((arr.transpose(0, 2, 3, 1).astype(np.float32) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def json_default(o):
+    """``json.dumps(default=...)`` for our results: NumPy scalars and arrays, paths; anything else as str."""
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def write_npz(path: str | os.PathLike[str], arrays: dict, meta: dict) -> None:
+    """Write `arrays` and JSON `meta` (stored as the uint8 array ``meta``) to an ``.npz`` atomically.
+
+    The file loads with ``np.load(allow_pickle=False)``: it cannot execute code.
+    """
+    import json
+
+    import numpy as np
+
+    arrays = dict(arrays)
+    arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True, default=json_default).encode("utf-8"),
+                                   dtype=np.uint8)
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def read_npz(path: str | os.PathLike[str], fmt: str, version: int, what: str, error: type[Exception]):
+    """Read a file of :func:`write_npz` whose ``meta["format"]`` is `fmt` (version <= `version`).
+
+    Returns:
+        (arrays: dict name -> ndarray, meta: dict). Raises `error` naming the problem: missing file,
+        foreign or corrupt file, or a newer format version.
+    """
+    import json
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "meta" not in data.files:
+                raise error(f"{path} is not a latent-balance {what} file (no metadata)")
+            meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+            if not isinstance(meta, dict) or meta.get("format") != fmt:
+                raise error(f"{path} is not a latent-balance {what} file (format "
+                            f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+            if meta.get("format_version", 0) > version:
+                raise error(f"{path} was written by a newer latent-balance (format {meta['format_version']} > "
+                            f"{version}); upgrade to read it")
+            arrays = {k: data[k] for k in data.files if k != "meta"}
+    except error:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, UnicodeDecodeError) as err:
+        raise error(f"{path} is corrupt or not a {what} file: {type(err).__name__}: {err}") from err
+    return arrays, meta

@@ -21,15 +21,13 @@ a JSON metadata string, read with ``allow_pickle=False``: loading cannot execute
 
 from __future__ import annotations
 
-import json
 import math
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._utils import atomic_path, package_versions
+from ._utils import package_versions, read_npz, write_npz
 
 __all__ = ["BoundarySet", "BoundaryFileError", "expected_calibration_error"]
 
@@ -498,15 +496,12 @@ class BoundarySet:
         """Write the boundaries to `path` (``.npz``, no pickles) atomically, with their metadata
         (generator id and latent space, labeler ids, probe count, accuracy, calibration error, versions)."""
         arrays, meta = self.to_arrays()
-        arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+        write_npz(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "BoundarySet":
         """Read a file written by :meth:`save` (``allow_pickle=False``). Raises :class:`BoundaryFileError`."""
-        arrays, meta = _load_npz(path, FORMAT, FORMAT_VERSION, "boundary", BoundaryFileError)
+        arrays, meta = read_npz(path, FORMAT, FORMAT_VERSION, "boundary", BoundaryFileError)
         try:
             return cls.from_arrays(arrays, meta)
         except (KeyError, TypeError, ValueError) as err:
@@ -537,26 +532,3 @@ def _check_attributes(probes, attributes) -> list[str]:
     if len(set(attributes)) != len(attributes):
         raise ValueError(f"attributes must be distinct, got {attributes}")
     return attributes
-
-
-def _load_npz(path, fmt: str, version: int, what: str, error: type[Exception]):
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{what} file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "meta" not in data.files:
-                raise error(f"{path} is not a latent-balance {what} file (no metadata)")
-            meta = json.loads(bytes(data["meta"]).decode("utf-8"))
-            if not isinstance(meta, dict) or meta.get("format") != fmt:
-                raise error(f"{path} is not a latent-balance {what} file (format "
-                            f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-            if meta.get("format_version", 0) > version:
-                raise error(f"{path} was written by a newer latent-balance (format {meta['format_version']} > "
-                            f"{version}); upgrade to read it")
-            arrays = {k: data[k] for k in data.files if k != "meta"}
-    except error:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, UnicodeDecodeError) as err:
-        raise error(f"{path} is corrupt or not a {what} file: {type(err).__name__}: {err}") from err
-    return arrays, meta

@@ -17,19 +17,18 @@ periodic, so an interrupted run leaves the last complete file intact and a re-ru
 
 from __future__ import annotations
 
-import json
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._utils import atomic_path, logger, package_versions, progress
+from ._utils import logger, package_versions, progress, read_npz, write_npz
 from .seeds import check_seeds
 
 __all__ = ["ProbeSet", "build_probes", "ProbeFileError"]
 
+FORMAT = "latent-balance-probes"
 FORMAT_VERSION = 1
 
 
@@ -109,39 +108,23 @@ class ProbeSet:
         arrays = {"seeds": self.seeds, "z": self.z, "latents": self.latents}
         for a, p in self.probs.items():
             arrays[f"probs/{a}"] = p
-        meta = dict(self.meta, format="latent-balance-probes", format_version=FORMAT_VERSION,
+        meta = dict(self.meta, format=FORMAT, format_version=FORMAT_VERSION,
                     classes={a: list(c) for a, c in self.classes.items()}, attributes=self.attributes)
-        arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+        write_npz(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "ProbeSet":
         """Read a probe file written by :meth:`save`. Raises :class:`ProbeFileError` if it is not one."""
-        path = Path(path)
-        if not path.is_file():
-            raise ProbeFileError(f"probe file {path} does not exist")
+        arrays, meta = read_npz(path, FORMAT, FORMAT_VERSION, "probe", ProbeFileError)
+        missing = {"seeds", "z", "latents"} - set(arrays)
+        if missing:
+            raise ProbeFileError(f"{path} is not a complete probe file (missing {sorted(missing)})")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                files = set(data.files)
-                missing = {"seeds", "z", "latents", "meta"} - files
-                if missing:
-                    raise ProbeFileError(f"{path} is not a latent-balance probe file (missing {sorted(missing)})")
-                meta = json.loads(bytes(data["meta"]).decode("utf-8"))
-                if meta.get("format") != "latent-balance-probes":
-                    raise ProbeFileError(f"{path} is not a latent-balance probe file (format {meta.get('format')!r})")
-                if meta.get("format_version", 0) > FORMAT_VERSION:
-                    raise ProbeFileError(f"{path} was written by a newer latent-balance (format "
-                                         f"{meta['format_version']} > {FORMAT_VERSION}); upgrade to read it")
-                classes = {a: tuple(meta["classes"][a]) for a in meta["attributes"]}
-                probs = {a: data[f"probs/{a}"] for a in meta["attributes"]}
-                seeds, z, latents = data["seeds"], data["z"], data["latents"]
-        except ProbeFileError:
-            raise
-        except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, json.JSONDecodeError) as err:
-            raise ProbeFileError(f"{path} is corrupt or not a probe file (expected an .npz written by "
-                                 f"latent-balance probe): {type(err).__name__}: {err}") from err
+            classes = {a: tuple(meta["classes"][a]) for a in meta["attributes"]}
+            probs = {a: arrays[f"probs/{a}"] for a in meta["attributes"]}
+        except (KeyError, TypeError) as err:
+            raise ProbeFileError(f"{path} is a corrupt probe file: {type(err).__name__}: {err}") from err
+        seeds, z, latents = arrays["seeds"], arrays["z"], arrays["latents"]
         for k in ("format", "format_version", "classes", "attributes"):
             meta.pop(k, None)
         return cls(seeds, z, latents, probs, classes, meta)

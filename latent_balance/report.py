@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._utils import atomic_write_bytes, atomic_write_text, images_to_uint8
+from ._utils import atomic_write_bytes, atomic_write_text, images_to_uint8, json_default
 
 __all__ = ["contact_sheet", "write_report"]
 
@@ -62,7 +62,7 @@ def _bar_chart(title: str, labels: Sequence[str], series: Mapping[str, Sequence[
     n, k = len(labels), len(series)
     top = max([1e-9] + [max(v) for v in series.values()] + ([hi for _, hi in intervals] if intervals else []))
     top = min(1.0, math.ceil(top * 10 + 1e-9) / 10)
-    h, left, bottom, plot_h = 260, 46, 70, 170
+    h, left, plot_h = 260, 46, 170
     group_w = (width - left - 10) / max(n, 1)
     bar_w = max(2.0, group_w * 0.8 / max(k, 1))
     y = lambda v: 20 + plot_h * (1 - min(v, top) / top)  # noqa: E731
@@ -120,7 +120,7 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
     sheets = dict(sheets or {})
     for cell, png in sheets.items():
         atomic_write_bytes(out_dir / "contact_sheets" / f"{cell.replace('|', '__')}.png", png)
-    atomic_write_text(out_dir / "audit.json", json.dumps(audit, indent=2, sort_keys=True, default=_json_default))
+    atomic_write_text(out_dir / "audit.json", json.dumps(audit, indent=2, sort_keys=True, default=json_default))
 
     ach = audit["achieved"]
     nat = audit.get("natural")
@@ -180,7 +180,7 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
             body.append(f"<h3>{e(cell)}</h3><img alt='{e(cell)}' src='data:image/png;base64,"
                         f"{base64.b64encode(png).decode()}'/>")
     if settings:
-        body.append("<h2>Settings</h2><pre>" + e(json.dumps(settings, indent=2, sort_keys=True, default=_json_default))
+        body.append("<h2>Settings</h2><pre>" + e(json.dumps(settings, indent=2, sort_keys=True, default=json_default))
                     + "</pre>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title><style>"
             "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#1a202c}"
@@ -190,13 +190,3 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
     path = out_dir / "report.html"
     atomic_write_text(path, page)
     return path
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serializable: {type(o).__name__}")

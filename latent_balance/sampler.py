@@ -649,7 +649,6 @@ class BalancedSampler:
         prior = plan["C"] * prior_w
         seen = np.zeros((k, k))
         kept: list[list[tuple]] = [[] for _ in range(k)]
-        extra_probs: dict[str, list[np.ndarray]] = {}
         synth = rounds = 0
         budget = self.max_synthesis_per_image * n
         while need.sum() > 0:

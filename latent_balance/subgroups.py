@@ -25,14 +25,13 @@ execute code.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._utils import atomic_path, package_versions
-from .boundaries import (BoundarySet, _check_attributes, _halves, _load_npz, _log_loss, _softmax,
+from ._utils import package_versions, read_npz, write_npz
+from .boundaries import (BoundarySet, _check_attributes, _halves, _log_loss, _softmax,
                          expected_calibration_error)
 from .metrics import wilson_interval
 
@@ -425,15 +424,12 @@ class SubgroupModel:
         meta = dict(self.meta_, format=FORMAT, format_version=FORMAT_VERSION, space=self.space_.to_dict(),
                     posterior_=self.posterior_, selection=self.selection_, boundaries=bmeta,
                     models=sorted(self.models_))
-        arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+        write_npz(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "SubgroupModel":
         """Read a file written by :meth:`save` (``allow_pickle=False``). Raises :class:`SubgroupFileError`."""
-        arrays, meta = _load_npz(path, FORMAT, FORMAT_VERSION, "subgroup-model", SubgroupFileError)
+        arrays, meta = read_npz(path, FORMAT, FORMAT_VERSION, "subgroup-model", SubgroupFileError)
         try:
             s = meta["settings"]
             self = cls(attributes=meta["space"]["attributes"], posterior=s["posterior"], holdout=s["holdout"],

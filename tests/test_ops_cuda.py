@@ -7,7 +7,6 @@ load it in seconds. Set ``TORCH_CUDA_ARCH_LIST`` to choose the architecture (def
 present, else 9.0).
 """
 
-import math
 import os
 import subprocess
 import sys

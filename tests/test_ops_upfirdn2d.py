@@ -1,6 +1,5 @@
 """upfirdn2d reference path against independent formulations (numpy scatter loop, scipy.signal)."""
 
-import itertools
 
 import numpy as np
 import pytest
