@@ -272,3 +272,36 @@ def get_plugin(name: str) -> ModuleType | None:
 def last_error(name: str) -> str | None:
     """The error text of a failed build of `name` in this process, or None."""
     return _FAILED.get(name)
+
+
+def use_cuda(name: str, x, impl: str, reference_only_reason: str | None = None) -> bool:
+    """Whether op `name` runs its CUDA kernel on `x` for ``impl`` in {'auto', 'cuda', 'ref'}.
+
+    'auto' takes the kernel for CUDA tensors unless the reference path is forced, the build failed,
+    or the caller gives a `reference_only_reason` (then a one-time warning says so); 'cuda' raises
+    instead of falling back, saying why; 'ref' never uses the kernel.
+    """
+    if impl == "ref":
+        return False
+    if not x.is_cuda:
+        if impl == "cuda":
+            raise ValueError(f"impl='cuda' needs a CUDA tensor, got one on {x.device}")
+        return False
+    if reference_forced():
+        if impl == "cuda":
+            raise RuntimeError("impl='cuda' was requested but STYLEGAN_OPS_REFERENCE=1 forces the reference path")
+        return False
+    if reference_only_reason is not None:
+        if impl == "cuda":
+            raise ValueError(f"impl='cuda' is not possible here: {reference_only_reason}; use impl='ref'")
+        from latent_balance._utils import warn_once
+
+        warn_once(f"stylegan_ops.{name}.reference_only", f"{name}: {reference_only_reason}; using the (slower) "
+                  f"reference path for such calls")
+        return False
+    if get_plugin(name) is None:
+        if impl == "cuda":
+            why = last_error(name) or "unknown reason"
+            raise RuntimeError(f"impl='cuda' was requested but the {name} kernel could not be built: {why}")
+        return False
+    return True

@@ -191,22 +191,7 @@ def _bias_act_grad_ref(dy, x, b, dim, act, alpha, gain, clamp):
 
 
 def _use_cuda(x, impl) -> bool:
-    if impl == "ref":
-        return False
-    if not x.is_cuda:
-        if impl == "cuda":
-            raise ValueError(f"impl='cuda' needs a CUDA tensor, got one on {x.device}")
-        return False
-    if _build.reference_forced():
-        if impl == "cuda":
-            raise RuntimeError("impl='cuda' was requested but STYLEGAN_OPS_REFERENCE=1 forces the reference path")
-        return False
-    if _build.get_plugin("bias_act") is None:
-        if impl == "cuda":
-            why = _build.last_error("bias_act") or "unknown reason"
-            raise RuntimeError(f"impl='cuda' was requested but the bias_act kernel could not be built: {why}")
-        return False
-    return True
+    return _build.use_cuda("bias_act", x, impl)
 
 
 def _kernel_args(x, b, dim, act, alpha, gain, clamp):

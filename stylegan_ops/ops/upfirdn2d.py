@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latent_balance._utils import warn_once
 
 from . import _build
 
@@ -311,31 +310,9 @@ def _upfirdn2d_ref(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter
 
 def _use_cuda(x, f, impl) -> bool:
     """Whether this call runs the CUDA kernel; raises for impl='cuda' when it cannot."""
-    if impl == "ref":
-        return False
-    if not x.is_cuda:
-        if impl == "cuda":
-            raise ValueError(f"impl='cuda' needs a CUDA tensor, got one on {x.device}")
-        return False
-    if _build.reference_forced():
-        if impl == "cuda":
-            raise RuntimeError("impl='cuda' was requested but STYLEGAN_OPS_REFERENCE=1 forces the reference path")
-        return False
-    if f is not None and f.requires_grad and torch.is_grad_enabled():
-        if impl == "cuda":
-            raise ValueError("the CUDA upfirdn2d does not compute filter gradients; use impl='ref'")
-        warn_once(
-            "stylegan_ops.upfirdn2d.filter_grad",
-            "upfirdn2d: the filter requires a gradient, which the CUDA kernel does not compute; "
-            "using the (slower) reference path for such calls",
-        )
-        return False
-    if _build.get_plugin("upfirdn2d") is None:
-        if impl == "cuda":
-            why = _build.last_error("upfirdn2d") or "unknown reason"
-            raise RuntimeError(f"impl='cuda' was requested but the upfirdn2d kernel could not be built: {why}")
-        return False
-    return True
+    needs_filter_grad = f is not None and f.requires_grad and torch.is_grad_enabled()
+    return _build.use_cuda("upfirdn2d", x, impl, reference_only_reason=(
+        "the filter requires a gradient, which the CUDA kernel does not compute" if needs_filter_grad else None))
 
 
 def _correlation_filter(f, flip_filter, gain, x) -> torch.Tensor:
