@@ -62,15 +62,23 @@ def _bar_chart(title: str, labels: Sequence[str], series: Mapping[str, Sequence[
     n, k = len(labels), len(series)
     top = max([1e-9] + [max(v) for v in series.values()] + ([hi for _, hi in intervals] if intervals else []))
     top = min(1.0, math.ceil(top * 10 + 1e-9) / 10)
-    h, left, plot_h = 260, 46, 170
-    group_w = (width - left - 10) / max(n, 1)
+    left, plot_h = 46, 170
+    # rotated (30 degree) category labels: ~6 px per character at font size 10
+    label_px = 6.0 * max([len(lab) for lab in labels] + [1])
+    right = 10 + max(0.0, label_px * 0.87 - (width - left - 10) / max(n, 1) * 0.6)  # room for the last label
+    h = int(20 + plot_h + 14 + label_px * 0.5 + 10)
+    group_w = (width - left - right) / max(n, 1)
     bar_w = max(2.0, group_w * 0.8 / max(k, 1))
     y = lambda v: 20 + plot_h * (1 - min(v, top) / top)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h + 20}" role="img" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img" '
              f'aria-label="{html.escape(title)}"><text x="{left}" y="14" font-size="13" font-weight="bold">'
              f'{html.escape(title)}</text>']
+    for j, name in enumerate(series):  # legend: top right, in the title row
+        lx = width - 10 - (k - j) * 90
+        parts.append(f'<rect x="{lx}" y="4" width="10" height="10" fill="{_COLORS.get(name, "#718096")}"/>'
+                     f'<text x="{lx + 14}" y="13" font-size="11">{name}</text>')
     for t in np.linspace(0, top, 5):
-        parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e2e8f0"/>'
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e2e8f0"/>'
                      f'<text x="{left - 4}" y="{y(t) + 4:.1f}" font-size="10" text-anchor="end">{t:.2f}</text>')
     for i, lab in enumerate(labels):
         gx = left + i * group_w + group_w * 0.1
@@ -85,9 +93,6 @@ def _bar_chart(title: str, labels: Sequence[str], series: Mapping[str, Sequence[
                 parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(hi):.1f}" y2="{y(lo):.1f}" stroke="#1a202c"/>')
         parts.append(f'<text transform="translate({gx + group_w * 0.4:.1f},{20 + plot_h + 12}) rotate(30)" '
                      f'font-size="10">{html.escape(lab)}</text>')
-    for j, name in enumerate(series):
-        parts.append(f'<rect x="{left + j * 110}" y="{h}" width="10" height="10" fill="{_COLORS.get(name, "#718096")}"/>'
-                     f'<text x="{left + j * 110 + 14}" y="{h + 9}" font-size="11">{name}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
