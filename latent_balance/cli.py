@@ -77,6 +77,11 @@ def _run(ctx: click.Context, fn, *args, **kwargs):
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
         if verbose:
             traceback.print_exc()
+        sampling = sys.modules.get(f"{__package__}.sampler")  # loaded if it raised; the CLI imports it lazily
+        if sampling is not None and isinstance(err, sampling.SamplingError):
+            # a budget or target the sampler cannot meet: refused before any image is made
+            hint = " (raise it with --max-synthesis-per-image)" if "max_synthesis_per_image" in str(err) else ""
+            raise InputError(f"{err}{hint}") from err
         raise RuntimeFailure(f"{type(err).__name__}: {err} (run with --verbose for the traceback)") from err
 
 
@@ -153,6 +158,17 @@ def _generator(spec: str, truncation_psi: float | None, device: str | None):
     if truncation_psi is not None:
         kwargs["truncation_psi"] = truncation_psi
     return load_generator(spec, device=device, **kwargs)
+
+
+def _model_file(model_path: str) -> str:
+    """`--model`: a file, or the name of a built-in generator that ships a fitted model."""
+    from .generators import _packaged_model_path
+
+    if not Path(model_path).exists():
+        packaged = _packaged_model_path(model_path)
+        if packaged is not None:
+            return str(packaged)
+    return model_path
 
 
 def _labelers(attributes, labelers_spec):
@@ -308,7 +324,7 @@ def fit(ctx, probes, out, attributes, posterior, seed):
 
 
 def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, threshold, seed, batch_size,
-             block_size, cell=None, max_sharpness=None):
+             block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0):
     from .sampler import BalancedSampler
 
     sharp = sharpness if sharpness == "auto" else float(sharpness)
@@ -319,7 +335,7 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
         target = {"cells": {model.space_.ids[int(i)]: 1.0 for i in np.flatnonzero(ok)[:1]}} if ok.any() else None
     sampler = _run(ctx, BalancedSampler, generator, model, target, mode=mode, verify=verify, labelers=labelers,
                    sharpness=sharp, threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size,
-                   max_sharpness=max_sharpness)
+                   max_sharpness=max_sharpness, max_synthesis_per_image=max_synthesis_per_image)
     if cell:
         sampler = _run(ctx, sampler.for_cell, spec)
     return sampler
@@ -334,9 +350,11 @@ def _cell_spec(cell: str, attributes) -> dict:
 
 @main.command(epilog="Examples:\n\n  " + EXAMPLES["sample"])
 @config_option
-@click.option("--generator", "generator_spec", default="dcgan-faces", show_default=True,
-              help="Built-in generator name or checkpoint path; must be the one the model was fitted on.")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True, help="Model file from `fit`.")
+@click.option("--generator", "generator_spec", default=None,
+              help="Built-in generator name or checkpoint path; must be the one the model was fitted on "
+                   "(default: the built-in generator the model was fitted on).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True,
+              help="Model file from `fit`, or the name of a built-in generator that ships one (stylegan2-faces).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder (resumed if it exists).")
 @click.option("--n", type=click.IntRange(min=1), required=True, help="Number of images.")
 @click.option("--target", default="uniform", show_default=True,
@@ -355,6 +373,9 @@ def _cell_spec(cell: str, attributes) -> dict:
               help="Acceptance exponent (1 = the model's own conditional; larger = purer, less diverse), or 'auto'.")
 @click.option("--max-sharpness", type=click.FloatRange(min=1), default=None,
               help="Upper bound for --sharpness auto (e.g. 2 keeps diversity closer to the natural generator's).")
+@click.option("--max-synthesis-per-image", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="Verify: stop before starting when more synthesis calls per kept image are predicted "
+                   "(rare cells can need more, e.g. 17 for female,old,smiling on dcgan-faces).")
 @click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Accept only latents with P(cell | latent) >= this.")
 @click.option("--seed", type=click.IntRange(0, 2**20 - 1), default=0, show_default=True)
@@ -368,7 +389,7 @@ def _cell_spec(cell: str, attributes) -> dict:
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.pass_context
 def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
-           max_sharpness, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi, batch_size, device):
+           max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi, batch_size, device):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
     from .export import write_dataset
     from .sampler import BalancedSource
@@ -385,7 +406,14 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         except ValueError:
             raise InputError(f"--sharpness must be a positive number or 'auto', got {sharpness!r}") from None
     _check_writable_target(out)
-    model = _run(ctx, SubgroupModel.load, model_path)
+    model = _run(ctx, SubgroupModel.load, _model_file(model_path))
+    if generator_spec is None:
+        from .generators import _builtin_name_of
+
+        generator_spec = _builtin_name_of(model.meta_.get("generator", {}).get("id", ""))
+        if generator_spec is None:
+            raise InputError(f"the model {model_path} was fitted on {model.meta_.get('generator', {}).get('id')!r}, "
+                             f"not a built-in generator: give --generator (the checkpoint it was fitted on)")
     gen = _run(ctx, _generator, generator_spec, truncation_psi, device)
     lab_spec = labelers_spec or (_csv(attributes) if attributes else list(model.space_.attributes))
     labs = _run(ctx, _labelers, None, lab_spec) if labelers_spec else _run(ctx, _labelers, ",".join(lab_spec), None)
@@ -400,7 +428,8 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                                target=dict(zip(model.space_.ids, map(float, tgt))), seed=seed, batch_size=batch_size)
     else:
         sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed, batch_size,
-                           block_size, cell=cell, max_sharpness=max_sharpness)
+                           block_size, cell=cell, max_sharpness=max_sharpness,
+                           max_synthesis_per_image=max_synthesis_per_image)
         source = BalancedSource(sampler)
     res = _run(ctx, write_dataset, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
                save_latents=save_latents, extra_settings=extra)

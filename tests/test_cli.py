@@ -210,3 +210,12 @@ def test_demo_with_real_face_labelers(tmp_path):
     page = (tmp_path / "demo" / "dataset" / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4  # one contact sheet per cell
     assert "female|smiling" in page
+
+
+def test_budget_that_cannot_be_met_exits_2_before_writing(work, tmp_path):
+    out = tmp_path / "b"
+    r = _invoke(*_sample_args(work, out, "--n", 12, "--cell", "dark,warm", "--verify", "--sharpness", "1",
+                              "--max-synthesis-per-image", 1))
+    assert r.exit_code == 2, r.output
+    assert "--max-synthesis-per-image" in r.output and "dark|warm" in r.output
+    assert not (out / "images").exists() or not any((out / "images").iterdir())
