@@ -374,7 +374,51 @@ class StyleGAN2Adapter(GeneratorAdapter):
 # ------------------------------------------------------------------------------------------------
 # Registry
 # ------------------------------------------------------------------------------------------------
-_BUILTINS: dict[str, Callable[..., GeneratorAdapter]] = {"dcgan-faces": DCGANFaces}
+class _ClampedStyleGAN2(StyleGAN2Adapter):
+    """StyleGAN2 adapter whose images are clamped to [-1, 1] (the adapter protocol's range)."""
+
+    def _synthesize_batch(self, latent: torch.Tensor) -> torch.Tensor:
+        return super()._synthesize_batch(latent).clamp_(-1, 1)
+
+
+def _stylegan2_faces(device: str | torch.device | None = None, weights: str | Path | None = None,
+                     **kwargs) -> StyleGAN2Adapter:
+    """The small StyleGAN2 face model distilled from the face DCGAN, shipped in ``latent_balance/models/``
+    (model card: ``stylegan2_faces.md`` there). W space (w_dim 128), 64x64, z_dim 100 (the DCGAN's z:
+    the same seed gives the student's version of the DCGAN's face). Images clamped to [-1, 1].
+
+    Args:
+        device:  torch device.
+        weights: optional path to another file in the same format (default: the shipped one).
+        **kwargs: :class:`StyleGAN2Adapter` options (truncation_psi, batch_size, ...).
+    """
+    import stylegan_ops
+
+    path = Path(weights) if weights is not None else Path(__file__).resolve().parent / "models" / "stylegan2_faces.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"the StyleGAN2 face model {path} is missing (it ships inside the package; "
+                                f"reinstall latent-balance)")
+    G = stylegan_ops.load_generator(path, device=resolve_device(device))
+    return _ClampedStyleGAN2(G, device=device, id=f"stylegan2-faces:{sha256_file(path)[:12]}", **kwargs)
+
+
+_BUILTINS: dict[str, Callable[..., GeneratorAdapter]] = {"dcgan-faces": DCGANFaces, "stylegan2-faces": _stylegan2_faces}
+
+# Fitted subgroup models shipped for built-in generators (file in latent_balance/models/): `latent-balance
+# sample --model NAME` uses them without probing.
+_PACKAGED_MODELS: dict[str, str] = {"stylegan2-faces": "stylegan2_faces_model.npz"}
+
+
+def _packaged_model_path(name: str) -> Path | None:
+    """Path of the subgroup model shipped for built-in generator `name` (None when there is none)."""
+    fname = _PACKAGED_MODELS.get(name)
+    return None if fname is None else Path(__file__).resolve().parent / "models" / fname
+
+
+def _builtin_name_of(generator_id: str) -> str | None:
+    """The built-in generator name a generator id (``name:hash``) belongs to, if any."""
+    name = str(generator_id).split(":", 1)[0]
+    return name if name in _BUILTINS else None
 
 
 def available_generators() -> list[str]:
