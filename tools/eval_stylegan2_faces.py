@@ -124,7 +124,8 @@ def label_section(student_l: dict, teacher_l: dict, mirror_l: dict, classes: dic
     return out
 
 
-def boundary_section(student, teacher, labelers, n: int, work: Path, twork: Path, save_to: str | None) -> dict:
+def boundary_section(student, teacher, labelers, n: int, work: Path, twork: Path, save_to: str | None,
+                     save_model: str | None = None) -> dict:
     from latent_balance.boundaries import BoundarySet
     from latent_balance.probes import ProbeSet, build_probes
 
@@ -162,6 +163,14 @@ def boundary_section(student, teacher, labelers, n: int, work: Path, twork: Path
     if save_to:
         bw.save(save_to)
         out["saved_to"] = save_to
+    if save_model:
+        from latent_balance.subgroups import SubgroupModel
+
+        t = time.perf_counter()
+        model = SubgroupModel(attributes=list(ATTRS), posterior="auto").fit(ps)
+        model.save(save_model)
+        out["subgroup_model"] = {"saved_to": save_model, "fit_seconds": time.perf_counter() - t,
+                                 "posterior": model.posterior_, "selection": model.selection_}
     return out
 
 
@@ -262,6 +271,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=5000, help="samples for labels and Frechet distance")
     ap.add_argument("--probes", type=int, default=20000, help="probes per generator for the boundaries (0 = skip)")
     ap.add_argument("--skip-fd", action="store_true", help="skip the VGG16 Frechet distances")
+    ap.add_argument("--save-model", default=None,
+                    help="write a SubgroupModel (gender x age x smile) fitted on the student's probes here (.npz)")
     ap.add_argument("--save-boundaries", default=None, help="write the student's W boundaries here (.npz)")
     ap.add_argument("--grid", default=None, help="write an 8x8 grid of student seeds 0..63 here (.png)")
     ap.add_argument("--teacher-grid", default=None, help="the teacher's grid for the same seeds (.png)")
@@ -353,7 +364,8 @@ def main(argv=None) -> None:
     atomic_write_text(args.out, json.dumps(res, indent=1, default=json_default))
 
     if args.probes:
-        res["boundaries"] = boundary_section(student, teacher, labelers, args.probes, work, twork, args.save_boundaries)
+        res["boundaries"] = boundary_section(student, teacher, labelers, args.probes, work, twork, args.save_boundaries,
+                                            args.save_model)
         log("boundaries:", json.dumps({k: {a: round(v[a]["accuracy"], 3) for a in v}
                                        for k, v in res["boundaries"].items() if k in ("student_w", "teacher_z", "student_z")}))
     res["seconds"] = time.perf_counter() - t_all
