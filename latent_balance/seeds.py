@@ -3,9 +3,13 @@
 Every image the plugin makes is identified by one integer seed: its prior latent is
 ``z = default_rng(seed).standard_normal(z_dim)`` (NumPy PCG64, float64 rounded to float32). The map
 is per seed, so any image can be regenerated from its seed alone, independently of batch size,
-sharding or the order of generation. PCG64 seeding costs ~12 us per seed here (MT19937, as in
-NVIDIA's ``RandomState(seed).randn``, costs ~85 us), which matters when the sampler proposes
-hundreds of thousands of latents.
+sharding or the order of generation. Creating a ``default_rng`` per seed costs ~9-12 us here (MT19937,
+as in NVIDIA's ``RandomState(seed).randn``, costs ~85 us), which matters when the sampler proposes
+hundreds of thousands of latents; :func:`z_from_seeds` therefore computes NumPy's ``SeedSequence``
+hash for all seeds at once (vectorized uint32 arithmetic) and the PCG64 seeding step per seed, and
+draws from one reused generator whose state it sets: ~3.5 us per seed, bit-identical to
+``default_rng(seed)`` (NumPy keeps both algorithms stable across versions; a self-check at first use
+falls back to ``default_rng`` with one warning if a NumPy ever disagrees).
 
 Seed streams: probe sets use seeds ``[start, start + n)``; the sampler derives its proposal seeds
 from the user's seed with :func:`stream_seeds`, so its draws never collide with a probe set's
@@ -51,10 +55,98 @@ def z_from_seeds(seeds, z_dim: int) -> np.ndarray:
         float32 array [N, z_dim], row i = ``default_rng(seeds[i]).standard_normal(z_dim)``.
     """
     seeds = check_seeds(seeds)
+    if _fast_path_ok():
+        return _z_fast(seeds, z_dim)
+    return _z_reference(seeds, z_dim)
+
+
+def _z_reference(seeds: np.ndarray, z_dim: int) -> np.ndarray:
+    """The definition: one ``default_rng`` per seed."""
     out = np.empty((seeds.size, z_dim), dtype=np.float32)
     for i, s in enumerate(seeds.tolist()):
         out[i] = np.random.default_rng(s).standard_normal(z_dim)
     return out
+
+
+# NumPy's SeedSequence constants (pool of 4 uint32 words) and PCG64's 128-bit LCG multiplier.
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R, _M32 = 0xCA01F9DD, 0x4973F715, 0xFFFFFFFF
+_PCG_MULT, _M128 = 0x2360ED051FC65DA44385DF649FCCF645, (1 << 128) - 1
+
+
+def _seed_sequence_state(seeds: np.ndarray) -> np.ndarray:
+    """uint64 [N, 4]: ``SeedSequence(seed).generate_state(4, np.uint64)`` for int64 seeds >= 0, vectorized.
+
+    A seed is its little-endian uint32 words (at most two here; a missing word hashes like a zero word),
+    mixed into a pool of four words; eight output words are hashed from the pool and paired into uint64.
+    """
+    s = seeds.astype(np.uint64)
+    zero = np.zeros(s.shape, np.uint32)
+    words = [(s & np.uint64(_M32)).astype(np.uint32), (s >> np.uint64(32)).astype(np.uint32), zero, zero]
+    h = _INIT_A
+    with np.errstate(over="ignore"):
+        def hashmix(v):
+            nonlocal h
+            v = v ^ np.uint32(h)
+            h = (h * _MULT_A) & _M32
+            v = v * np.uint32(h)
+            return v ^ (v >> np.uint32(16))
+
+        def mix(x, y):
+            r = np.uint32(_MIX_L) * x - np.uint32(_MIX_R) * y
+            return r ^ (r >> np.uint32(16))
+
+        pool = [hashmix(w) for w in words]
+        for src in range(4):
+            for dst in range(4):
+                if src != dst:
+                    pool[dst] = mix(pool[dst], hashmix(pool[src]))
+        hb, out = _INIT_B, []
+        for i in range(8):
+            v = pool[i % 4] ^ np.uint32(hb)
+            hb = (hb * _MULT_B) & _M32
+            v = v * np.uint32(hb)
+            out.append(v ^ (v >> np.uint32(16)))
+    st = np.stack(out, axis=1)
+    return st[:, 0::2].astype(np.uint64) | (st[:, 1::2].astype(np.uint64) << np.uint64(32))
+
+
+def _z_fast(seeds: np.ndarray, z_dim: int) -> np.ndarray:
+    """Same values as :func:`_z_reference`, ~3x faster (see the module docstring)."""
+    words = _seed_sequence_state(seeds).tolist()
+    bitgen = np.random.PCG64(0)
+    gen = np.random.Generator(bitgen)
+    state = {"bit_generator": "PCG64", "state": {"state": 0, "inc": 0}, "has_uint32": 0, "uinteger": 0}
+    out = np.empty((seeds.size, z_dim), dtype=np.float32)
+    for i, (a, b, c, d) in enumerate(words):
+        # PCG64 seeding (pcg_setseq_128_srandom): inc = 2 * seq + 1; state = (inc + init) * MULT + inc
+        inc = ((((c << 64) | d) << 1) | 1) & _M128
+        state["state"]["state"] = (((inc + ((a << 64) | b)) & _M128) * _PCG_MULT + inc) & _M128
+        state["state"]["inc"] = inc
+        bitgen.state = state
+        out[i] = gen.standard_normal(z_dim)
+    return out
+
+
+_FAST_OK: bool | None = None
+
+
+def _fast_path_ok() -> bool:
+    """Whether :func:`_z_fast` reproduces ``default_rng`` with this NumPy (checked once per process)."""
+    global _FAST_OK
+    if _FAST_OK is None:
+        probe = np.array([0, 1, 2**31 + 7, 2**32, 2**32 + 1, 3 * 2**40 + 5, 2**62 + 12345, MAX_SEED], dtype=np.int64)
+        try:
+            _FAST_OK = bool(np.array_equal(_z_fast(probe, 8), _z_reference(probe, 8)))
+        except Exception:  # noqa: BLE001 - any failure means: use the definition
+            _FAST_OK = False
+        if not _FAST_OK:
+            from ._utils import warn_once
+
+            warn_once("z_from_seeds-fast-path",
+                      "z_from_seeds: the fast seeding path does not match numpy.random.default_rng with this NumPy "
+                      f"({np.__version__}); using one default_rng per seed (about 3x slower)")
+    return _FAST_OK
 
 
 def stream_seeds(seed: int, stream: int, start: int, count: int) -> np.ndarray:

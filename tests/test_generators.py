@@ -15,6 +15,24 @@ def test_z_from_seeds_is_per_seed():
     np.testing.assert_array_equal(a[0], np.random.default_rng(3).standard_normal(100).astype(np.float32))
 
 
+def test_fast_seeding_equals_one_default_rng_per_seed():
+    """The vectorized SeedSequence + PCG64 seeding path against the definition, across word boundaries."""
+    from latent_balance import seeds as seeds_mod
+
+    rng = np.random.default_rng(123)
+    s = np.concatenate([np.arange(0, 300), rng.integers(0, 2**32, 300), rng.integers(2**32, 2**63 - 1, 300),
+                        stream_seeds(5, 3, 0, 100), stream_seeds(2**20 - 1, 2**12 - 1, 2**30 - 50, 50),
+                        [2**32 - 1, 2**32, 2**32 + 1, 2**63 - 1]]).astype(np.int64)
+    ref = np.stack([np.random.default_rng(int(x)).standard_normal(100) for x in s]).astype(np.float32)
+    np.testing.assert_array_equal(seeds_mod._z_fast(s, 100), ref)
+    for x in (0, 1, 2**32, 2**63 - 1):
+        np.testing.assert_array_equal(seeds_mod._seed_sequence_state(np.array([x], np.int64))[0],
+                                      np.random.SeedSequence(x).generate_state(4, np.uint64))
+    assert seeds_mod._fast_path_ok()
+    short = np.stack([np.random.default_rng(int(x)).standard_normal(7) for x in s[:50]]).astype(np.float32)
+    np.testing.assert_array_equal(z_from_seeds(s[:50], 7), short)
+
+
 def test_seed_validation():
     with pytest.raises(ValueError, match="non-negative"):
         check_seeds([-1, 2])
