@@ -269,6 +269,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="JSON results file (required unless --resolution-check)")
     ap.add_argument("--work", default="runs/stylegan2_faces/eval", help="cache folder (not committed)")
     ap.add_argument("--n", type=int, default=5000, help="samples for labels and Frechet distance")
+    ap.add_argument("--seed0", type=int, default=EVAL_SEED0,
+                    help="first sample seed (another value gives an independent set, e.g. to choose a snapshot)")
     ap.add_argument("--probes", type=int, default=20000, help="probes per generator for the boundaries (0 = skip)")
     ap.add_argument("--skip-fd", action="store_true", help="skip the VGG16 Frechet distances")
     ap.add_argument("--save-model", default=None,
@@ -312,7 +314,7 @@ def main(argv=None) -> None:
     res: dict = {"student": student.describe(), "teacher": teacher.describe(), "model_file": model_path,
                  "model_sha256": sha256_file(model_path), "model_metadata": meta,
                  "labelers": {lab.name: lab.id for lab in labelers}, "n": args.n,
-                 "seeds": {"samples": [EVAL_SEED0, EVAL_SEED0 + args.n], "noise_floor_teacher": [FLOOR_SEED0, FLOOR_SEED0 + args.n],
+                 "seeds": {"samples": [args.seed0, args.seed0 + args.n], "noise_floor_teacher": [FLOOR_SEED0, FLOOR_SEED0 + args.n],
                            "probes": [0, args.probes]},
                  "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__,
                              "note": "shared 2-core CPU"},
@@ -324,7 +326,7 @@ def main(argv=None) -> None:
     if args.teacher_grid:
         _grid(_images(teacher, np.arange(64)), args.teacher_grid)
 
-    seeds = np.arange(EVAL_SEED0, EVAL_SEED0 + args.n, dtype=np.int64)
+    seeds = np.arange(args.seed0, args.seed0 + args.n, dtype=np.int64)
     floor_seeds = np.arange(FLOOR_SEED0, FLOOR_SEED0 + args.n, dtype=np.int64)
     t = time.perf_counter()
     s_img = _images(student, seeds)
@@ -334,9 +336,9 @@ def main(argv=None) -> None:
     res["teacher_images_per_second"] = args.n / (time.perf_counter() - t)
     log("images ready")
 
-    sl = _cached(work / f"labels_{EVAL_SEED0}_{args.n}.npz", lambda: _label(labelers, s_img))
-    tl = _cached(twork / f"labels_{EVAL_SEED0}_{args.n}.npz", lambda: _label(labelers, t_img))
-    ml = _cached(twork / f"labels_mirror_{EVAL_SEED0}_{args.n}.npz", lambda: _label(labelers, t_img.flip(-1)))
+    sl = _cached(work / f"labels_{args.seed0}_{args.n}.npz", lambda: _label(labelers, s_img))
+    tl = _cached(twork / f"labels_{args.seed0}_{args.n}.npz", lambda: _label(labelers, t_img))
+    ml = _cached(twork / f"labels_mirror_{args.seed0}_{args.n}.npz", lambda: _label(labelers, t_img.flip(-1)))
     res["labels"] = label_section(sl, tl, ml, classes)
     log("labels:", json.dumps({a: (round(v["tv"], 4), round(v["agreement_same_seed"], 3)) for a, v in res["labels"].items()}))
 
@@ -349,8 +351,8 @@ def main(argv=None) -> None:
     log(f"paired LPIPS {d.mean():.4f}")
 
     if not args.skip_fd:
-        fs = _cached(work / f"vgg_{EVAL_SEED0}_{args.n}.npz", lambda: {"f": vgg16_features(s_img, size=64, device="cpu")})["f"]
-        ft = _cached(twork / f"vgg_{EVAL_SEED0}_{args.n}.npz", lambda: {"f": vgg16_features(t_img, size=64, device="cpu")})["f"]
+        fs = _cached(work / f"vgg_{args.seed0}_{args.n}.npz", lambda: {"f": vgg16_features(s_img, size=64, device="cpu")})["f"]
+        ft = _cached(twork / f"vgg_{args.seed0}_{args.n}.npz", lambda: {"f": vgg16_features(t_img, size=64, device="cpu")})["f"]
         del s_img
         ff = _cached(twork / f"vgg_{FLOOR_SEED0}_{args.n}.npz",
                      lambda: {"f": vgg16_features(_images(teacher, floor_seeds), size=64, device="cpu")})["f"]
