@@ -593,7 +593,19 @@ def cmd_export(args) -> None:
     import stylegan_ops
 
     run = Path(args.run)
-    if args.snapshot is not None:
+    if args.average:
+        if args.snapshot is not None:
+            raise SystemExit("give --snapshot or --average, not both")
+        snaps = [run / "snapshots" / f"ema_{int(k):06d}.pt" for k in args.average]
+        nets = [stylegan_ops.load_generator(p) for p in snaps]
+        G = nets[0]
+        with torch.no_grad():
+            states = [g.state_dict() for g in nets]
+            G.load_state_dict({k: torch.stack([st[k] for st in states]).mean(0) if v.is_floating_point() else v
+                               for k, v in states[0].items()})
+        meta = dict(torch.load(snaps[-1], map_location="cpu", weights_only=True).get("metadata", {}),
+                    averaged_snapshots_kimg=[int(k) for k in args.average])
+    elif args.snapshot is not None:
         snap = run / "snapshots" / f"ema_{int(args.snapshot):06d}.pt"
         G = stylegan_ops.load_generator(snap)
         meta = torch.load(snap, map_location="cpu", weights_only=True).get("metadata", {})
@@ -607,7 +619,9 @@ def cmd_export(args) -> None:
         G.load_state_dict(st["G_ema"])
         meta = _metadata(tr, cfg, {"teacher": _teacher().id})
     G.set_channels_last(False)
-    meta = dict(meta, exported_from=str(args.snapshot if args.snapshot is not None else "checkpoint"))
+    source = ("average of snapshots " + ",".join(map(str, args.average)) if args.average
+              else str(args.snapshot) if args.snapshot is not None else "checkpoint")
+    meta = dict(meta, exported_from=source)
     stylegan_ops.save_generator(G.eval(), args.out, metadata=meta)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB): {json.dumps(meta)[:300]}")
 
@@ -641,6 +655,8 @@ def main(argv=None) -> None:
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--snapshot", type=int, default=None, help="kimg of a snapshot (default: the checkpoint)")
+    p.add_argument("--average", type=int, nargs="+", default=None, metavar="KIMG",
+                   help="average the weights of these snapshots (a longer EMA window; metadata of the last)")
     p.add_argument("--threads", type=int, default=1, help="threads the run used (recorded in the metadata)")
     args = ap.parse_args(argv)
     {"train": cmd_train, "export": cmd_export}[args.cmd](args)
