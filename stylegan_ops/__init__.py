@@ -13,15 +13,6 @@ from .checkpoints import (FORMAT_NAME, FORMAT_VERSION, CheckpointError, Persiste
                           load_generator, save_generator)
 from .networks import Generator, MappingNetwork, SynthesisNetwork
 
-__all__ = [
-    "Generator",
-    "MappingNetwork",
-    "SynthesisNetwork",
-    "load_generator",
-    "save_generator",
-    "CheckpointError",
-    "UnsafeCheckpointError",
-    "PersistentRecord",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-]
+from . import checkpoints as _checkpoints
+
+__all__ = ["Generator", "MappingNetwork", "SynthesisNetwork", *_checkpoints.__all__]
