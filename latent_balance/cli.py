@@ -77,11 +77,6 @@ def _run(ctx: click.Context, fn, *args, **kwargs):
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
         if verbose:
             traceback.print_exc()
-        sampling = sys.modules.get(f"{__package__}.sampler")  # loaded if it raised; the CLI imports it lazily
-        if sampling is not None and isinstance(err, sampling.SamplingError):
-            # a budget or target the sampler cannot meet: refused before any image is made
-            hint = " (raise it with --max-synthesis-per-image)" if "max_synthesis_per_image" in str(err) else ""
-            raise InputError(f"{err}{hint}") from err
         raise RuntimeFailure(f"{type(err).__name__}: {err} (run with --verbose for the traceback)") from err
 
 
@@ -333,12 +328,20 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
         spec = _cell_spec(cell, model.space_.attributes)
         ok = _run(ctx, model.space_.match, spec) & (model.natural_["counts"] >= 5)
         target = {"cells": {model.space_.ids[int(i)]: 1.0 for i in np.flatnonzero(ok)[:1]}} if ok.any() else None
-    sampler = _run(ctx, BalancedSampler, generator, model, target, mode=mode, verify=verify, labelers=labelers,
-                   sharpness=sharp, threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size,
-                   max_sharpness=max_sharpness, max_synthesis_per_image=max_synthesis_per_image)
-    if cell:
-        sampler = _run(ctx, sampler.for_cell, spec)
-    return sampler
+
+    def build():
+        from .sampler import SamplingError
+
+        try:
+            s = BalancedSampler(generator, model, target, mode=mode, verify=verify, labelers=labelers, sharpness=sharp,
+                                threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size,
+                                max_sharpness=max_sharpness, max_synthesis_per_image=max_synthesis_per_image)
+            return s.for_cell(spec) if cell else s
+        except SamplingError as err:  # a budget or target it cannot meet, found while planning: nothing made yet
+            hint = " (raise it with --max-synthesis-per-image)" if "max_synthesis_per_image" in str(err) else ""
+            raise InputError(f"{err}{hint}") from err
+
+    return _run(ctx, build)
 
 
 def _cell_spec(cell: str, attributes) -> dict:
