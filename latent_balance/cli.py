@@ -413,10 +413,11 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
     if generator_spec is None:
         from .generators import _builtin_name_of
 
-        generator_spec = _builtin_name_of(model.meta_.get("generator", {}).get("id", ""))
+        fitted_on = model.meta_.get("generator", {}).get("id")
+        generator_spec = _builtin_name_of(fitted_on or "")
         if generator_spec is None:
-            raise InputError(f"the model {model_path} was fitted on {model.meta_.get('generator', {}).get('id')!r}, "
-                             f"not a built-in generator: give --generator (the checkpoint it was fitted on)")
+            raise InputError(f"the model {model_path} was fitted on {fitted_on!r}, not a built-in generator: "
+                             f"give --generator (the checkpoint it was fitted on)")
     gen = _run(ctx, _generator, generator_spec, truncation_psi, device)
     lab_spec = labelers_spec or (_csv(attributes) if attributes else list(model.space_.attributes))
     labs = _run(ctx, _labelers, None, lab_spec) if labelers_spec else _run(ctx, _labelers, ",".join(lab_spec), None)

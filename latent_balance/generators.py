@@ -374,6 +374,9 @@ class StyleGAN2Adapter(GeneratorAdapter):
 # ------------------------------------------------------------------------------------------------
 # Registry
 # ------------------------------------------------------------------------------------------------
+_MODELS_DIR = Path(__file__).resolve().parent / "models"  # weights and fitted models shipped in the package
+
+
 class _ClampedStyleGAN2(StyleGAN2Adapter):
     """StyleGAN2 adapter whose images are clamped to [-1, 1] (the adapter protocol's range)."""
 
@@ -394,7 +397,7 @@ def _stylegan2_faces(device: str | torch.device | None = None, weights: str | Pa
     """
     import stylegan_ops
 
-    path = Path(weights) if weights is not None else Path(__file__).resolve().parent / "models" / "stylegan2_faces.pt"
+    path = Path(weights) if weights is not None else _MODELS_DIR / "stylegan2_faces.pt"
     if not path.is_file():
         raise FileNotFoundError(f"the StyleGAN2 face model {path} is missing (it ships inside the package; "
                                 f"reinstall latent-balance)")
@@ -412,7 +415,7 @@ _PACKAGED_MODELS: dict[str, str] = {"stylegan2-faces": "stylegan2_faces_model.np
 def _packaged_model_path(name: str) -> Path | None:
     """Path of the subgroup model shipped for built-in generator `name` (None when there is none)."""
     fname = _PACKAGED_MODELS.get(name)
-    return None if fname is None else Path(__file__).resolve().parent / "models" / fname
+    return None if fname is None else _MODELS_DIR / fname
 
 
 def _builtin_name_of(generator_id: str) -> str | None:

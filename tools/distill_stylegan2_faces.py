@@ -355,7 +355,7 @@ class _Trainer:
         self.lpips = LPIPS("alex", device="cpu").requires_grad_(False) if cfg.lpips > 0 else None
         self.step = 0
         self.elapsed = 0.0  # training seconds over all stretches
-        self.prior = {"kimg": 0.0, "hours": 0.0, "runs": []}  # training before this run (--init-from)
+        self.prior = _no_prior()  # training before this run (--init-from)
         self.threads = threads
         self.heldout_z = torch.from_numpy(z_from_seeds(np.arange(HELDOUT_SEED0, HELDOUT_SEED0 + 256), 100))
         self._heldout_img = None
@@ -376,7 +376,7 @@ class _Trainer:
         self.opt_d.load_state_dict(st["opt_d"])
         self.step = int(st["step"])
         self.elapsed = float(st["elapsed"])
-        self.prior = json.loads(st.get("prior", json.dumps(self.prior)))
+        self.prior = _prior_of(st)
 
     def init_from(self, run: Path) -> None:
         """Start from another run's generator (G, G_ema, hint heads; optimizer and D fresh)."""
@@ -389,7 +389,7 @@ class _Trainer:
         self.G_ema.load_state_dict(st["G_ema"])
         if other.hint_res == self.cfg.hint_res:
             self.H.load_state_dict(st["H"])
-        prior = json.loads(st.get("prior", '{"kimg": 0, "hours": 0, "runs": []}'))
+        prior = _prior_of(st)
         kimg = st["step"] * other.batch / 1000
         self.prior = {"kimg": prior["kimg"] + kimg, "hours": prior["hours"] + st["elapsed"] / 3600,
                       "runs": prior["runs"] + [{"run": str(run), "kimg": kimg, "hours": st["elapsed"] / 3600,
@@ -578,6 +578,16 @@ def cmd_train(args) -> None:
     print(f"stopped at {tr.kimg:.1f} kimg ({tr.elapsed / 3600:.2f} h of training)", flush=True)
 
 
+def _no_prior() -> dict:
+    """Training that came before a run (via --init-from): none."""
+    return {"kimg": 0.0, "hours": 0.0, "runs": []}
+
+
+def _prior_of(checkpoint: dict) -> dict:
+    """The prior training recorded in a checkpoint (none for checkpoints written before --init-from existed)."""
+    return json.loads(checkpoint["prior"]) if "prior" in checkpoint else _no_prior()
+
+
 def _metadata(tr: _Trainer, cfg: Config, source_meta: dict) -> dict:
     """Plain-JSON metadata stored with each exported G_ema (totals include --init-from runs)."""
     return json.loads(json.dumps({"kind": "stylegan2-faces distilled from dcgan-faces", "teacher": source_meta.get("teacher"),
@@ -614,7 +624,7 @@ def cmd_export(args) -> None:
         cfg = _cfg_from_dict(st["config"])
         tr = _Trainer.__new__(_Trainer)  # only the bookkeeping fields that _metadata reads
         tr.cfg, tr.step, tr.elapsed, tr.threads = cfg, int(st["step"]), float(st["elapsed"]), args.threads
-        tr.prior = json.loads(st.get("prior", '{"kimg": 0, "hours": 0, "runs": []}'))
+        tr.prior = _prior_of(st)
         G = build_generator(cfg)
         G.load_state_dict(st["G_ema"])
         meta = _metadata(tr, cfg, {"teacher": _teacher().id})

@@ -167,7 +167,7 @@ def boundary_section(student, teacher, labelers, n: int, work: Path, twork: Path
         from latent_balance.subgroups import SubgroupModel
 
         t = time.perf_counter()
-        model = SubgroupModel(attributes=list(ATTRS), posterior="auto").fit(ps)
+        model = SubgroupModel(attributes=list(ATTRS), posterior="auto").fit(ps, boundaries=bw)  # same defaults, same split
         model.save(save_model)
         out["subgroup_model"] = {"saved_to": save_model, "fit_seconds": time.perf_counter() - t,
                                  "posterior": model.posterior_, "selection": model.selection_}
