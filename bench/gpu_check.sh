@@ -10,9 +10,16 @@
 #
 #   1. environment: GPU, driver, torch, nvcc                                  -> gpu_check.log
 #   2. build both CUDA ops for this GPU, in parallel, timed                   -> gpu_check.log
-#   3. pytest tests/test_ops_*.py (CPU tests, compile test, -m gpu parity)    -> pytest_ops.xml
+#   3. pytest tests/test_ops_*.py: the -m gpu parity tests and the fast CPU tests (the slow
+#      compile / host-kernel tests need no GPU and run in CI)                -> pytest_ops.xml
 #   4. pytest -m gpu on the rest of tests/ (other GPU tests, if any)          -> pytest_gpu.xml
-#   5. bench/bench_ops.py (reference vs CUDA, fp32/fp16, fwd and fwd+bwd)     -> ops_<device>.json
+#   5. $GPU_CHECK_BEFORE_BENCH, if set: a shell command run before the timed benchmarks (e.g. one that
+#      waits for other GPU work started beside this script, so that it does not disturb the timings)
+#   6. bench/bench_ops.py (reference vs CUDA, fp32/fp16, fwd and fwd+bwd)     -> ops_<device>.json
+#   7. bench/bench_generator.py (config-f images/s at 64/256/1024 px; fp32, fp16, reference ops)
+#                                                                             -> generator_<device>.json
+#
+# Each benchmark is stopped after $GPU_CHECK_BENCH_TIMEOUT seconds (default 240).
 #
 # Every step's output is appended to $OUT/gpu_check.log; $OUT/gpu_check_summary.json lists each step's
 # exit status and seconds. The device runner returns at most 8 files from $OUT (no deeper than 2
@@ -84,15 +91,19 @@ pytest_rest_gpu() {  # exit 5 = no test selected: fine
     return $rc
 }
 
+# results are named after the device, e.g. ops_cuda_NVIDIA_H200.json
+DEV_TAG="$("$PY" -c "import re,torch;print('cuda_'+re.sub(r'[^A-Za-z0-9]+','_',torch.cuda.get_device_name()).strip('_') if torch.cuda.is_available() else 'cpu')" 2>/dev/null)"
+DEV_TAG="${DEV_TAG:-unknown}"
+BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-240}"
+
 step env env_report
 step build build_ops
-step pytest_ops "$PY" -m pytest -q -rs tests/test_ops_upfirdn2d.py tests/test_ops_bias_act.py tests/test_ops_cuda.py \
-    -p no:cacheprovider --durations=10 --junitxml="$OUT/pytest_ops.xml"
+step pytest_ops "$PY" -m pytest -q -rs -m "gpu or not slow" tests/test_ops_upfirdn2d.py tests/test_ops_bias_act.py \
+    tests/test_ops_cuda.py -p no:cacheprovider --durations=10 --junitxml="$OUT/pytest_ops.xml"
 step pytest_gpu pytest_rest_gpu
-step bench_ops "$PY" bench/bench_ops.py --out "$OUT/ops_gpu_check.json"
-# The bench writes ops_gpu_check.json; name it after the device for bench/results/.
-DEV_JSON="$("$PY" -c "import json,re;d=json.load(open('$OUT/ops_gpu_check.json'));print('ops_'+('cpu' if d['device_type']=='cpu' else 'cuda_'+re.sub(r'[^A-Za-z0-9]+','_',d['device']).strip('_'))+'.json')" 2>/dev/null)"
-if [ -n "$DEV_JSON" ]; then mv "$OUT/ops_gpu_check.json" "$OUT/$DEV_JSON"; fi
+if [ -n "${GPU_CHECK_BEFORE_BENCH:-}" ]; then step before_bench bash -c "$GPU_CHECK_BEFORE_BENCH"; fi
+step bench_ops timeout "$BENCH_TIMEOUT" "$PY" bench/bench_ops.py --out "$OUT/ops_$DEV_TAG.json"
+step bench_generator timeout "$BENCH_TIMEOUT" "$PY" bench/bench_generator.py --reps 10 --out "$OUT/generator_$DEV_TAG.json"
 
 # ---- further steps go here (keep the number of files in $OUT at 8 or fewer) ----
 

@@ -368,9 +368,21 @@ def test_bias_act_cuda_matches_reference(case, act, dtype):
     grads = torch.autograd.grad(y, [x] + ([b] if use_bias else []), dy)
     grads_ref = torch.autograd.grad(y_ref, [x64] + ([b64] if use_bias else []), dy.double())
     _assert_close(grads[0], grads_ref[0], dtype)
-    if use_bias:  # db is a sum over many elements: relative tolerance
+    if use_bias:
         assert grads[1].dtype == dtype
-        _assert_close(grads[1], grads_ref[1], dtype, rel=True)
+        if dtype == torch.bfloat16:
+            # db is the sum of dx over the other dims. In bfloat16 every summed dx carries a rounding of
+            # up to 2**-9 of itself (8-bit mantissa), so a fixed tolerance on db does not hold once
+            # the terms cancel. Check the two things that do: db equals the sum of the kernel's own
+            # dx (checked element by element above) to a final rounding, and db is within the
+            # worst-case bound of eps * sum|dx| of the float64 reference.
+            red = [d for d in range(x.ndim) if d != dim % x.ndim]
+            _assert_close(grads[1], grads[0].double().sum(red), dtype, rel=True)
+            bound = torch.finfo(dtype).eps * (grads_ref[0].abs().sum(red) + grads_ref[1].abs())
+            err = (grads[1].double() - grads_ref[1]).abs()
+            assert bool((err <= bound).all()), f"db off by {float(err.max()):.3g} > bound {float(bound.min()):.3g}"
+        else:  # db is a sum over many elements: relative tolerance
+            _assert_close(grads[1], grads_ref[1], dtype, rel=True)
 
 
 @pytest.mark.gpu

@@ -264,10 +264,10 @@ def build_generator(cfg: Config):
 # ------------------------------------------------------------------------------------------------
 # Teacher samples
 # ------------------------------------------------------------------------------------------------
-def _teacher():
+def _teacher(device: str = "cpu"):
     from latent_balance import DCGANFaces
 
-    return DCGANFaces(device="cpu", batch_size=256)
+    return DCGANFaces(device=device, batch_size=256)
 
 
 #: Teacher layers whose outputs serve as hints: index in ``DCGANFaces.net.main`` of the ReLU that ends
@@ -283,14 +283,15 @@ class _LiveSource:
     images are) and the teacher's ReLU features {R: [b, C_R, R, R]} at the hint resolutions.
     """
 
-    def __init__(self, hint_res=()):
-        self.teacher = _teacher()
+    def __init__(self, hint_res=(), device: str = "cpu"):
+        self.device = torch.device(device)
+        self.teacher = _teacher(device)
         self.hint_res = tuple(hint_res)
         self.meta = {"teacher": self.teacher.id, "train_seed0": TRAIN_SEED0}
 
     def batch(self, seed: int, step: int, b: int):
         start = TRAIN_SEED0 + seed * 2**36 + step * b
-        z = torch.from_numpy(z_from_seeds(np.arange(start, start + b, dtype=np.int64), 100))
+        z = torch.from_numpy(z_from_seeds(np.arange(start, start + b, dtype=np.int64), 100)).to(self.device)
         feats = {}
         with torch.no_grad():
             x = z[:, :, None, None]
@@ -332,32 +333,34 @@ def _resize(img: torch.Tensor, res: int) -> torch.Tensor:
 # Training
 # ------------------------------------------------------------------------------------------------
 class _Trainer:
-    def __init__(self, cfg: Config, run: Path, source, threads: int):
+    def __init__(self, cfg: Config, run: Path, source, threads: int, device: str = "cpu"):
         import copy
 
         from latent_balance.lpips import LPIPS
 
         self.cfg, self.run, self.source = cfg, run, source
-        torch.manual_seed(cfg.seed)
+        self.device = torch.device(device)
+        torch.manual_seed(cfg.seed)  # initial weights drawn on the CPU, then moved: same start on every device
         self.G = build_generator(cfg).train()
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.D = build_discriminator(cfg).train()
         if cfg.channels_last:
             self.D = self.D.to(memory_format=torch.channels_last)
         # hint heads: 1x1 convolutions from the student's block features to the teacher's ReLU features
         chans = {r: getattr(self.G.synthesis, f"b{r}").conv1.out_channels for r in cfg.hint_res}
         self.H = nn.ModuleDict({str(r): nn.Conv2d(chans[r], _TEACHER_CH[r], 1) for r in cfg.hint_res})
+        self.G, self.D, self.H = self.G.to(self.device), self.D.to(self.device), self.H.to(self.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = torch.optim.Adam(list(self.G.parameters()) + list(self.H.parameters()), lr=cfg.lr_g,
                                       betas=tuple(cfg.betas), eps=1e-8)
         mb = cfg.r1_interval / (cfg.r1_interval + 1)  # lazy-regularization correction of lr and betas
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d * mb,
                                       betas=(cfg.d_beta1 ** mb, cfg.betas[1] ** mb), eps=1e-8)
-        self.lpips = LPIPS("alex", device="cpu").requires_grad_(False) if cfg.lpips > 0 else None
+        self.lpips = LPIPS("alex", device=self.device).requires_grad_(False) if cfg.lpips > 0 else None
         self.step = 0
         self.elapsed = 0.0  # training seconds over all stretches
         self.prior = _no_prior()  # training before this run (--init-from)
         self.threads = threads
-        self.heldout_z = torch.from_numpy(z_from_seeds(np.arange(HELDOUT_SEED0, HELDOUT_SEED0 + 256), 100))
+        self.heldout_z = torch.from_numpy(z_from_seeds(np.arange(HELDOUT_SEED0, HELDOUT_SEED0 + 256), 100)).to(self.device)
         self._heldout_img = None
 
     # -- state -------------------------------------------------------------------------------------
@@ -365,7 +368,8 @@ class _Trainer:
         return {"G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(),
                 "H": self.H.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "step": self.step,
-                "elapsed": self.elapsed, "config": dataclasses.asdict(self.cfg), "prior": json.dumps(self.prior)}
+                "elapsed": self.elapsed, "config": dataclasses.asdict(self.cfg), "prior": json.dumps(self.prior),
+                "device_name": _device_name(self)}
 
     def load(self, st: dict) -> None:
         self.G.load_state_dict(st["G"])
@@ -487,7 +491,7 @@ class _Trainer:
             else:
                 from latent_balance.lpips import LPIPS
 
-                out["heldout_lpips"] = float(LPIPS("alex", device="cpu")(img, self._heldout_img).mean())
+                out["heldout_lpips"] = float(LPIPS("alex", device=self.device)(img, self._heldout_img).mean())
         return out
 
 
@@ -510,8 +514,8 @@ def cmd_train(args) -> None:
         atomic_write_text(cfg_path, json.dumps({"config": dataclasses.asdict(cfg), "command": " ".join(sys.argv),
                                                 "versions": package_versions(), "platform": platform.platform()},
                                                indent=1))
-    source = _LiveSource(cfg.hint_res if cfg.hint > 0 else ())
-    tr = _Trainer(cfg, run, source, args.threads)
+    source = _LiveSource(cfg.hint_res if cfg.hint > 0 else (), device=args.device)
+    tr = _Trainer(cfg, run, source, args.threads, device=args.device)
     ckpt = run / "checkpoint.pt"
     if ckpt.exists():
         tr.load(torch.load(ckpt, map_location="cpu", weights_only=True))
@@ -588,13 +592,20 @@ def _prior_of(checkpoint: dict) -> dict:
     return json.loads(checkpoint["prior"]) if "prior" in checkpoint else _no_prior()
 
 
+def _device_name(tr: _Trainer) -> str:
+    """Where this stretch of training ran, for the metadata (earlier stretches are in ``earlier_runs``)."""
+    if tr.device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(tr.device)})"
+    return f"cpu ({tr.threads} threads, shared)"
+
+
 def _metadata(tr: _Trainer, cfg: Config, source_meta: dict) -> dict:
     """Plain-JSON metadata stored with each exported G_ema (totals include --init-from runs)."""
     return json.loads(json.dumps({"kind": "stylegan2-faces distilled from dcgan-faces", "teacher": source_meta.get("teacher"),
             "kimg": round(tr.kimg + tr.prior["kimg"], 3), "step": tr.step,
             "train_hours": round(tr.elapsed / 3600 + tr.prior["hours"], 4), "this_run_kimg": round(tr.kimg, 3),
             "earlier_runs": [{k: v for k, v in r.items() if k != "config"} for r in tr.prior["runs"]],
-            "config": dataclasses.asdict(cfg), "device": f"cpu ({tr.threads} threads, shared)",
+            "config": dataclasses.asdict(cfg), "device": _device_name(tr),
             "torch": str(torch.__version__)}))
 
 
@@ -624,10 +635,12 @@ def cmd_export(args) -> None:
         cfg = _cfg_from_dict(st["config"])
         tr = _Trainer.__new__(_Trainer)  # only the bookkeeping fields that _metadata reads
         tr.cfg, tr.step, tr.elapsed, tr.threads = cfg, int(st["step"]), float(st["elapsed"]), args.threads
-        tr.prior = _prior_of(st)
+        tr.prior, tr.device = _prior_of(st), torch.device("cpu")
         G = build_generator(cfg)
         G.load_state_dict(st["G_ema"])
         meta = _metadata(tr, cfg, {"teacher": _teacher().id})
+        if "device_name" in st:  # checkpoints written before the --device option: CPU
+            meta["device"] = st["device_name"]
     G.set_channels_last(False)
     source = ("average of snapshots " + ",".join(map(str, args.average)) if args.average
               else str(args.snapshot) if args.snapshot is not None else "checkpoint")
@@ -656,6 +669,7 @@ def main(argv=None) -> None:
     p.add_argument("--kimg", type=float, default=1000)
     p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0 = no limit)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; GPU runs are not bit-reproducible")
     p.add_argument("--tick-kimg", type=float, default=1.0)
     p.add_argument("--eval-kimg", type=float, default=20.0)
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
