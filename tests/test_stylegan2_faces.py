@@ -117,6 +117,36 @@ def test_training_tool_features_mirror_synthesis():
     assert feats[32].shape[-1] == 32 and feats[64].shape[-1] == 64
 
 
+@pytest.mark.slow
+def test_training_tool_trains_resumes_and_exports(tmp_path):
+    """Two stretches of the training tool continue one run; export writes the checkpoint's G_ema."""
+    tool = _tools_module()
+    run = tmp_path / "run"
+    common = ["--run", str(run), "--threads", "2", "--batch", "2", "--tick-kimg", "0.002", "--eval-kimg", "0.004",
+              "--adv", "0.1", "--d-arch", "patch", "--device", "cpu"]
+
+    def log():
+        return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+    tool.main(["train", "--kimg", "0.004", *common])
+    assert log()[-1]["event"] == "stop" and log()[-1]["kimg"] == pytest.approx(0.004)
+    assert (run / "snapshots" / "ema_000000.pt").is_file()
+    tool.main(["train", "--kimg", "0.006", *common])  # resumes from checkpoint.pt
+    assert [r["step"] for r in log() if r["event"] == "start"] == [0, 2]
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["device_name"].startswith("cpu")
+    with pytest.raises(SystemExit, match="differs from the run's stored config"):
+        tool.main(["train", "--kimg", "0.008", *common, "--adv", "0.2"])
+
+    out = tmp_path / "exported.pt"
+    tool.main(["export", "--run", str(run), "--out", str(out)])
+    meta = torch.load(out, map_location="cpu", weights_only=True)["metadata"]
+    assert meta["exported_from"] == "checkpoint" and meta["step"] == 3 and meta["device"].startswith("cpu")
+    G = stylegan_ops.load_generator(out)
+    for k, v in ckpt["G_ema"].items():
+        torch.testing.assert_close(G.state_dict()[k], v, rtol=0, atol=0)
+
+
 def test_model_card_states_provenance():
     card = (MODELS / "stylegan2_faces.md").read_text(encoding="utf-8")
     meta = torch.load(WEIGHTS, map_location="cpu", weights_only=True)["metadata"]
