@@ -32,6 +32,9 @@ Commands (run from the repository root)::
     python tools/distill_stylegan2_faces.py export --run runs/stylegan2_faces/main \
         --out latent_balance/models/stylegan2_faces.pt [--snapshot KIMG]
 
+``--device cuda`` trains on a GPU (not bit-reproducible); ``tools/gpu_distill.sh`` runs several
+configurations side by side on one GPU and exports snapshot averages for the choice on the CPU.
+
 ``train`` on an existing run directory resumes from ``checkpoint.pt`` (the config stored in the run
 is used; config options given on the command line must agree with it). Files in the run directory:
 ``config.json``, ``checkpoint.pt`` (atomic, every ``--checkpoint-minutes``), ``log.jsonl`` (one JSON
@@ -639,7 +642,7 @@ def cmd_export(args) -> None:
         G = build_generator(cfg)
         G.load_state_dict(st["G_ema"])
         meta = _metadata(tr, cfg, {"teacher": _teacher().id})
-        if "device_name" in st:  # checkpoints written before the --device option: CPU
+        if "device_name" in st:  # absent from checkpoints written before --device existed (CPU runs)
             meta["device"] = st["device_name"]
     G.set_channels_last(False)
     source = ("average of snapshots " + ",".join(map(str, args.average)) if args.average
