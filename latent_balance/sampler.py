@@ -415,18 +415,22 @@ class BalancedSampler:
         feas = [c for c in candidates if np.all(c["usable"][c["weights"] > 0])] or candidates
         return min(feas, key=lambda c: c["score"])
 
-    def _objective(self, c: dict) -> float:
+    def _objective(self, c: dict) -> tuple[int, float]:
+        """(tier, value), compared lexicographically: a plan that meets the tolerance (tier 0) is never
+        traded for one that misses it (tier 1), whatever the diversity gain; within a tier the value
+        trades residual TV (or verify cost) against a small diversity preference."""
         diversity = 1e-3 * float(np.mean(np.log2(c["sharpness"])))
         if self.verify:
-            return c["score"] + diversity if c["ok"] else math.inf
+            return (0, c["score"] + diversity) if c["ok"] else (2, math.inf)
         if not np.all(c["usable"][c["weights"] > 0]):
-            return math.inf
-        return max(c["predicted_tv"] - self.tolerance, 0.0) + diversity
+            return (2, math.inf)
+        excess = max(c["predicted_tv"] - self.tolerance, 0.0)
+        return (int(excess > 0), excess + diversity)
 
     def _refine(self, start: dict, sweeps: int = 3) -> dict:
         """Coordinate descent of per-component sharpness over :data:`SHARPNESS_GRID` from `start`."""
         best, best_obj = start, self._objective(start)
-        if not math.isfinite(best_obj):
+        if not math.isfinite(best_obj[1]):
             return start
         for _ in range(sweeps):
             improved = False
@@ -438,7 +442,7 @@ class BalancedSampler:
                     s[g] = v
                     cand = self._evaluate(s, auto=True)
                     obj = self._objective(cand)
-                    if obj < best_obj - 1e-9:
+                    if obj[0] < best_obj[0] or (obj[0] == best_obj[0] and obj[1] < best_obj[1] - 1e-9):
                         best, best_obj, improved = cand, obj, True
             if not improved:
                 break
