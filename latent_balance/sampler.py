@@ -526,12 +526,15 @@ class BalancedSampler:
 
         Returns:
             :class:`SampleResult` with stats: ``n``, ``mode``, ``verify``, ``posterior``, ``sharpness``,
-            ``target``, ``predicted`` (labelled distribution expected), ``latent_proposals`` (total and
+            ``target``, ``predicted`` / ``predicted_tv`` / ``predicted_kl`` / ``reachable`` (the outputs'
+            expected labelled distribution: the target itself with verify), ``latent_predicted*`` (the
+            latent-only candidates' expected labelled distribution), ``latent_proposals`` (total and
             ``per_component``), ``accepted_per_component``, ``acceptance_rate_per_component``,
             ``latent_proposals_per_kept_image`` (overall, ``..._per_component``: a component's proposals over
             the images kept from it, and ``..._per_cell``: the mean of that over the images kept in each
             cell), ``synthesis_calls``,
-            ``synthesis_calls_per_kept_image``, ``truncation_psi``, ``blocks``.
+            ``synthesis_calls_per_kept_image``, ``verify_rejected_per_cell`` (verify: synthesized images
+            not kept, by labelled cell [K]), ``truncation_psi``, ``blocks``.
         """
         n = int(n)
         if n < 1:
@@ -653,6 +656,7 @@ class BalancedSampler:
         prior = plan["C"] * prior_w
         seen = np.zeros((k, k))
         kept: list[list[tuple]] = [[] for _ in range(k)]
+        rejected = np.zeros(k, np.int64)  # synthesized candidates not kept, by the cell they were labelled in
         synth = rounds = 0
         budget = self.max_synthesis_per_image * n
         while need.sum() > 0:
@@ -696,6 +700,8 @@ class BalancedSampler:
                     need[c] -= 1
                     kept[c].append((seeds[i], z[i], lat[i], comp[i], imgs[i], {a: p[i] for a, p in probs.items()}))
                     streams.kept[comp[i]] += 1
+                else:
+                    rejected[c] += 1
         out_seeds = np.zeros(n, np.int64)
         out_z = np.zeros((n, self.generator.z_dim), np.float32)
         out_lat = np.zeros((n, self.generator.latent_dim), np.float32)
@@ -711,7 +717,7 @@ class BalancedSampler:
                     out_probs[a][r] = p[a]
         res = SampleResult(out_seeds, out_z, out_lat, slots.copy(), out_comp, list(self.space.ids),
                            images=torch.stack(out_imgs) if n else None, probs=out_probs, labelled=slots.copy())
-        res.stats.update(synthesis_calls=synth, verify_rounds=rounds)
+        res.stats.update(synthesis_calls=synth, verify_rounds=rounds, verify_rejected_per_cell=rejected.tolist())
         return res
 
     def _achieved(self, target_counts, need) -> dict[str, int]:
@@ -757,9 +763,7 @@ class BalancedSampler:
             "seed": self.seed, "block_size": self.block_size, "blocks": [b for p in parts for b in p.stats["blocks"]],
             "sharpness": plan["sharpness"].tolist(), "threshold": self.threshold,
             "target": self.q.tolist(), "pi": None if plan["pi"] is None else plan["pi"].tolist(),
-            "predicted": plan["predicted"].tolist() if not self.verify else self.q.tolist(),
-            "predicted_tv": plan["predicted_tv"], "predicted_kl": plan["predicted_kl"],
-            "reachable": plan["reachable"],
+            **self._predicted_stats(plan),
             "latent_proposals": int(props.sum()), "latent_proposals_per_component": props.astype(int).tolist(),
             "accepted_per_component": acc.astype(int).tolist(), "kept_per_component": kept.astype(int).tolist(),
             "acceptance_rate_per_component": [None if np.isnan(v) else float(v) for v in rate],
@@ -768,11 +772,29 @@ class BalancedSampler:
             "latent_proposals_per_kept_image_per_cell": [None if np.isnan(v) else float(v) for v in per_cell],
             "synthesis_calls": synth, "synthesis_calls_per_kept_image": synth / max(n, 1),
             "verify_rounds": int(sum(p.stats.get("verify_rounds", 0) for p in parts)),
+            "verify_rejected_per_cell": np.sum([p.stats.get("verify_rejected_per_cell", np.zeros(k, np.int64))
+                                                for p in parts], axis=0).astype(int).tolist(),
             "truncation_psi": float(self.generator.describe().get("truncation_psi", 1.0)),
             "cells": list(self.space.ids), "n_cells": k,
         }
         res.timings = {key: float(sum(p.timings.get(key, 0.0) for p in parts)) for key in ("latent", "synthesis", "labeling")}
         return res
+
+    def _predicted_stats(self, plan: dict) -> dict[str, Any]:
+        """What the outputs' labelled distribution is expected to be, and how far from the target.
+
+        ``predicted`` / ``predicted_tv`` / ``predicted_kl`` / ``reachable`` describe the *outputs*: with
+        verify they are the target itself (every kept image is labelled in the cell it fills), without
+        it the latent model's prediction. ``latent_predicted*`` always describe the latent-only
+        candidates (what the labelled distribution would be without verification).
+        """
+        latent = {"latent_predicted": plan["predicted"].tolist(), "latent_predicted_tv": plan["predicted_tv"],
+                  "latent_predicted_kl": plan["predicted_kl"]}
+        if self.verify:
+            return {"predicted": self.q.tolist(), "predicted_tv": 0.0, "predicted_kl": 0.0, "reachable": True,
+                    **latent}
+        return {"predicted": plan["predicted"].tolist(), "predicted_tv": plan["predicted_tv"],
+                "predicted_kl": plan["predicted_kl"], "reachable": plan["reachable"], **latent}
 
     # -- drop-in ------------------------------------------------------------------------------------
     def iter_batches(self, batch_size: int, n: int | None = None, images: bool = False,
@@ -830,8 +852,7 @@ class BalancedSampler:
                 "target": self.q.tolist(), "mode": self.mode, "verify": self.verify,
                 "posterior": self.model.posterior_, "posterior_selection": self.model.selection_,
                 "sharpness": p["sharpness"].tolist(), "threshold": self.threshold,
-                "pi": None if p["pi"] is None else p["pi"].tolist(), "predicted": p["predicted"].tolist(),
-                "predicted_tv": p["predicted_tv"], "predicted_kl": p["predicted_kl"], "reachable": p["reachable"],
+                "pi": None if p["pi"] is None else p["pi"].tolist(), **self._predicted_stats(p),
                 "acceptance": p["acceptance"].tolist(), "ess": p["ess"].tolist(), "verify_cost": p["verify_cost"],
                 "proposals_per_kept": None if p.get("proposals_per_kept") is None else p["proposals_per_kept"].tolist(),
                 "confusion": p["C"].tolist(), "auto": p.get("auto")}

@@ -40,6 +40,15 @@ def noisy():
     return w, SubgroupModel().fit(build_world_probes(w, 20000))
 
 
+def _assert_predicted_consistent(st, tolerance):
+    """The run's stats describe one prediction: its distance to the target and its reachability agree."""
+    pred, q = np.array(st["predicted"]), np.array(st["target"])
+    assert st["predicted_tv"] == pytest.approx(0.5 * np.abs(pred - q).sum(), abs=1e-12)
+    assert st["reachable"] == (st["predicted_tv"] <= tolerance)
+    lat = np.array(st["latent_predicted"])
+    assert st["latent_predicted_tv"] == pytest.approx(0.5 * np.abs(lat - q).sum(), abs=1e-12)
+
+
 def _labelled(res, q):
     obs = res.counts(labelled=True)
     pos = q > 0
@@ -89,6 +98,8 @@ def test_matched_mode_corrects_a_weak_posterior(noisy, target):
                                  tolerance=0.002, seed=7)
     assert capped.plan_["sharpness"].max() <= 1.5
     res = s.sample(N, images=True)
+    _assert_predicted_consistent(res.stats, s.tolerance)
+    assert res.stats["predicted"] == s.plan_["predicted"].tolist() == res.stats["latent_predicted"]
     obs, p = _labelled(res, s.q)
     assert p > 0.01, (obs, N * s.q)
     # components are allocated by the mixture weights, not by the target
@@ -121,6 +132,11 @@ def test_verify_gives_exact_counts(noisy, target):
     np.testing.assert_array_equal(model.space_.cell_of_labels(lab), res.cells)
     st = res.stats
     assert st["synthesis_calls"] == w.synthesized - before
+    # every synthesized image is either kept or rejected, and the rejects are counted by labelled cell
+    assert N + sum(st["verify_rejected_per_cell"]) == st["synthesis_calls"]
+    _assert_predicted_consistent(st, s.tolerance)
+    assert st["predicted"] == st["target"] and st["predicted_tv"] == 0.0 and st["reachable"]
+    assert st["latent_predicted_tv"] == s.plan_["predicted_tv"]
     # off-target images fill other cells: cheaper than keeping only images labelled as their component
     # (sum_g q_g / C[g, g], 1.3 - 1.4 here), close to the linear program's expected cost
     C = s.plan_["C"]
