@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -26,7 +27,8 @@ EXAMPLES = {
     "info": "latent-balance info probes.npz",
     "fit": "latent-balance fit --probes probes.npz --out model.npz --posterior auto",
     "sample": ("latent-balance sample --model model.npz --n 2000 --out dataset/ --verify\n\n"
-               "  latent-balance sample --model model.npz --n 64 --cell female,old,smiling --out group/\n\n"
+               "  latent-balance sample --model model.npz --n 64 --cell female,old,smiling --out group/"
+               "   # verified: every image is labelled female,old,smiling\n\n"
                "  latent-balance sample --model model.npz --target target.yaml --n 10000 --out part0/ --shard 0 --num-shards 4"),
     "audit": "latent-balance audit dataset/ --natural-n 1000\n\n  latent-balance audit --generator dcgan-faces --attributes gender,age,smile --n 2000 --report-dir natural/",
     "demo": "latent-balance demo --out demo/",
@@ -344,6 +346,27 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
     return _run(ctx, build)
 
 
+def _verify_reason(ctx, model, target, cell) -> str | None:
+    """Why `sample` verifies by default (None: it does not): one subgroup, or cells the target excludes."""
+    from .targets import Target
+
+    if cell:
+        return f"--cell {cell} asks for one subgroup"
+    counts = model.natural_["counts"]
+    q = _run(ctx, lambda: Target.coerce(target).resolve(model.space_, counts))
+    excluded = [cid for cid, v, c in zip(model.space_.ids, q, counts) if v == 0 and c > 0]
+    if excluded:
+        return f"the target excludes {len(excluded)} cell(s) the generator makes ({', '.join(excluded[:4])}" + \
+               (", ..." if len(excluded) > 4 else "") + ")"
+    return None
+
+
+def _precision(sampler) -> float:
+    """Predicted share of latent-only outputs labelled in a cell the target asks for."""
+    pred = np.asarray(sampler.plan_["predicted"])
+    return float(pred[sampler.q > 0].sum())
+
+
 def _cell_spec(cell: str, attributes) -> dict:
     parts = _csv(cell.replace("|", ","))
     if len(parts) != len(attributes):
@@ -368,8 +391,10 @@ def _cell_spec(cell: str, attributes) -> dict:
               help="matched: mixture weights over latent components so the labelled distribution matches the "
                    "target in expectation (warns with the closest reachable one); posterior: rejection in latent "
                    "space with the calibrated posterior P(cell | latent)^sharpness; natural: the unbalanced generator.")
-@click.option("--verify/--no-verify", default=False, show_default=True,
-              help="Label every image and keep it only for a cell that needs it: exact counts.")
+@click.option("--verify/--no-verify", default=None,
+              help="Label every image and keep it only for a cell that needs it: exact counts. Default: on "
+                   "when --cell asks for one subgroup or the target excludes cells (zero mass: no image may be "
+                   "labelled in them), off otherwise. --no-verify: latent-only, the labelled share is predicted.")
 @click.option("--attributes", default=None, help="Labelers to record in the manifest (default: the model's).")
 @click.option("--labelers", "labelers_spec", default=None, type=click.Path(dir_okay=False), help="YAML labeler spec.")
 @click.option("--sharpness", default="auto", show_default=True,
@@ -431,9 +456,32 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         source = NaturalSource(gen, labs, attributes=list(model.space_.attributes),
                                target=dict(zip(model.space_.ids, map(float, tgt))), seed=seed, batch_size=batch_size)
     else:
-        sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed, batch_size,
-                           block_size, cell=cell, max_sharpness=max_sharpness,
-                           max_synthesis_per_image=max_synthesis_per_image)
+        auto_why = None
+        if verify is None:
+            auto_why = _verify_reason(ctx, model, target, cell)
+            verify = auto_why is not None
+        try:
+            sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed, batch_size,
+                               block_size, cell=cell, max_sharpness=max_sharpness,
+                               max_synthesis_per_image=max_synthesis_per_image)
+        except InputError as err:
+            if not auto_why:
+                raise
+            # verification was chosen for the user and cannot be had within the budget: refuse, with what
+            # latent-only sampling is predicted to give and how to get exact counts
+            with warnings.catch_warnings():  # only its prediction is used, for the message
+                warnings.simplefilter("ignore")
+                latent = _sampler(ctx, gen, model, target, mode, False, labs, sharpness, threshold, seed,
+                                  batch_size, block_size, cell=cell, max_sharpness=max_sharpness)
+            raise InputError(f"{auto_why}, so verification is on by default, and {err}. Without verification "
+                             f"{_precision(latent):.0%} of the images are predicted to be labelled in the "
+                             f"requested cells: pass --no-verify to accept that, or raise "
+                             f"--max-synthesis-per-image for exact counts") from None
+        if auto_why:
+            click.echo(f"verify: on ({auto_why}; --no-verify for latent-only sampling)", err=True)
+        elif not verify and (cell or np.any(sampler.q == 0)):
+            click.echo(f"verify: off (--no-verify); {_precision(sampler):.0%} of the images are predicted to be "
+                       f"labelled in the requested cells", err=True)
         source = BalancedSource(sampler)
     res = _run(ctx, write_dataset, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
                save_latents=save_latents, extra_settings=extra)

@@ -219,3 +219,39 @@ def test_budget_that_cannot_be_met_exits_2_before_writing(work, tmp_path):
     assert r.exit_code == 2, r.output
     assert "--max-synthesis-per-image" in r.output and "dark|warm" in r.output
     assert not (out / "images").exists() or not any((out / "images").iterdir())
+
+
+def test_one_subgroup_is_verified_by_default(work, tmp_path):
+    """`--cell` without --verify/--no-verify: every image is labelled in the requested cell (issue 11.3)."""
+    out = tmp_path / "one"
+    r = _invoke(*_sample_args(work, out, "--n", 12, "--cell", "dark,warm", "--max-synthesis-per-image", 30))
+    assert r.exit_code == 0, r.output
+    assert "verify: on (--cell dark,warm asks for one subgroup" in r.output
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and {row["labelled_cell"] for row in rows} == {"dark|warm"}
+    assert json.loads((out / "settings.json").read_text())["verify"] is True
+    # --no-verify is latent-only, and says what share is predicted to land in the cell
+    r = _invoke(*_sample_args(work, tmp_path / "lat", "--n", 12, "--cell", "dark,warm", "--no-verify"))
+    assert r.exit_code == 0, r.output
+    assert "verify: off (--no-verify)" in r.output and "predicted to be labelled in the requested cells" in r.output
+
+
+def test_default_verify_over_budget_refuses_with_the_predicted_precision(work, tmp_path):
+    out = tmp_path / "refused"
+    r = _invoke(*_sample_args(work, out, "--n", 12, "--cell", "dark,warm", "--sharpness", "1",
+                              "--max-synthesis-per-image", 1))
+    assert r.exit_code == 2, r.output
+    assert "verification is on by default" in r.output and "predicted to be labelled" in r.output
+    assert "--no-verify" in r.output and "--max-synthesis-per-image" in r.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_excluded_cells_are_verified_by_default(work, tmp_path):
+    """A zero-mass cell is a removal promise: no image labelled in it (issue 11.4)."""
+    (tmp_path / "t.yaml").write_text("exclude: [{light: dark, warm: warm}]\n")
+    out = tmp_path / "ex"
+    r = _invoke(*_sample_args(work, out, "--n", 40, "--target", tmp_path / "t.yaml"))
+    assert r.exit_code == 0, r.output
+    assert "verify: on (the target excludes 1 cell(s)" in r.output
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and not any(row["labelled_cell"] == "dark|warm" for row in rows)
