@@ -34,7 +34,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["latent_balance", "stylegan_ops", "stylegan_ops.ops", "attributes"],
+    packages=["latent_balance", "latent_balance.sampling", "stylegan_ops", "stylegan_ops.ops", "attributes"],
     package_data={
         "stylegan_ops": ["ops/*.cpp", "ops/*.cu", "ops/*.h"],
         "attributes": ["*.yaml", "fixtures/*"],

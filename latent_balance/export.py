@@ -71,7 +71,7 @@ class BlockOutput:
 
 
 class BlockSource(Protocol):
-    """What :func:`write_dataset` needs from a sampler (see :class:`latent_balance.sampler`)."""
+    """What :func:`write_dataset` needs from a sampler (see :class:`latent_balance.sampling.BalancedSource`)."""
 
     slot_names: list[str]          # name of each slot kind (a cell, or a sampler component)
     attributes: list[str]          # targeted attributes (span the cells)
