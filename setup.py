@@ -35,6 +35,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["latent_balance", "latent_balance.sampling", "stylegan_ops", "stylegan_ops.ops", "attributes"],
+    py_modules=["_lb_common"],  # helpers below all three packages (docs/architecture.md)
     package_data={
         "stylegan_ops": ["ops/*.cpp", "ops/*.cu", "ops/*.h"],
         "attributes": ["*.yaml", "fixtures/*"],
