@@ -35,7 +35,7 @@ import numpy as np
 
 from ._utils import (atomic_path, atomic_write_bytes, atomic_write_text, images_to_uint8, logger, package_versions,
                      json_default, progress, sync_all)
-from .audit import cell_names, label_cells
+from .cells import cell_names, label_cells
 from .metrics import distribution_metrics
 
 __all__ = ["BlockOutput", "BlockSource", "DatasetError", "allocate_counts", "interleave", "write_dataset",

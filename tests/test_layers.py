@@ -51,7 +51,7 @@ def _env():
 
 # ------------------------------------------------------------------------------------------------
 # Import direction: latent_balance uses stylegan_ops and attributes, never the reverse; all three use
-# _lb_common, which uses none of them.
+# _lb_common, which uses none of them; inside latent_balance no module imports one that imports it back.
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("latent_balance", "stylegan_ops", "attributes")
@@ -153,3 +153,47 @@ def test_lower_packages_import_with_latent_balance_unimportable():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "['latent_balance']", done.stdout
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def strong(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph or w == v:
+                continue
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_cycle_check_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_module_imports_one_that_imports_it_back(package):
+    assert _cycles(_graph(package)) == []
+
