@@ -6,11 +6,10 @@ Import the public names from ``latent_balance`` (``from latent_balance import Ba
 
 import warnings
 
-from .sampling import (SHARPNESS_GRID, BalancedDataset, BalancedSampler, BalancedSource, BudgetError, SampleResult,
-                       SamplingError, UnreachableTarget)
+from . import sampling as _sampling
+from .sampling import *  # noqa: F401,F403 (the names of latent_balance.sampling.__all__)
 
-__all__ = ["BalancedSampler", "SampleResult", "BalancedDataset", "BalancedSource", "SamplingError",
-           "BudgetError", "UnreachableTarget", "SHARPNESS_GRID"]
+__all__ = list(_sampling.__all__)
 
 warnings.warn("latent_balance.sampler is deprecated: import from latent_balance (or latent_balance.sampling)",
               DeprecationWarning, stacklevel=2)

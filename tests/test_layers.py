@@ -197,3 +197,51 @@ def test_cycle_check_finds_a_circle():
 def test_no_module_imports_one_that_imports_it_back(package):
     assert _cycles(_graph(package)) == []
 
+
+# ------------------------------------------------------------------------------------------------
+# docs/architecture.md's table "Who may import what" is the code's import graph, row by row.
+
+TOP = ("_lb_common", "stylegan_ops", "attributes")
+
+
+def _doc_rules() -> dict[str, set[str]]:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Who may import what", 1)[1].split("\n## ", 1)[0]
+    rules = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        _, first, second, _ = line.split("|")
+        names = [_doc_name(n) for n in second.split("`")[1::2]]
+        rules[_doc_name(first.strip().strip("`"))] = set(names)
+    return rules
+
+
+def _doc_name(name: str) -> str:
+    if name in TOP:
+        return name
+    return "latent_balance" if name == "__init__" else f"latent_balance.{name}"
+
+
+def _unit(module: str) -> str:
+    """The row a module belongs to: a lower package or the bottom module as a whole, a module (or the
+    subpackage) of latent_balance."""
+    parts = module.split(".")
+    if parts[0] != "latent_balance":
+        return parts[0]
+    return "latent_balance" if len(parts) == 1 else f"latent_balance.{parts[1]}"
+
+
+def test_architecture_doc_table_matches_the_imports():
+    rules = _doc_rules()
+    actual: dict[str, set[str]] = {"_lb_common": set()}
+    graphs = {**{m: i for p in PACKAGES for m, i in _graph(p).items()},
+              "_lb_common": _imports("_lb_common", ROOT / "_lb_common.py", set())}
+    for m, imps in graphs.items():
+        if m in DEV_SCRIPTS:
+            continue
+        unit = _unit(m)
+        actual.setdefault(unit, set()).update(_unit(i) for i in imps if _ours(i) and _unit(i) != unit)
+    assert sorted(rules) == sorted(actual), "rows of docs/architecture.md vs modules of the code"
+    wrong = {u: {"doc": sorted(rules[u]), "code": sorted(actual[u])} for u in actual if rules[u] != actual[u]}
+    assert not wrong, wrong

@@ -25,9 +25,9 @@ SHARPNESS_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 
 
 class _PlanningMixin:
-    """The planning half of :class:`~latent_balance.sampling.BalancedSampler` (held-out estimates,
-    acceptance, plan, sharpness search, budget checks). It reads the sampler's settings (``q``,
-    ``model``, ``space``, ``mode``, ``verify``, ``tolerance``, budgets, ``_grid``, ``_sharpness_arg``)."""
+    """The planning part of :class:`~latent_balance.sampling.BalancedSampler` (held-out estimates,
+    acceptance, plan, sharpness search, budget checks). It reads the sampler's settings (``q``, ``model``,
+    ``space``, ``mode``, ``verify``, ``confusion``, ``tolerance``, budgets, ``_grid``, ``_sharpness_arg``)."""
 
     def _prepare_heldout(self) -> None:
         h = self.model.heldout_
