@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from latent_balance._utils import ModelPackageMissing, package_file
+from _lb_common import ModelPackageMissing, package_file
 
 from .base import Labeler, check_images
 from .faces import FaceAligner, _sha256_cached, shared_aligner

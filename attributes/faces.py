@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latent_balance._utils import package_file, sha256_file, warn_once
+from _lb_common import package_file, sha256_file, warn_once
 
 from .base import check_images
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latent_balance._utils import package_file, resolve_device, warn_once
+from _lb_common import package_file, resolve_device, warn_once
 
 from ._mini_xception import EMOTIONS, load_mini_xception
 from .base import Labeler

@@ -46,7 +46,7 @@ def main() -> None:
     from latent_balance._utils import package_versions
     from latent_balance.export import write_dataset
     from latent_balance.probes import build_probes
-    from latent_balance.sampler import BalancedSampler, BalancedSource
+    from latent_balance import BalancedSampler, BalancedSource
     from latent_balance.subgroups import SubgroupModel
 
     gen = DCGANFaces(device="cpu")

@@ -150,7 +150,7 @@ def _lpips_ratios(run: list, nat: list) -> dict:
 def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs: int) -> None:
     from latent_balance import DCGANFaces
     from latent_balance.probes import build_probes
-    from latent_balance.sampler import BalancedSampler, SamplingError
+    from latent_balance import BalancedSampler, SamplingError
     from latent_balance.subgroups import SubgroupModel
 
     torch.set_num_threads(2)

@@ -25,7 +25,7 @@ from .generators import (
     load_generator,
 )
 from .probes import ProbeFileError, ProbeSet, build_probes
-from .sampler import (BalancedDataset, BalancedSampler, BalancedSource, BudgetError, SampleResult, SamplingError,
+from .sampling import (BalancedDataset, BalancedSampler, BalancedSource, BudgetError, SampleResult, SamplingError,
                       UnreachableTarget)
 from .subgroups import CellSpace, SubgroupFileError, SubgroupModel
 from .targets import Target, TargetError

@@ -1,66 +1,21 @@
-"""Small shared helpers: atomic file writes, one-time warnings, progress bars, devices, versions."""
+"""Small helpers of the plugin: atomic file writes, progress bars, versions, ``.npz`` files, image rounding.
+
+The helpers the StyleGAN2 runtime and the labelers need too (one-time warnings, ``atomic_path``,
+devices, package files, hashes) live one level below, in :mod:`_lb_common`, and are re-exported here.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import logging
 import os
 import sys
-import tempfile
-import warnings
 from pathlib import Path
-from typing import Iterator
 
-import torch
+from _lb_common import (ModelPackageMissing, atomic_path, package_file, resolve_device,  # noqa: F401 (re-exported)
+                        sha256_file, warn_once)
 
 logger = logging.getLogger("latent_balance")
-
-_WARNED: set[str] = set()
-
-
-def warn_once(key: str, message: str, category: type[Warning] = RuntimeWarning) -> None:
-    """Emit `message` as a warning the first time `key` is seen in this process, never again."""
-    if key in _WARNED:
-        return
-    _WARNED.add(key)
-    warnings.warn(message, category, stacklevel=3)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one `os.replace`.
-
-    If the body raises (or the process dies), `path` is left exactly as it was and the temporary
-    file is removed (or, after a hard kill, left as a hidden ``.tmp`` file that is never read).
-    With `durable` the data is fsync'ed before the rename (survives a power loss, ~4 ms per file
-    here); without it the rename is still atomic for every process that reads the file, and a
-    caller can make a batch durable at once with :func:`sync_all`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        if durable:
-            with open(tmp_path, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()  # read once: os.umask is process-global, so reading it later could race with writer threads
 
 
 def sync_all(paths=()) -> None:
@@ -84,16 +39,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None` -> CUDA when available, else CPU; strings and devices pass through, validated."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was requested but CUDA is not available on this machine; use 'cpu'")
-    return device
-
-
 def progress(iterable=None, total: int | None = None, desc: str | None = None, enabled: bool | None = None):
     """A tqdm progress bar on stderr, shown only when `enabled` (default: stderr is a terminal)."""
     from tqdm.auto import tqdm
@@ -114,48 +59,6 @@ def package_versions(names: tuple[str, ...] = ()) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def package_file(package: str, *parts: str, pip_name: str | None = None) -> Path:
-    """Path of a data file shipped inside an installed package, found without importing the package.
-
-    Raises a `ModelPackageMissing` error naming the package and the install command when the package
-    or the file is absent.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelPackageMissing(
-            f"the package {pip_name or package!r} is not installed, but its file {'/'.join(parts)} is "
-            f"needed; run the install command from the README (./install.sh)"
-        )
-    root = Path(next(iter(spec.submodule_search_locations)))
-    path = root.joinpath(*parts)
-    if not path.is_file():
-        raise ModelPackageMissing(
-            f"{pip_name or package} is installed at {root} but {'/'.join(parts)} is missing from it; "
-            f"reinstall it with ./install.sh"
-        )
-    return path
-
-
-class ModelPackageMissing(RuntimeError):
-    """A package that ships model weights we need is not installed (or is incomplete)."""
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def images_to_uint8(images):

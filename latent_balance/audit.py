@@ -11,43 +11,14 @@ Cells are named by joining class names in attribute order with ``|`` (``"female|
 
 from __future__ import annotations
 
-import itertools
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from .cells import cell_names, label_cells
 from .metrics import distribution_metrics, total_variation, wilson_interval
 
 __all__ = ["cell_names", "label_cells", "audit_labels", "image_metrics_per_cell"]
-
-SEP = "|"
-
-
-def cell_names(classes: Mapping[str, Sequence[str]], attributes: Sequence[str]) -> list[str]:
-    """All cells of `attributes` (cartesian product of their classes, first attribute slowest)."""
-    return [SEP.join(c) for c in itertools.product(*[classes[a] for a in attributes])]
-
-
-def label_cells(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]],
-                attributes: Sequence[str]) -> np.ndarray:
-    """Index of each image's labelled cell (argmax per attribute) in ``cell_names(classes, attributes)``.
-
-    Args:
-        probs:      attribute -> float [N, C] labeler probabilities.
-        classes:    attribute -> class names.
-        attributes: the attributes spanning the cells.
-
-    Returns:
-        int64 [N].
-    """
-    missing = [a for a in attributes if a not in probs]
-    if missing:
-        raise ValueError(f"no labels for attributes {missing}; labelled attributes are {sorted(probs)}")
-    idx = np.zeros(len(next(iter(probs.values()))), dtype=np.int64)
-    for a in attributes:
-        idx = idx * len(classes[a]) + np.asarray(probs[a]).argmax(axis=1)
-    return idx
-
 
 def _marginal(joint: np.ndarray, sizes: list[int], axis: int) -> np.ndarray:
     return joint.reshape(sizes).sum(axis=tuple(i for i in range(len(sizes)) if i != axis))

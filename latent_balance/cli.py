@@ -322,7 +322,7 @@ def fit(ctx, probes, out, attributes, posterior, seed):
 
 def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, threshold, seed, batch_size,
              block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0):
-    from .sampler import BalancedSampler
+    from .sampling import BalancedSampler
 
     sharp = sharpness if sharpness == "auto" else float(sharpness)
     if cell:
@@ -332,7 +332,7 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
         target = {"cells": {model.space_.ids[int(i)]: 1.0 for i in np.flatnonzero(ok)[:1]}} if ok.any() else None
 
     def build():
-        from .sampler import SamplingError
+        from .sampling import SamplingError
 
         try:
             s = BalancedSampler(generator, model, target, mode=mode, verify=verify, labelers=labelers, sharpness=sharp,
@@ -420,7 +420,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
            max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi, batch_size, device):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
     from .export import write_dataset
-    from .sampler import BalancedSource
+    from .sampling import BalancedSource
     from .sources import NaturalSource
     from .subgroups import SubgroupModel
 

@@ -29,7 +29,7 @@ def run_demo(out_dir, generator: str = "dcgan-faces", attributes: Sequence[str] 
         n:          images in the balanced dataset (uniform target over the cells).
         n_probes:   probes the model is fitted on.
         verify:     exact per-cell counts (images labelled and kept only for cells that need them).
-        mode, sharpness: sampler settings (see :class:`latent_balance.sampler.BalancedSampler`).
+        mode, sharpness: sampler settings (see :class:`latent_balance.sampling.BalancedSampler`).
         natural_n:  natural images the audit compares with.
         seed:       seed of the sampler (probes use seeds 0 .. n_probes - 1).
 
@@ -42,7 +42,7 @@ def run_demo(out_dir, generator: str = "dcgan-faces", attributes: Sequence[str] 
     from .export import write_dataset
     from .generators import load_generator
     from .probes import build_probes
-    from .sampler import BalancedSampler, BalancedSource
+    from .sampling import BalancedSampler, BalancedSource
     from .subgroups import SubgroupModel
 
     out = Path(out_dir)

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._utils import (atomic_path, atomic_write_bytes, atomic_write_text, images_to_uint8, logger, package_versions,
                      json_default, progress, sync_all)
-from .audit import cell_names, label_cells
+from .cells import cell_names, label_cells
 from .metrics import distribution_metrics
 
 __all__ = ["BlockOutput", "BlockSource", "DatasetError", "allocate_counts", "interleave", "write_dataset",
@@ -71,7 +71,7 @@ class BlockOutput:
 
 
 class BlockSource(Protocol):
-    """What :func:`write_dataset` needs from a sampler (see :class:`latent_balance.sampler`)."""
+    """What :func:`write_dataset` needs from a sampler (see :class:`latent_balance.sampling.BalancedSource`)."""
 
     slot_names: list[str]          # name of each slot kind (a cell, or a sampler component)
     attributes: list[str]          # targeted attributes (span the cells)

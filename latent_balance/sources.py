@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .audit import cell_names
+from .cells import cell_names
 from .export import BlockOutput
 from .seeds import stream_seeds
 

@@ -3,7 +3,7 @@
 A *cell* is one combination of attribute classes, e.g. ``("female", "old", "smiling")`` for the
 attributes ``("gender", "age", "smile")``; its string id joins the class names with ``|``
 (``"female|old|smiling"``). Cells are ordered as the cartesian product of the attributes' classes,
-first attribute slowest (the order of :func:`latent_balance.audit.cell_names`).
+first attribute slowest (the order of :func:`latent_balance.cells.cell_names`).
 
 :class:`SubgroupModel` fits, on a probe set, P(cell | latent) by
 
@@ -33,11 +33,11 @@ import numpy as np
 from ._utils import package_versions, read_npz, write_npz
 from .boundaries import (BoundarySet, _check_attributes, _halves, _log_loss, _softmax,
                          expected_calibration_error)
+from .cells import SEP
 from .metrics import wilson_interval
 
 __all__ = ["CellSpace", "SubgroupModel", "SubgroupFileError", "SEP"]
 
-SEP = "|"
 FORMAT = "latent-balance-subgroups"
 FORMAT_VERSION = 1
 POSTERIORS = ("independent", "joint", "mlp")

@@ -76,7 +76,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from latent_balance._utils import atomic_path, warn_once
+from _lb_common import atomic_path, warn_once
 
 from .networks import Generator
 

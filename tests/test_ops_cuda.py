@@ -22,7 +22,7 @@ import torch
 if "CUDA_HOME" not in os.environ and os.path.isfile("/usr/local/cuda/bin/nvcc"):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
-import latent_balance._utils as lb_utils  # noqa: E402
+import _lb_common  # noqa: E402
 from stylegan_ops.ops import _build  # noqa: E402
 from stylegan_ops.ops import bias_act as B  # noqa: E402
 from stylegan_ops.ops import upfirdn2d as U  # noqa: E402
@@ -154,7 +154,7 @@ def fresh_build_state(monkeypatch, tmp_path):
     """Isolated plugin registry, warning registry and cache folder; the real ones come back afterwards."""
     monkeypatch.setattr(_build, "_PLUGINS", {})
     monkeypatch.setattr(_build, "_FAILED", {})
-    monkeypatch.setattr(lb_utils, "_WARNED", set())
+    monkeypatch.setattr(_lb_common, "_WARNED", set())
     monkeypatch.setenv("STYLEGAN_OPS_CACHE", str(tmp_path / "cache"))
     calls = []
     real = _build.build_plugin

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from latent_balance.sampler import SHARPNESS_GRID, BalancedSampler
+from latent_balance.sampling import SHARPNESS_GRID, BalancedSampler
 
 K = 8
 

@@ -16,7 +16,7 @@ from _synthetic import SyntheticWorld, build_world_probes
 from scipy.stats import chisquare
 
 from latent_balance.generators import StyleGAN2Adapter
-from latent_balance.sampler import BalancedSampler, BudgetError, UnreachableTarget
+from latent_balance import BalancedSampler, BudgetError, UnreachableTarget
 from latent_balance.subgroups import SubgroupModel
 from latent_balance.targets import TargetError
 
@@ -341,7 +341,7 @@ def test_result_stats_and_saved_model(tmp_path, sharp):
 
 def test_export_source_equals_api(tmp_path, noisy):
     from latent_balance.export import read_manifest, write_dataset
-    from latent_balance.sampler import BalancedSource
+    from latent_balance import BalancedSource
 
     w, model = noisy
     s = BalancedSampler(w.generator, model, SKEWED, verify=True, labelers=w.labelers(), seed=8, block_size=50)

@@ -40,7 +40,7 @@ from typing import Iterator
 
 import torch
 
-from latent_balance._utils import warn_once
+from _lb_common import warn_once
 
 __all__ = ["get_plugin", "build_plugin", "reference_forced", "plugin_status", "OPS_DIR"]
 
@@ -294,7 +294,7 @@ def use_cuda(name: str, x, impl: str, reference_only_reason: str | None = None) 
     if reference_only_reason is not None:
         if impl == "cuda":
             raise ValueError(f"impl='cuda' is not possible here: {reference_only_reason}; use impl='ref'")
-        from latent_balance._utils import warn_once
+        from _lb_common import warn_once
 
         warn_once(f"stylegan_ops.{name}.reference_only", f"{name}: {reference_only_reason}; using the (slower) "
                   f"reference path for such calls")

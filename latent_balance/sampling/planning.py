@@ -1,0 +1,286 @@
+"""Planning: what the sampler will do, decided on the held-out probes before any synthesis.
+
+For a sharpness vector s the held-out probes give each component's acceptance rate, its confusion row
+``C[g]`` (the labelled cells of its accepted latents, importance-weighted) and the effective number of
+probes behind it. From these :meth:`_PlanningMixin.plan` derives the matched-mode mixture weights
+(:func:`_mixture_weights`), the verify cost (:func:`_lp_allocation`, a linear program also used by the
+verification rounds), the automatic sharpness (:data:`SHARPNESS_GRID`, coordinate descent) and the
+budget checks. See :mod:`latent_balance.sampling` for the formulas.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..metrics import kl_divergence, total_variation
+from .errors import BudgetError, UnreachableTarget
+
+__all__ = ["SHARPNESS_GRID"]
+
+SHARPNESS_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+
+
+class _PlanningMixin:
+    """The planning part of :class:`~latent_balance.sampling.BalancedSampler` (held-out estimates,
+    acceptance, plan, sharpness search, budget checks). It reads the sampler's settings (``q``, ``model``,
+    ``space``, ``mode``, ``verify``, ``confusion``, ``tolerance``, budgets, ``_grid``, ``_sharpness_arg``)."""
+
+    def _prepare_heldout(self) -> None:
+        h = self.model.heldout_
+        self._P_h = self.model.predict_proba(h["latents"])
+        k = len(self.space)
+        if self.confusion == "soft":
+            self._Y_h = np.asarray(h["soft"], np.float64)
+        else:
+            self._Y_h = np.eye(k)[np.asarray(h["cells"], np.int64)]
+        self._m = self._P_h.max(axis=0)
+
+    # -- acceptance ---------------------------------------------------------------------------------
+    def _accept_prob(self, P: np.ndarray, s: np.ndarray, comps=None) -> np.ndarray:
+        """a_g(x) for posteriors P [N, K] (or [N, len(comps)] columns `comps`)."""
+        m = self._m if comps is None else self._m[comps]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(m > 0, P / np.where(m > 0, m, 1.0), 0.0)
+        a = np.minimum(1.0, r ** s)
+        if self.threshold is not None:
+            a = np.where(P >= self.threshold, a, 0.0)
+        return a
+
+    def _components(self, s: np.ndarray) -> dict[str, np.ndarray]:
+        """C, acceptance rates and effective sample sizes on the held-out probes for sharpness s [K]."""
+        a = self._accept_prob(self._P_h, s)
+        tot = a.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            C = np.where(tot[:, None] > 0, (a.T @ self._Y_h) / np.where(tot > 0, tot, 1.0)[:, None], 0.0)
+            ess = np.where(tot > 0, tot**2 / np.maximum((a**2).sum(axis=0), 1e-300), 0.0)
+        acc = a.mean(axis=0)
+        affordable = acc * self.max_proposals_per_image >= 1.0
+        return {"C": C, "acceptance": acc, "ess": ess, "affordable": affordable,
+                "usable": affordable & (ess >= self.min_ess)}
+
+    def _sharpness_vector(self, s) -> np.ndarray:
+        k = len(self.space)
+        if isinstance(s, Mapping):
+            out = np.ones(k)
+            for cid, v in s.items():
+                out[self.space.index(cid)] = float(v)
+        else:
+            arr = np.asarray(s, dtype=np.float64)
+            out = np.full(k, float(arr)) if arr.ndim == 0 else arr.copy()
+        if out.shape != (k,) or not np.all(np.isfinite(out)) or np.any(out <= 0):
+            raise ValueError(f"sharpness must be a positive number, 'auto', or one positive value per cell ({k}); got {s!r}")
+        return out
+
+    # -- planning -----------------------------------------------------------------------------------
+    def plan(self) -> dict[str, Any]:
+        """Choose sharpness, mixture weights and allocation weights; check budgets (no synthesis).
+
+        With ``sharpness="auto"`` a common value of :data:`SHARPNESS_GRID` is chosen first, then each
+        component's value is refined by coordinate descent over the grid. The objective, measured on
+        the held-out probes (only components with an affordable acceptance rate and >= ``min_ess``
+        effective probes): verify: the predicted synthesis calls per kept image; posterior mode:
+        TV(q @ C, q) above ``tolerance``; matched mode: the residual TV above ``tolerance``; ties and
+        targets already met prefer smaller sharpness (more diverse components).
+
+        Returns:
+            dict: ``sharpness`` [K], ``C`` [K, K], ``acceptance`` [K], ``ess`` [K], ``weights`` (allocation
+            weights over components: q, or pi in matched mode), ``pi``, ``predicted`` (labelled distribution
+            expected without verify), ``predicted_tv``, ``predicted_kl``, ``reachable`` (matched),
+            ``verify_cost`` (predicted synthesis calls per kept image, verify).
+        """
+        q = self.q
+        if isinstance(self._sharpness_arg, str):
+            if self._sharpness_arg != "auto":
+                raise ValueError(f"sharpness must be a number, per-cell values or 'auto', got {self._sharpness_arg!r}")
+            candidates = [self._evaluate(np.full(len(q), s), auto=True) for s in self._grid]
+            common = self._pick(candidates)
+            plan = self._refine(common)
+            plan["auto"] = {"common": [{"sharpness": float(c["sharpness"][0]), "score": float(c["score"]),
+                                        "ok": bool(c["ok"])} for c in candidates],
+                            "common_choice": float(common["sharpness"][0]), "common_score": float(common["score"]),
+                            "refined_score": float(plan["score"])}
+        else:
+            plan = self._evaluate(self._sharpness_vector(self._sharpness_arg))
+        self._check_budgets(plan)
+        if self.mode == "matched" and not self.verify:
+            thin = [self.space.ids[g] for g in np.flatnonzero((plan["weights"] > 0) & (plan["ess"] < self.min_ess))]
+            if thin:
+                warnings.warn(f"the mixture weights use components whose labelled distribution rests on fewer than "
+                              f"{self.min_ess:g} effective held-out probes ({thin}); the achieved distribution may "
+                              f"differ from the prediction (build more probes or lower the sharpness)",
+                              RuntimeWarning, stacklevel=3)
+        if self.mode == "matched" and not self.verify and not plan["reachable"]:  # verify makes counts exact
+            closest = {cid: round(float(v), 4) for cid, v in zip(self.space.ids, plan["predicted"])}
+            msg = (f"the target is outside what the latent model can reach (residual TV {plan['predicted_tv']:.4f} > "
+                   f"tolerance {self.tolerance}); the closest reachable labelled distribution is {closest} "
+                   f"(KL to the target {plan['predicted_kl']:.4f} nats). Raise the sharpness, use verify=True, "
+                   f"or relax the target")
+            if self.strict:
+                raise UnreachableTarget(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        return plan
+
+    def _evaluate(self, s: np.ndarray, auto: bool = False) -> dict[str, Any]:
+        """Predicted outcome of sharpness s. Automatic choices only use components whose row of C rests
+        on >= min_ess effective held-out probes (so that held-out noise is not mistaken for purity)."""
+        q = self.q
+        comp = self._components(s)
+        C = comp["C"]
+        usable = comp["usable"] if auto else comp["affordable"]
+        out = {"sharpness": s, **comp}
+        if self.mode == "matched":
+            pi = _mixture_weights(C, q, usable)
+            pred = pi @ C
+            out["pi"] = pi
+            out["weights"] = pi
+        else:
+            pi = q.copy()
+            pred = q @ C
+            out["pi"] = None
+            out["weights"] = q
+        out["predicted"] = pred
+        out["predicted_tv"] = total_variation(pred, q)
+        out["predicted_kl"] = kl_divergence(q, np.maximum(pred, 1e-12))
+        out["reachable"] = bool(out["predicted_tv"] <= self.tolerance)
+        if self.verify:
+            m = _lp_allocation(C, q, usable)
+            out["verify_cost"] = float(m.sum()) if m is not None else math.inf
+            out["score"] = out["verify_cost"]
+            out["proposals_per_kept"] = None
+            ok = m is not None
+            if ok:
+                # expected share of component g's images that are kept: images labelled c are kept while
+                # c needs them, i.e. in proportion q_c / (m @ C)_c
+                expected = m @ C
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    share = np.where(expected > 0, np.minimum(1.0, q / np.where(expected > 0, expected, 1.0)), 0.0)
+                    kept = C @ share
+                    ppk = np.where(m > 1e-9, 1.0 / np.maximum(comp["acceptance"] * kept, 1e-300), 0.0)
+                out["proposals_per_kept"] = ppk
+                # automatic choices also keep latent proposals per *kept* image within the budget
+                ok = bool(np.all(ppk <= self.max_proposals_per_image)) or not auto
+            out["ok"] = bool(ok)
+        else:
+            out["verify_cost"] = None
+            out["score"] = out["predicted_tv"]
+            # components the allocation uses must be usable
+            used = out["weights"] > 0
+            out["ok"] = bool(out["reachable"] and np.all(usable[used]))
+        return out
+
+    def _pick(self, candidates: list[dict]) -> dict:
+        if self.verify:
+            feas = [c for c in candidates if c["ok"]]
+            if feas:
+                best = min(c["score"] for c in feas)
+                # smallest sharpness within 1% of the best predicted cost (more diversity for ~the same cost)
+                return next(c for c in feas if c["score"] <= best * 1.01)
+            return candidates[0]
+        ok = [c for c in candidates if c["ok"]]
+        if ok:
+            return ok[0]
+        feas = [c for c in candidates if np.all(c["usable"][c["weights"] > 0])] or candidates
+        return min(feas, key=lambda c: c["score"])
+
+    def _objective(self, c: dict) -> tuple[int, float]:
+        """(tier, value), compared lexicographically: a plan that meets the tolerance (tier 0) is never
+        traded for one that misses it (tier 1), whatever the diversity gain; within a tier the value
+        trades residual TV (or verify cost) against a small diversity preference."""
+        diversity = 1e-3 * float(np.mean(np.log2(c["sharpness"])))
+        if self.verify:
+            return (0, c["score"] + diversity) if c["ok"] else (2, math.inf)
+        if not np.all(c["usable"][c["weights"] > 0]):
+            return (2, math.inf)
+        excess = max(c["predicted_tv"] - self.tolerance, 0.0)
+        return (int(excess > 0), excess + diversity)
+
+    def _refine(self, start: dict, sweeps: int = 3) -> dict:
+        """Coordinate descent of per-component sharpness over :data:`SHARPNESS_GRID` from `start`."""
+        best, best_obj = start, self._objective(start)
+        if not math.isfinite(best_obj[1]):
+            return start
+        for _ in range(sweeps):
+            improved = False
+            for g in range(len(self.q)):
+                for v in self._grid:
+                    if v == best["sharpness"][g]:
+                        continue
+                    s = best["sharpness"].copy()
+                    s[g] = v
+                    cand = self._evaluate(s, auto=True)
+                    obj = self._objective(cand)
+                    if obj[0] < best_obj[0] or (obj[0] == best_obj[0] and obj[1] < best_obj[1] - 1e-9):
+                        best, best_obj, improved = cand, obj, True
+            if not improved:
+                break
+        return best
+
+    def _check_budgets(self, plan: dict) -> None:
+        acc, ids = plan["acceptance"], self.space.ids
+        if self.verify:
+            usable = plan["affordable"]
+            reach = (plan["C"][usable] > 0).any(axis=0) if usable.any() else np.zeros(len(ids), bool)
+            for g in np.flatnonzero((self.q > 0) & ~reach):
+                raise BudgetError(f"cell {ids[g]!r} cannot be filled: no component whose acceptance rate is within "
+                                  f"max_proposals_per_image={self.max_proposals_per_image:g} ever produced an image "
+                                  f"labelled {ids[g]!r} among the held-out probes", cell=ids[g])
+            cost = plan["verify_cost"]
+            if cost > self.max_synthesis_per_image:
+                worst = int(np.argmax(np.where(self.q > 0, self.q / np.maximum(plan["C"].max(axis=0), 1e-12), 0)))
+                raise BudgetError(f"verify would need about {cost:.3g} synthesis calls per kept image "
+                                  f"(> max_synthesis_per_image={self.max_synthesis_per_image:g}); the hardest cell is "
+                                  f"{ids[worst]!r}", cell=ids[worst])
+            return
+        for g in np.flatnonzero(plan["weights"] > 0):
+            if acc[g] * self.max_proposals_per_image < 1.0:
+                per = math.inf if acc[g] == 0 else 1.0 / acc[g]
+                raise BudgetError(f"cell {ids[g]!r}: about {per:.3g} latent proposals per accepted latent are needed "
+                                  f"(acceptance {acc[g]:.3g} on the held-out probes), more than "
+                                  f"max_proposals_per_image={self.max_proposals_per_image:g}; lower the sharpness or "
+                                  f"threshold, raise the budget, or exclude the cell", cell=ids[g])
+
+
+# ------------------------------------------------------------------------------------------------
+def _mixture_weights(C: np.ndarray, q: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Non-negative weights pi (sum 1) over usable components minimizing ||pi @ C - q||_2."""
+    from scipy.optimize import nnls
+
+    idx = np.flatnonzero(usable)
+    pi = np.zeros(len(q))
+    if len(idx) == 0:
+        return pi
+    lam = 10.0
+    A = np.vstack([C[idx].T, lam * np.ones((1, len(idx)))])
+    b = np.concatenate([q, [lam]])
+    w, _ = nnls(A, b, maxiter=50 * A.shape[1])
+    w = np.clip(w, 0.0, None)
+    w[w < 1e-9] = 0.0
+    if w.sum() == 0:
+        return pi
+    pi[idx] = w / w.sum()
+    return pi
+
+
+def _lp_allocation(C: np.ndarray, need: np.ndarray, usable: np.ndarray) -> np.ndarray | None:
+    """Fewest draws m >= 0 (usable components) with m @ C >= need; None when infeasible."""
+    from scipy.optimize import linprog
+
+    idx = np.flatnonzero(usable)
+    rows = np.flatnonzero(need > 0)
+    m = np.zeros(len(need))
+    if len(rows) == 0:
+        return m
+    if len(idx) == 0:
+        return None
+    A = C[np.ix_(idx, rows)].T
+    if np.any(A.max(axis=1) <= 0):
+        return None
+    res = linprog(np.ones(len(idx)), A_ub=-A, b_ub=-np.asarray(need, np.float64)[rows], bounds=(0, None), method="highs")
+    if res.status != 0:
+        return None
+    m[idx] = np.clip(res.x, 0.0, None)
+    return m

@@ -1,0 +1,441 @@
+"""The balanced sampler: latents (and images) whose attribute cells follow a target distribution.
+
+:class:`BalancedSampler` holds the settings and the fitted subgroup model, checks them, and produces
+outputs block by block. Planning, allocation and the verify loop are mixed in from their own modules
+(:mod:`.planning`, :mod:`.allocation`, :mod:`.verify`); latent proposals come from :mod:`.streams`.
+The method is described in :mod:`latent_balance.sampling`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .._utils import logger
+from ..seeds import MAX_STREAMS, MAX_USER_SEED
+from ..subgroups import CellSpace, SubgroupModel
+from ..targets import Target
+from .allocation import _AllocationMixin
+from .dataset import BalancedDataset
+from .errors import BudgetError
+from .planning import SHARPNESS_GRID, _PlanningMixin
+from .result import SampleResult
+from .streams import _count, _Streams
+from .verify import _VerifyMixin
+
+__all__ = ["BalancedSampler"]
+
+
+class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
+    """Latents whose attribute cells follow a target, from a pretrained generator without retraining.
+
+    Args:
+        generator:   a generator adapter (:mod:`latent_balance.generators`), or an object with NVIDIA-style
+                     ``mapping`` / ``synthesis`` (wrapped in a :class:`~latent_balance.StyleGAN2Adapter`).
+        model:       a :class:`~latent_balance.probes.ProbeSet` (a :class:`SubgroupModel` is fitted on it)
+                     or a fitted :class:`SubgroupModel`, from this generator.
+        target:      a :class:`Target`, its dict / YAML form, or None (uniform over cells).
+        attributes:  attributes spanning the cells (when fitting from probes; default all).
+        mode:        ``"posterior"`` or ``"matched"`` (see the module docstring).
+        posterior:   ``"auto"``, ``"independent"``, ``"joint"`` or ``"mlp"`` (when fitting from probes).
+        sharpness:   exponent s of the acceptance (float, per-cell sequence / mapping, or ``"auto"``: the
+                     smallest value of :data:`SHARPNESS_GRID` meeting the mode's goal, see :meth:`plan`).
+        max_sharpness: largest value ``sharpness="auto"`` may choose (None: the grid's largest, 16). Sharper
+                     components are purer but less diverse: on the face DCGAN, verify with sharpness <= 2 kept
+                     the per-cell LPIPS diversity within its measurement error of the natural generator's,
+                     while the unrestricted choice was cheaper but lost up to 8% in one cell.
+        threshold:   accept only where P(cell | latent) >= threshold (None = no threshold).
+        verify:      synthesize, label and keep images until per-cell counts are exact (needs `labelers`).
+        labelers:    labelers (list or dict name -> labeler) covering the model's attributes; extra ones
+                     label other attributes for the record. Needed for `verify` and for labelled outputs.
+        seed:        user seed, 0 <= seed < 2**20.
+        batch_size:  synthesis / labelling batch (does not change results).
+        block_size:  outputs per block (the unit of determinism, sharding and resumption).
+        allocation:  ``"exact"`` (largest-remainder counts, interleaved) or ``"iid"`` (cells drawn from q).
+        confusion:   ``"hard"`` (labelled cell = argmax per attribute) or ``"soft"`` (product of labeler
+                     probabilities) for estimating C from the probes.
+        tolerance:   total variation between target and predicted labelled distribution accepted as met
+                     (matched mode and ``sharpness="auto"``).
+        strict:      matched mode: raise :class:`UnreachableTarget` instead of warning.
+        min_count:   fewest probes a cell with target mass needs (see :meth:`Target.resolve`).
+        max_proposals_per_image: latent proposals allowed per accepted latent of a component (and, for the
+                     automatic sharpness with verify, the predicted proposals per *kept* image).
+        max_synthesis_per_image: verify: synthesis calls allowed per kept image.
+        min_ess:     fewest effective held-out probes behind a component's row of C for it to be used
+                     by the automatic choices (matched weights, verify allocation, auto sharpness).
+        proposal_batch: largest number of latents proposed at once (does not change results).
+    """
+
+    def __init__(self, generator, model, target=None, *, attributes: Sequence[str] | None = None,
+                 mode: str = "posterior", posterior: str = "auto", sharpness: Any = 1.0,
+                 max_sharpness: float | None = None, threshold: float | None = None, verify: bool = False, labelers=None, seed: int = 0,
+                 batch_size: int = 256, block_size: int = 1000, allocation: str = "exact", confusion: str = "hard",
+                 tolerance: float = 0.01, strict: bool = False, min_count: int = 5,
+                 max_proposals_per_image: float = 10_000, max_synthesis_per_image: float = 10.0,
+                 min_ess: float = 30.0, proposal_batch: int = 8192):
+        if mode not in ("posterior", "matched"):
+            raise ValueError(f"mode must be 'posterior' or 'matched', got {mode!r}")
+        if allocation not in ("exact", "iid"):
+            raise ValueError(f"allocation must be 'exact' or 'iid', got {allocation!r}")
+        if confusion not in ("hard", "soft"):
+            raise ValueError(f"confusion must be 'hard' or 'soft', got {confusion!r}")
+        if not (isinstance(seed, (int, np.integer)) and 0 <= int(seed) < MAX_USER_SEED):
+            raise ValueError(f"seed must be an integer in [0, 2**20), got {seed!r}")
+        if threshold is not None and not 0.0 <= float(threshold) < 1.0:
+            raise ValueError(f"threshold must be in [0, 1) or None, got {threshold}")
+        for name, v in (("batch_size", batch_size), ("block_size", block_size), ("proposal_batch", proposal_batch)):
+            if int(v) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v}")
+        if not max_proposals_per_image >= 1 or not max_synthesis_per_image >= 1:
+            raise ValueError("max_proposals_per_image and max_synthesis_per_image must be >= 1")
+        self.generator = _as_adapter(generator)
+        self.mode, self.verify, self.seed = mode, bool(verify), int(seed)
+        self.batch_size, self.block_size, self.proposal_batch = int(batch_size), int(block_size), int(proposal_batch)
+        self.allocation, self.confusion, self.tolerance, self.strict = allocation, confusion, float(tolerance), bool(strict)
+        self.min_count = int(min_count)
+        self.max_proposals_per_image = float(max_proposals_per_image)
+        self.max_synthesis_per_image = float(max_synthesis_per_image)
+        self.min_ess = float(min_ess)
+        self.threshold = None if threshold is None else float(threshold)
+        if max_sharpness is not None and not float(max_sharpness) >= 1.0:
+            raise ValueError(f"max_sharpness must be >= 1 or None, got {max_sharpness}")
+        self._grid = tuple(v for v in SHARPNESS_GRID if max_sharpness is None or v <= float(max_sharpness))
+
+        if isinstance(model, SubgroupModel):
+            model._check_fitted()
+            self.model = model
+        elif hasattr(model, "latents") and hasattr(model, "probs"):
+            self.model = SubgroupModel(attributes=attributes, posterior=posterior).fit(model)
+        else:
+            raise TypeError(f"model must be a ProbeSet or a fitted SubgroupModel, got {type(model).__name__}")
+        self._check_generator()
+        self.space: CellSpace = self.model.space_
+        self.labelers = self._labelers(labelers)
+        if self.verify and self.labelers is None:
+            raise ValueError("verify=True needs labelers for the attributes " + str(list(self.space.attributes)))
+        self.target = Target.coerce(target)
+        self.q = self.target.resolve(self.space, self.model.natural_["counts"], self.min_count)
+        self._sharpness_arg = sharpness
+        self._prepare_heldout()
+        self.plan_ = self.plan()
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _check_generator(self) -> None:
+        gen = self.model.meta_.get("generator", {})
+        g = self.generator
+        if self.model.latent_dim != g.latent_dim:
+            raise ValueError(f"the model was fitted on {self.model.latent_dim}-d latents, the generator's are "
+                             f"{g.latent_dim}-d; fit it on probes of this generator")
+        for key, mine in (("id", g.id), ("latent_space", g.latent_space)):
+            if key in gen and gen[key] != mine:
+                raise ValueError(f"the model was fitted on probes of generator {key}={gen[key]!r}, but the sampler "
+                                 f"drives {mine!r}; build probes with this generator")
+
+    def _labelers(self, labelers):
+        if labelers is None:
+            return None
+        labs = list(labelers.values()) if isinstance(labelers, Mapping) else list(labelers)
+        out = {}
+        for lab in labs:
+            for f in ("name", "classes", "id"):
+                if not hasattr(lab, f):
+                    raise TypeError(f"labeler {lab!r} lacks {f!r} (see attributes.base)")
+            if lab.name in out:
+                raise ValueError(f"two labelers for attribute {lab.name!r}")
+            out[lab.name] = lab
+        for a in self.space.attributes:
+            if a not in out:
+                raise ValueError(f"no labeler for attribute {a!r}; the model's attributes are {list(self.space.attributes)}")
+            if tuple(out[a].classes) != self.space.classes[a]:
+                raise ValueError(f"labeler {a!r} has classes {tuple(out[a].classes)}, the model expects "
+                                 f"{self.space.classes[a]}")
+            want = self.model.meta_.get("labelers", {}).get(a, {}).get("id")
+            if want is not None and want != out[a].id:
+                raise ValueError(f"the model was fitted with labeler {want!r} for {a!r}, but {out[a].id!r} was given")
+        return out
+
+    # -- sampling -------------------------------------------------------------------------------------
+    def sample(self, n: int, cell=None, images: bool = False) -> SampleResult:
+        """`n` outputs following the target (or one subgroup).
+
+        Args:
+            n:      number of outputs.
+            cell:   None (the target), or a (partial) cell: dict attribute -> class, an id string
+                    (``"female|old|smiling"``, ``*`` wildcards allowed) or a class-name tuple. Attributes
+                    left out follow the generator's natural conditional (estimated from the probes);
+                    the cells' counts are exact in expectation (and exact per cell with verify).
+            images: also synthesize the images (and label them when labelers were given).
+
+        Returns:
+            :class:`SampleResult` with stats: ``n``, ``mode``, ``verify``, ``posterior``, ``sharpness``,
+            ``target``, ``predicted`` / ``predicted_tv`` / ``predicted_kl`` / ``reachable`` (the outputs'
+            expected labelled distribution: the target itself with verify), ``latent_predicted*`` (the
+            latent-only candidates' expected labelled distribution), ``latent_proposals`` (total and
+            ``per_component``), ``accepted_per_component``, ``acceptance_rate_per_component``,
+            ``latent_proposals_per_kept_image`` (overall, ``..._per_component``: a component's proposals over
+            the images kept from it, and ``..._per_cell``: the mean of that over the images kept in each
+            cell), ``synthesis_calls``,
+            ``synthesis_calls_per_kept_image``, ``verify_rejected_per_cell`` (verify: synthesized images
+            not kept, by labelled cell [K]), ``truncation_psi``, ``blocks``.
+        """
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n must be a positive number of outputs, got {n}")
+        sampler = self if cell is None else self.for_cell(cell)
+        nblocks = -(-n // sampler.block_size)
+        sampler._check_blocks(nblocks - 1)
+        parts = [sampler.sample_block(b, sampler.schedule(n, b), images=images) for b in range(nblocks)]
+        return sampler._merge(parts)
+
+    def for_cell(self, cell) -> "BalancedSampler":
+        """A sampler whose target is the natural conditional of the cells matching `cell` (partial allowed)."""
+        if isinstance(cell, str):
+            mask = self.space.match(cell) if "*" in cell else np.eye(len(self.space), dtype=bool)[self.space.index(cell)]
+        elif isinstance(cell, Mapping):
+            mask = self.space.match(cell)
+        else:
+            mask = np.eye(len(self.space), dtype=bool)[self.space.index(tuple(cell))]
+        counts = self.model.natural_["counts"].astype(np.float64)
+        supported = mask & (counts >= self.min_count)
+        if not supported.any():
+            ids = [self.space.ids[i] for i in np.flatnonzero(mask)]
+            raise BudgetError(f"no cell matching {cell!r} has >= {self.min_count} probes ({ids}): the generator "
+                              f"(almost) never makes it", cell=ids[0] if ids else None)
+        dropped = mask & ~supported
+        if dropped.any():
+            warnings.warn(f"cells {[self.space.ids[i] for i in np.flatnonzero(dropped)]} match {cell!r} but have fewer "
+                          f"than {self.min_count} probes; they get no outputs", RuntimeWarning, stacklevel=3)
+        q = np.where(supported, counts, 0.0)
+        target = Target({"cells": {cid: float(v) for cid, v in zip(self.space.ids, q / q.sum()) if v > 0},
+                         "normalize": True})
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.target = target
+        new.q = target.resolve(self.space, self.model.natural_["counts"], self.min_count)
+        new._sched_cache = None
+        new.plan_ = new.plan()
+        return new
+
+    def _check_blocks(self, last_block: int) -> None:
+        k = len(self.space)
+        if (last_block + 1) * k > MAX_STREAMS:
+            raise ValueError(f"block {last_block} needs proposal stream {(last_block + 1) * k - 1}, but a seed has "
+                             f"{MAX_STREAMS} streams ({MAX_STREAMS // k} blocks of {self.block_size} outputs for "
+                             f"{k} cells); use a larger block_size or another seed for the rest")
+
+    def sample_block(self, block: int, slots, images: bool = False) -> SampleResult:
+        """One block: outputs for the given slot kinds, reproducible from (settings, seed, block).
+
+        Args:
+            block:  block index (selects the proposal streams).
+            slots:  int [k] slot kind per output (cells; components in matched mode without verify), e.g.
+                    :meth:`schedule`. Rows of the result follow this order.
+            images: synthesize (and label, when labelers were given) the outputs; always true with verify.
+
+        Returns:
+            :class:`SampleResult` of k rows.
+        """
+        block = int(block)
+        if block < 0:
+            raise ValueError(f"block must be non-negative, got {block}")
+        self._check_blocks(block)
+        slots = np.asarray(slots, np.int64)
+        k = len(self.space)
+        if slots.ndim != 1 or (slots.size and (slots.min() < 0 or slots.max() >= k)):
+            raise ValueError(f"slots must be a 1-D array of slot kinds in [0, {k})")
+        bad = np.flatnonzero(self.slot_probs[np.unique(slots)] <= 0) if slots.size else []
+        if len(bad):
+            raise ValueError(f"slots ask for kinds {[self.space.ids[int(np.unique(slots)[i])] for i in bad]} that "
+                             f"have no weight under this target")
+        streams = _Streams(self, block)
+        timings = {"latent": 0.0, "synthesis": 0.0, "labeling": 0.0}
+        if self.verify:
+            res = self._verify_block(slots, streams, timings)
+        else:
+            res = self._latent_block(slots, streams, images, timings)
+        timings["latent"] += streams.latent_time
+        res.timings = timings
+        res.stats.update(streams.stats())
+        res.stats["blocks"] = [block]
+        return res
+
+    def _latent_block(self, slots, streams, images, timings) -> SampleResult:
+        k = len(self.space)
+        need = np.bincount(slots, minlength=k)
+        n = len(slots)
+        seeds = np.zeros(n, np.int64)
+        z = np.zeros((n, self.generator.z_dim), np.float32)
+        lat = np.zeros((n, self.generator.latent_dim), np.float32)
+        for g in np.flatnonzero(need):
+            s, zz, ll = streams.take(g, int(need[g]))
+            rows = np.flatnonzero(slots == g)
+            seeds[rows], z[rows], lat[rows] = s, zz, ll
+            streams.kept[g] += len(rows)
+        res = SampleResult(seeds, z, lat, slots.copy(), slots.copy(), list(self.space.ids))
+        synth = 0
+        if images:
+            t0 = time.perf_counter()
+            res.images = self._synthesize(lat)
+            synth = n
+            timings["synthesis"] += time.perf_counter() - t0
+            if self.labelers is not None:
+                t0 = time.perf_counter()
+                res.probs = self._label(res.images)
+                res.labelled = self.space.cell_of_probs(res.probs)
+                timings["labeling"] += time.perf_counter() - t0
+        res.stats["synthesis_calls"] = synth
+        return res
+
+    def _synthesize(self, lat: np.ndarray) -> torch.Tensor:
+        g = self.generator
+        outs = [g.synthesize(torch.from_numpy(lat[i : i + self.batch_size])).float().cpu()
+                for i in range(0, len(lat), self.batch_size)]
+        return torch.cat(outs) if outs else torch.zeros(0)
+
+    def _label(self, imgs: torch.Tensor) -> dict[str, np.ndarray]:
+        out = {}
+        for a, lab in self.labelers.items():
+            out[a] = np.concatenate([np.asarray(lab(imgs[i : i + self.batch_size]), np.float64)
+                                     for i in range(0, len(imgs), self.batch_size)])
+        return out
+
+    def _merge(self, parts: list[SampleResult]) -> SampleResult:
+        cat = np.concatenate
+        res = SampleResult(cat([p.seeds for p in parts]), cat([p.z for p in parts]), cat([p.latents for p in parts]),
+                           cat([p.cells for p in parts]), cat([p.components for p in parts]), list(self.space.ids))
+        if all(p.images is not None for p in parts):
+            res.images = torch.cat([p.images for p in parts])
+        if all(p.probs is not None for p in parts):
+            res.probs = {a: cat([p.probs[a] for p in parts]) for a in parts[0].probs}
+            res.labelled = cat([p.labelled for p in parts])
+        k = len(self.space)
+        props = np.sum([p.stats["latent_proposals_per_component"] for p in parts], axis=0)
+        acc = np.sum([p.stats["accepted_per_component"] for p in parts], axis=0)
+        kept = np.sum([p.stats["kept_per_component"] for p in parts], axis=0)
+        synth = int(sum(p.stats["synthesis_calls"] for p in parts))
+        n = len(res)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_comp = np.where(kept > 0, props / np.maximum(kept, 1), np.nan)
+            rate = np.where(props > 0, acc / np.maximum(props, 1), np.nan)
+            # per cell: each kept image carries its component's proposals per kept image
+            cost = np.where(kept > 0, props / np.maximum(kept, 1), 0.0)[res.components]
+            per_cell = np.bincount(res.cells, weights=cost, minlength=k) / np.bincount(res.cells, minlength=k)
+        plan = self.plan_
+        res.stats = {
+            "n": n, "mode": self.mode, "verify": self.verify, "posterior": self.model.posterior_,
+            "seed": self.seed, "block_size": self.block_size, "blocks": [b for p in parts for b in p.stats["blocks"]],
+            "sharpness": plan["sharpness"].tolist(), "threshold": self.threshold,
+            "target": self.q.tolist(), "pi": None if plan["pi"] is None else plan["pi"].tolist(),
+            **self._predicted_stats(plan),
+            "latent_proposals": int(props.sum()), "latent_proposals_per_component": props.astype(int).tolist(),
+            "accepted_per_component": acc.astype(int).tolist(), "kept_per_component": kept.astype(int).tolist(),
+            "acceptance_rate_per_component": [None if np.isnan(v) else float(v) for v in rate],
+            "latent_proposals_per_kept_image": float(props.sum() / max(n, 1)),
+            "latent_proposals_per_kept_image_per_component": [None if np.isnan(v) else float(v) for v in per_comp],
+            "latent_proposals_per_kept_image_per_cell": [None if np.isnan(v) else float(v) for v in per_cell],
+            "synthesis_calls": synth, "synthesis_calls_per_kept_image": synth / max(n, 1),
+            "verify_rounds": int(sum(p.stats.get("verify_rounds", 0) for p in parts)),
+            "verify_rejected_per_cell": np.sum([p.stats.get("verify_rejected_per_cell", np.zeros(k, np.int64))
+                                                for p in parts], axis=0).astype(int).tolist(),
+            "truncation_psi": float(self.generator.describe().get("truncation_psi", 1.0)),
+            "cells": list(self.space.ids), "n_cells": k,
+        }
+        res.timings = {key: float(sum(p.timings.get(key, 0.0) for p in parts)) for key in ("latent", "synthesis", "labeling")}
+        return res
+
+    # -- drop-in ------------------------------------------------------------------------------------
+    def iter_batches(self, batch_size: int, n: int | None = None, images: bool = False,
+                     blocks: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of outputs, block after block.
+
+        Args:
+            batch_size: outputs per batch (the last one may be smaller when `n` is given).
+            n:          total outputs (None: endless).
+            images:     yield images instead of latents.
+            blocks:     only these blocks (e.g. one DataLoader worker's share); default all, in order.
+
+        Yields:
+            ``(latents [B, latent_dim] float32, cells [B] int64)`` on the generator's device, or with
+            `images`, ``(images [B, 3, H, W] in [-1, 1], labels [B] int64)`` where labels are the labelled
+            cells when labelers were given, else the intended cells. Cells index :attr:`space` ``.ids``.
+        """
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        dev = self.generator.device
+        buf_x: list[torch.Tensor] = []
+        buf_c: list[torch.Tensor] = []
+        have = 0
+        for res in self._iter_blocks(n, images, blocks):
+            x = res.images if images else torch.from_numpy(res.latents)
+            c = res.labelled if (images and res.labelled is not None) else res.cells
+            buf_x.append(x)
+            buf_c.append(torch.from_numpy(c))
+            have += len(c)
+            while have >= batch_size:
+                X, Cc = torch.cat(buf_x), torch.cat(buf_c)
+                yield X[:batch_size].to(dev), Cc[:batch_size].to(dev)
+                buf_x, buf_c, have = [X[batch_size:]], [Cc[batch_size:]], have - batch_size
+        if have:
+            yield torch.cat(buf_x).to(dev), torch.cat(buf_c).to(dev)
+
+    def _iter_blocks(self, n, images, blocks) -> Iterator[SampleResult]:
+        if blocks is None:
+            blocks = range(-(-n // self.block_size)) if n is not None else _count()
+        for b in blocks:
+            slots = self.schedule(n, b)
+            if len(slots) == 0:
+                return
+            yield self.sample_block(b, slots, images=images)
+
+    def dataset(self, n: int | None = None, images: bool = False) -> "BalancedDataset":
+        """A :class:`torch.utils.data.IterableDataset` of ``(latent or image, cell)`` items."""
+        return BalancedDataset(self, n=n, images=images)
+
+    def _predicted_stats(self, plan: dict) -> dict[str, Any]:
+        """What the outputs' labelled distribution is expected to be, and how far from the target.
+
+        ``predicted`` / ``predicted_tv`` / ``predicted_kl`` / ``reachable`` describe the *outputs*: with
+        verify they are the target itself (every kept image is labelled in the cell it fills), without
+        it the latent model's prediction. ``latent_predicted*`` always describe the latent-only
+        candidates (what the labelled distribution would be without verification).
+        """
+        latent = {"latent_predicted": plan["predicted"].tolist(), "latent_predicted_tv": plan["predicted_tv"],
+                  "latent_predicted_kl": plan["predicted_kl"]}
+        if self.verify:
+            return {"predicted": self.q.tolist(), "predicted_tv": 0.0, "predicted_kl": 0.0, "reachable": True,
+                    **latent}
+        return {"predicted": plan["predicted"].tolist(), "predicted_tv": plan["predicted_tv"],
+                "predicted_kl": plan["predicted_kl"], "reachable": plan["reachable"], **latent}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serializable description of the plan: cells, natural frequencies, target, predicted."""
+        p = self.plan_
+        return {"cells": list(self.space.ids), "natural": self.model.natural_["proportions"].tolist(),
+                "target": self.q.tolist(), "mode": self.mode, "verify": self.verify,
+                "posterior": self.model.posterior_, "posterior_selection": self.model.selection_,
+                "sharpness": p["sharpness"].tolist(), "threshold": self.threshold,
+                "pi": None if p["pi"] is None else p["pi"].tolist(), **self._predicted_stats(p),
+                "acceptance": p["acceptance"].tolist(), "ess": p["ess"].tolist(), "verify_cost": p["verify_cost"],
+                "proposals_per_kept": None if p.get("proposals_per_kept") is None else p["proposals_per_kept"].tolist(),
+                "confusion": p["C"].tolist(), "auto": p.get("auto")}
+
+    def __repr__(self) -> str:
+        return (f"BalancedSampler({self.space!r}, mode={self.mode!r}, verify={self.verify}, "
+                f"posterior={self.model.posterior_!r}, seed={self.seed})")
+
+
+def _as_adapter(generator):
+    if all(hasattr(generator, f) for f in ("sample_z", "to_latent", "synthesize", "describe", "latent_dim")):
+        return generator
+    if hasattr(generator, "mapping") and hasattr(generator, "synthesis"):
+        from ..generators import StyleGAN2Adapter
+
+        logger.info("wrapping %s in a StyleGAN2Adapter (NVIDIA-style mapping / synthesis)", type(generator).__name__)
+        return StyleGAN2Adapter(generator)
+    raise TypeError(f"generator must be a latent_balance generator adapter or an object with NVIDIA-style mapping "
+                    f"and synthesis, got {type(generator).__name__}")

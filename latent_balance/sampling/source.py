@@ -1,0 +1,63 @@
+"""The sampler as a block source for :func:`latent_balance.export.write_dataset` (the CLI's path)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .sampler import BalancedSampler
+
+__all__ = ["BalancedSource"]
+
+
+class BalancedSource:
+    """The balanced sampler as a block source for :func:`latent_balance.export.write_dataset`.
+
+    Args:
+        sampler:  a :class:`BalancedSampler` with labelers (every written image is labelled).
+    """
+
+    def __init__(self, sampler: BalancedSampler):
+        if sampler.labelers is None:
+            raise ValueError("exporting a dataset needs labelers (every image's labels go in the manifest)")
+        self.sampler = sampler
+        s = sampler
+        prefix = "component:" if (s.mode == "matched" and not s.verify) else ""
+        self.slot_names = [prefix + cid for cid in s.space.ids]
+        self.attributes = list(s.space.attributes)
+        self.classes = {a: tuple(lab.classes) for a, lab in s.labelers.items()}
+
+    def slot_probs(self) -> np.ndarray:
+        return np.asarray(self.sampler.slot_probs, np.float64)
+
+    def target(self) -> dict[str, float]:
+        return {cid: float(v) for cid, v in zip(self.sampler.space.ids, self.sampler.q)}
+
+    def settings(self) -> dict:
+        s = self.sampler
+        m = s.model
+        return {"generator": s.generator.describe(), "mode": s.mode, "verify": s.verify, "seed": s.seed,
+                "target": self.target(), "target_spec": s.target.to_dict(), "target_attributes": self.attributes,
+                "classes": {a: list(c) for a, c in self.classes.items()},
+                "labelers": {a: lab.id for a, lab in s.labelers.items()},
+                "posterior": m.posterior_, "sharpness": s.plan_["sharpness"].tolist(), "threshold": s.threshold,
+                "allocation": s.allocation, "confusion": s.confusion, "sampler_block_size": s.block_size,
+                "model": {"n_probes": m.meta_.get("n_probes"), "settings": m.meta_.get("settings"),
+                          "natural_counts": m.natural_["counts"].tolist()}}
+
+    def row_info(self) -> dict:
+        d = self.sampler.generator.describe()
+        return {"generator": d["id"], "latent_space": d["latent_space"], "truncation_psi": d["truncation_psi"],
+                "mode": self.sampler.mode + ("+verify" if self.sampler.verify else "")}
+
+    def produce(self, block: int, slots: np.ndarray):
+        from ..export import BlockOutput
+
+        res = self.sampler.sample_block(block, slots, images=True)
+        st = res.stats
+        return BlockOutput(res.seeds, res.latents, res.images, res.probs,
+                           stats={"synthesis_calls": float(st["synthesis_calls"]),
+                                  "latent_proposals": float(np.sum(st["latent_proposals_per_component"]))},
+                           timings=dict(res.timings))

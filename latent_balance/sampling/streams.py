@@ -1,0 +1,98 @@
+"""Proposal streams: latents proposed from the prior and accepted with probability a_g (per component).
+
+Block b draws component g's proposals from stream ``b * n_cells + g`` of the user seed
+(:func:`latent_balance.seeds.stream_seeds`), with its own generator of acceptance uniforms consumed in
+proposal order, so results never depend on batch sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..seeds import stream_seeds
+from .errors import BudgetError
+
+if TYPE_CHECKING:
+    from .sampler import BalancedSampler
+
+__all__: list[str] = []
+
+_BUDGET_SLACK = 5  # a component may use max_proposals_per_image * (accepted + _BUDGET_SLACK) proposals
+
+
+class _Streams:
+    """Per-(block, component) proposal streams with their acceptance uniforms and accepted buffers."""
+
+    def __init__(self, sampler: BalancedSampler, block: int):
+        self.s, self.block = sampler, block
+        k = len(sampler.space)
+        self.k = k
+        self.next = np.zeros(k, np.int64)
+        self.proposals = np.zeros(k, np.int64)
+        self.accepted = np.zeros(k, np.int64)
+        self.requested = np.zeros(k, np.int64)
+        self.kept = np.zeros(k, np.int64)
+        self.rngs: dict[int, np.random.Generator] = {}
+        self.buf: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self.latent_time = 0.0
+        self.sharp = sampler.plan_["sharpness"]
+        self.rate = sampler.plan_["acceptance"]
+
+    def take(self, g: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next `count` accepted (seeds [count], z [count, z_dim], latents [count, D]) of component g."""
+        s = self.s
+        stream = self.block * self.k + g
+        if g not in self.rngs:
+            self.rngs[g] = np.random.default_rng([s.seed, stream, 0x5A3C])
+            self.buf[g] = []
+        self.requested[g] += count
+        have = sum(len(b[0]) for b in self.buf[g])
+        limit = s.max_proposals_per_image * (self.requested[g] + _BUDGET_SLACK)
+        while have < count:
+            missing = count - have
+            rate = max(float(self.rate[g]), 1e-9)
+            size = int(min(s.proposal_batch, max(64, math.ceil(1.2 * missing / rate) + 16)))
+            t0 = time.perf_counter()
+            seeds = stream_seeds(s.seed, stream, int(self.next[g]), size)
+            self.next[g] += size
+            z_t = s.generator.sample_z(seeds)
+            lat_t = s.generator.to_latent(z_t)
+            lat = lat_t.detach().cpu().numpy().astype(np.float32, copy=False)
+            P = s.model.predict_proba(lat)[:, [g]]
+            a = s._accept_prob(P, self.sharp[[g]], comps=[g])[:, 0]
+            u = self.rngs[g].random(size)
+            ok = u < a
+            self.proposals[g] += size
+            if ok.any():
+                self.buf[g].append((seeds[ok], z_t.detach().cpu().numpy()[ok], lat[ok]))
+                self.accepted[g] += int(ok.sum())
+                have += int(ok.sum())
+            self.latent_time += time.perf_counter() - t0
+            if have < count and self.proposals[g] > limit:
+                cid = s.space.ids[g]
+                raise BudgetError(f"cell {cid!r}: {int(self.proposals[g])} latent proposals gave {have} of the "
+                                  f"{int(self.requested[g])} accepted latents needed in block {self.block} "
+                                  f"(budget max_proposals_per_image={s.max_proposals_per_image:g}); the acceptance "
+                                  f"rate is far below the probes' estimate {self.rate[g]:.3g}", cell=cid,
+                                  achieved={cid: int(self.requested[g] - count + have)})
+        seeds = np.concatenate([b[0] for b in self.buf[g]])
+        z = np.concatenate([b[1] for b in self.buf[g]])
+        lat = np.concatenate([b[2] for b in self.buf[g]])
+        self.buf[g] = [(seeds[count:], z[count:], lat[count:])] if len(seeds) > count else []
+        return seeds[:count], z[:count], lat[:count]
+
+    def stats(self) -> dict[str, Any]:
+        return {"latent_proposals_per_component": self.proposals.copy(),
+                "accepted_per_component": self.accepted.copy(),
+                "kept_per_component": self.kept.copy()}
+
+
+def _count():
+    b = 0
+    while True:
+        yield b
+        b += 1

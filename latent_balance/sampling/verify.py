@@ -1,0 +1,103 @@
+"""Verification rounds (``verify=True``): synthesize, label, keep, until every cell's count is exact.
+
+Each round draws from each component the latents a linear program says are needed
+(:func:`~latent_balance.sampling.planning._lp_allocation` on the confusion C, updated by the labels seen in
+the block); an image is kept for the cell it is labelled in while that cell still needs images.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .errors import BudgetError
+from .planning import _lp_allocation
+from .result import SampleResult
+
+__all__: list[str] = []
+
+
+class _VerifyMixin:
+    """The verify loop of :class:`~latent_balance.sampling.BalancedSampler` (uses its ``plan_``, ``space``,
+    ``generator``, ``labelers``, budgets, ``_synthesize`` and ``_label``)."""
+
+    def _verify_block(self, slots, streams, timings) -> SampleResult:
+        k = len(self.space)
+        target_counts = np.bincount(slots, minlength=k)
+        need = target_counts.copy()
+        n = len(slots)
+        plan = self.plan_
+        usable = plan["affordable"]
+        # prior of the in-block update of C: the held-out estimate with weight = its effective sample size
+        prior_w = np.minimum(plan["ess"], 200.0)[:, None]
+        prior = plan["C"] * prior_w
+        seen = np.zeros((k, k))
+        kept: list[list[tuple]] = [[] for _ in range(k)]
+        rejected = np.zeros(k, np.int64)  # synthesized candidates not kept, by the cell they were labelled in
+        synth = rounds = 0
+        budget = self.max_synthesis_per_image * n
+        while need.sum() > 0:
+            C = (prior + seen) / np.maximum(prior_w + seen.sum(axis=1, keepdims=True), 1e-12)
+            m = _lp_allocation(C, need, usable)
+            if m is None:
+                g = int(np.flatnonzero(need)[0])
+                raise BudgetError(f"cell {self.space.ids[g]!r} cannot be filled: no usable component produces it "
+                                  f"(after {synth} synthesis calls)", cell=self.space.ids[g],
+                                  achieved=self._achieved(target_counts, need))
+            draw = np.ceil(m - 1e-9).astype(np.int64)
+            if draw.sum() == 0:
+                draw[int(np.argmax(m))] = 1
+            if synth + draw.sum() > budget:
+                worst = int(np.argmax(need))
+                raise BudgetError(f"verify ran out of its budget of {budget:.0f} synthesis calls "
+                                  f"(max_synthesis_per_image={self.max_synthesis_per_image:g}) with {int(need.sum())} "
+                                  f"images still missing, most in {self.space.ids[worst]!r}", cell=self.space.ids[worst],
+                                  achieved=self._achieved(target_counts, need))
+            rounds += 1
+            batch = [(g, *streams.take(g, int(draw[g]))) for g in np.flatnonzero(draw)]
+            comp = np.concatenate([np.full(len(b[1]), b[0], np.int64) for b in batch])
+            seeds = np.concatenate([b[1] for b in batch])
+            z = np.concatenate([b[2] for b in batch])
+            lat = np.concatenate([b[3] for b in batch])
+            t0 = time.perf_counter()
+            imgs = self._synthesize(lat)
+            timings["synthesis"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            probs = self._label(imgs)
+            timings["labeling"] += time.perf_counter() - t0
+            synth += len(lat)
+            cells = self.space.cell_of_probs(probs)
+            np.add.at(seen, (comp, cells), 1.0)
+            # candidates are offered to the cells interleaved across components (by relative rank within
+            # their component), so no component's images systematically arrive after the cells are full
+            rank = np.concatenate([(np.arange(len(b[1])) + 0.5) / len(b[1]) for b in batch])
+            for i in np.lexsort((comp, rank)).tolist():
+                c = int(cells[i])
+                if need[c] > 0:
+                    need[c] -= 1
+                    kept[c].append((seeds[i], z[i], lat[i], comp[i], imgs[i], {a: p[i] for a, p in probs.items()}))
+                    streams.kept[comp[i]] += 1
+                else:
+                    rejected[c] += 1
+        out_seeds = np.zeros(n, np.int64)
+        out_z = np.zeros((n, self.generator.z_dim), np.float32)
+        out_lat = np.zeros((n, self.generator.latent_dim), np.float32)
+        out_comp = np.zeros(n, np.int64)
+        out_imgs = [None] * n
+        names = list(self.labelers)
+        out_probs = {a: np.zeros((n, len(self.labelers[a].classes))) for a in names}
+        for c in range(k):
+            rows = np.flatnonzero(slots == c)
+            for r, item in zip(rows, kept[c]):
+                out_seeds[r], out_z[r], out_lat[r], out_comp[r], out_imgs[r], p = item
+                for a in names:
+                    out_probs[a][r] = p[a]
+        res = SampleResult(out_seeds, out_z, out_lat, slots.copy(), out_comp, list(self.space.ids),
+                           images=torch.stack(out_imgs) if n else None, probs=out_probs, labelled=slots.copy())
+        res.stats.update(synthesis_calls=synth, verify_rounds=rounds, verify_rejected_per_cell=rejected.tolist())
+        return res
+
+    def _achieved(self, target_counts, need) -> dict[str, int]:
+        return {cid: int(t - r) for cid, t, r in zip(self.space.ids, target_counts, need)}
