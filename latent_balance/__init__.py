@@ -26,7 +26,7 @@ from .generators import (
 )
 from .probes import ProbeFileError, ProbeSet, build_probes
 from .sampling import (BalancedDataset, BalancedSampler, BalancedSource, BudgetError, SampleResult, SamplingError,
-                      UnreachableTarget)
+                      TooFewProbes, UnreachableTarget)
 from .subgroups import CellSpace, SubgroupFileError, SubgroupModel
 from .targets import Target, TargetError
 
@@ -45,6 +45,7 @@ __all__ = [
     "SamplingError",
     "SubgroupFileError",
     "TargetError",
+    "TooFewProbes",
     "UnreachableTarget",
     "CallableGenerator",
     "DCGANFaces",

@@ -78,6 +78,7 @@ class BlockSource(Protocol):
     classes: Mapping[str, Sequence[str]]  # attribute -> class names, for every labelled attribute
 
     def slot_probs(self) -> np.ndarray: ...          # [G] probabilities used to allocate slots
+    # optional: def check_blocks(self, n, block_size) -> None, raising before anything is written
     def target(self) -> Mapping[str, float]: ...     # cell name -> target probability
     def settings(self) -> dict: ...                  # JSON: everything that determines the output; must
                                                      # hold generator, mode, target, target_attributes, classes
@@ -180,12 +181,16 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
                 "save_latents": bool(save_latents)}
     settings = json.loads(_json(settings))  # normalized as stored (tuples -> lists), so resumes compare equal
     _check_settings(out_dir, settings)
+    # every refusal comes before the first write: the source's own caps, then the allocation
+    check = getattr(source, "check_blocks", None)
+    if check is not None:
+        check(n, block_size)
+    schedule = interleave(allocate_counts(n, source.slot_probs()))
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (out_dir / SETTINGS).exists():
         atomic_write_text(out_dir / SETTINGS, json.dumps(settings, indent=2, sort_keys=True))
     if num_shards > 1:
         atomic_write_text(out_dir / "shard.json", _json({"shard": shard, "num_shards": num_shards}))
-    schedule = interleave(allocate_counts(n, source.slot_probs()))
     ranges = _block_ranges(n, block_size)
     mine = [b for b in range(len(ranges)) if b % num_shards == shard]
     written = skipped = 0

@@ -59,11 +59,11 @@ Files of this package (the README's words -> where the code is):
 """
 
 from .dataset import BalancedDataset
-from .errors import BudgetError, SamplingError, UnreachableTarget
+from .errors import BudgetError, SamplingError, TooFewProbes, UnreachableTarget
 from .planning import SHARPNESS_GRID
 from .result import SampleResult
 from .sampler import BalancedSampler
 from .source import BalancedSource
 
 __all__ = ["BalancedSampler", "SampleResult", "BalancedDataset", "BalancedSource", "SamplingError",
-           "BudgetError", "UnreachableTarget", "SHARPNESS_GRID"]
+           "BudgetError", "UnreachableTarget", "TooFewProbes", "SHARPNESS_GRID"]

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..metrics import kl_divergence, total_variation
-from .errors import BudgetError, UnreachableTarget
+from .errors import BudgetError, TooFewProbes, UnreachableTarget
 
 __all__ = ["SHARPNESS_GRID"]
 
@@ -103,6 +103,8 @@ class _PlanningMixin:
                                         "ok": bool(c["ok"])} for c in candidates],
                             "common_choice": float(common["sharpness"][0]), "common_score": float(common["score"]),
                             "refined_score": float(plan["score"])}
+            if not self.verify:
+                plan = self._no_worse_than_posterior(plan)
         else:
             plan = self._evaluate(self._sharpness_vector(self._sharpness_arg))
         self._check_budgets(plan)
@@ -124,15 +126,63 @@ class _PlanningMixin:
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         return plan
 
-    def _evaluate(self, s: np.ndarray, auto: bool = False) -> dict[str, Any]:
-        """Predicted outcome of sharpness s. Automatic choices only use components whose row of C rests
-        on >= min_ess effective held-out probes (so that held-out noise is not mistaken for purity)."""
+    def _no_worse_than_posterior(self, plan: dict) -> dict:
+        """Guard of the automatic latent-only choice (held-out predictions, no synthesis).
+
+        The plan is kept only when it is valid (mixture weights over usable components) and predicted
+        no further from the target (TV) than posterior sampling at sharpness 1, the model's own
+        conditional; otherwise that is used (warned). The result must also be predicted closer to the
+        target than the natural generator (its probe frequencies), on components whose rows of C rest
+        on >= ``min_ess`` effective held-out probes.
+
+        Raises:
+            TooFewProbes: no such plan; the message says how many probes would be needed, or to verify.
+        """
+        q, ids = self.q, self.space.ids
+        base = self._evaluate(np.ones(len(q)), auto=True, mode="posterior")
+        base["pi"] = None
+        valid = plan["weights"].sum() > 0 and bool(np.all(plan["usable"][plan["weights"] > 0]))
+        chosen = plan
+        if not valid or plan["predicted_tv"] > base["predicted_tv"]:
+            why = ("no component rests on enough held-out probes for the mixture weights" if not valid else
+                   f"its predicted TV {plan['predicted_tv']:.4f} is above posterior sampling's "
+                   f"{base['predicted_tv']:.4f}")
+            warnings.warn(f"automatic sharpness: the matched plan is not predicted better than posterior "
+                          f"sampling at sharpness 1 ({why}); using that", RuntimeWarning, stacklevel=4)
+            chosen = {**base, "auto": plan.get("auto")}
+            chosen["auto"] = {**(plan.get("auto") or {}), "fallback": "posterior, sharpness 1"}
+        natural = np.asarray(self.model.natural_["proportions"], np.float64)
+        natural_tv = total_variation(natural, q)
+        used = chosen["weights"] > 0
+        thin = used & (chosen["ess"] < self.min_ess)
+        n_probes = self.model.meta_.get("n_probes")
+        if thin.any() or chosen["predicted_tv"] >= natural_tv:
+            needed = None
+            if thin.any() and n_probes:
+                # effective held-out probes grow in proportion to the probe count (same split fraction)
+                needed = int(math.ceil(float(n_probes) * self.min_ess / max(float(chosen["ess"][thin].min()), 1e-9)))
+            detail = (f"components {[ids[g] for g in np.flatnonzero(thin)]} rest on "
+                      f"{float(chosen['ess'][thin].min()):.1f} effective held-out probes (min_ess={self.min_ess:g})"
+                      if thin.any() else
+                      f"the best plan's predicted TV to the target {chosen['predicted_tv']:.4f} is not below the "
+                      f"natural generator's {natural_tv:.4f}")
+            more = (f"build about {needed} probes (the model has {n_probes}), " if needed else "")
+            raise TooFewProbes(f"no latent-only plan is predicted to get closer to the target than the natural "
+                               f"generator: {detail}. {more.capitalize() if more else ''}"
+                               f"{'or use' if more else 'Use'} verify=True (--verify) for exact counts",
+                               probes_needed=needed)
+        return chosen
+
+    def _evaluate(self, s: np.ndarray, auto: bool = False, mode: str | None = None) -> dict[str, Any]:
+        """Predicted outcome of sharpness s (in `mode`, default the sampler's). Automatic choices only use
+        components whose row of C rests on >= min_ess effective held-out probes (so that held-out noise
+        is not mistaken for purity)."""
         q = self.q
         comp = self._components(s)
         C = comp["C"]
         usable = comp["usable"] if auto else comp["affordable"]
         out = {"sharpness": s, **comp}
-        if self.mode == "matched":
+        if (mode or self.mode) == "matched":
             pi = _mixture_weights(C, q, usable)
             pred = pi @ C
             out["pi"] = pi

@@ -187,7 +187,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             raise ValueError(f"n must be a positive number of outputs, got {n}")
         sampler = self if cell is None else self.for_cell(cell)
         nblocks = -(-n // sampler.block_size)
-        sampler._check_blocks(nblocks - 1)
+        sampler._check_blocks(nblocks - 1, n=n)
         parts = [sampler.sample_block(b, sampler.schedule(n, b), images=images) for b in range(nblocks)]
         return sampler._merge(parts)
 
@@ -220,12 +220,20 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         new.plan_ = new.plan()
         return new
 
-    def _check_blocks(self, last_block: int) -> None:
+    def _check_blocks(self, last_block: int, n: int | None = None, block_size: int | None = None) -> None:
+        """Refuse block indices beyond the seed's proposal streams (one stream per cell and block).
+
+        Raises:
+            ValueError: naming the cap and, when `n` is given, the smallest block size that fits.
+        """
         k = len(self.space)
         if (last_block + 1) * k > MAX_STREAMS:
-            raise ValueError(f"block {last_block} needs proposal stream {(last_block + 1) * k - 1}, but a seed has "
-                             f"{MAX_STREAMS} streams ({MAX_STREAMS // k} blocks of {self.block_size} outputs for "
-                             f"{k} cells); use a larger block_size or another seed for the rest")
+            cap = MAX_STREAMS // k
+            size = self.block_size if block_size is None else int(block_size)
+            fix = (f"use a block size of at least {-(-int(n) // cap)} (block_size / --block-size) for {n} outputs"
+                   if n is not None else "use a larger block size")
+            raise ValueError(f"{last_block + 1} blocks of {size} outputs need {(last_block + 1) * k} proposal streams "
+                             f"({k} cells x blocks), but a seed has {MAX_STREAMS}: at most {cap} blocks; {fix}")
 
     def sample_block(self, block: int, slots, images: bool = False) -> SampleResult:
         """One block: outputs for the given slot kinds, reproducible from (settings, seed, block).

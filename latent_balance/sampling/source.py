@@ -32,6 +32,10 @@ class BalancedSource:
     def slot_probs(self) -> np.ndarray:
         return np.asarray(self.sampler.slot_probs, np.float64)
 
+    def check_blocks(self, n: int, block_size: int) -> None:
+        """Refuse, before anything is written, a dataset whose blocks exceed the seed's proposal streams."""
+        self.sampler._check_blocks(-(-int(n) // int(block_size)) - 1, n=n, block_size=block_size)
+
     def target(self) -> dict[str, float]:
         return {cid: float(v) for cid, v in zip(self.sampler.space.ids, self.sampler.q)}
 
