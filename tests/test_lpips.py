@@ -72,6 +72,8 @@ def test_every_trunk_conv_matches_a_direct_hwio_correlation(net):
         for oy, ox in itertools.product(range(got.shape[1]), repeat=2):
             window = xp[:, oy * s : oy * s + kh, ox * s : ox * s + kw]  # [in, kh, kw]
             want = np.einsum("ihw,hwio->o", window, kernel) + bias
+            # (a) float32 convolution against float64: sums of up to 512 * 9 terms, ~sqrt(4608) 2^-24 ~ 4e-6
+            # relative to the sum of |terms|, i.e. ~1e-5 of max|want|: 10x under
             np.testing.assert_allclose(got[:, oy, ox], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
@@ -138,6 +140,8 @@ def test_identity_symmetry_and_batch_independence(net, faces, monkeypatch):
     assert torch.all(model(x, x) == 0)
     d = model(x, y)
     assert d.shape == (6,) and d.dtype == torch.float32 and torch.all(d > 0.01)
+    # (a) (a - b)^2 = (b - a)^2 exactly (measured equal); batching changes float32 sums only, ~1e-6
+    # relative, so rtol 1e-5 (LPIPS here is 0.1-0.7)
     torch.testing.assert_close(model(y, x), d, rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(model, "batch_size", 4)  # two forward passes instead of one
     torch.testing.assert_close(model(x, y), d, rtol=1e-5, atol=1e-6)
@@ -202,6 +206,9 @@ def test_jackknife_matches_an_explicit_leave_one_out_loop():
 def test_jackknife_stderr_matches_the_monte_carlo_spread(n, max_pairs):
     """Pairs share images: the jackknife must track the real spread of the mean (the naive
     std/sqrt(pairs) is several times too small here)."""
+    # (b) with 300 replicates std(means) has relative sd 1/sqrt(2 * 299) = 4%, so the ratio is ~1 +- 0.04 plus
+    # the jackknife's own bias (it overstates variance a little): 0.88-0.98 (n=30) and 1.04-1.15 (n=150) at
+    # offsets 0, 1000, ..., 8000 of both seeds; 0.75 and 1.3 are >= 3.5 sd outside that range
     means, ses = [], []
     for r in range(300):
         x = np.random.default_rng(r).standard_normal(n) ** 2
@@ -216,6 +223,8 @@ def test_mean_pairwise_equals_direct_lpips_over_the_same_pairs(alex, faces):
     i, j = P._pair_indices(12, 66, seed=0)
     direct = alex(faces[i], faces[j]).double().numpy()
     mean, se = P.mean_pairwise_lpips(faces, net="alex", device="cpu")
+    # (a) the same float32 LPIPS values batched differently (~1e-7 relative measured); the standard error
+    # is a spread of leave-one-out means, differences that amplify that ~100x, hence rel 1e-3 for se
     assert mean == pytest.approx(direct.mean(), rel=1e-5)
     assert se == pytest.approx(P._jackknife_mean_stderr(direct, i, j, 12)[1], rel=1e-3)
     # Subsampled pairs: deterministic from the seed, equal to LPIPS on those pairs, and the same
@@ -225,7 +234,7 @@ def test_mean_pairwise_equals_direct_lpips_over_the_same_pairs(alex, faces):
     assert sub == P.mean_pairwise_lpips(faces, net="alex", max_pairs=20, seed=5, device="cpu")
     assert sub[0] == pytest.approx(alex(faces[i], faces[j]).double().mean().item(), rel=1e-5)
     low = P.mean_pairwise_lpips(faces, net="alex", max_pairs=20, seed=5, device="cpu", max_memory_mb=1)
-    assert low[0] == pytest.approx(sub[0], rel=1e-6)
+    assert low[0] == pytest.approx(sub[0], rel=1e-6)  # (a) regrouped float32 embeddings: 1e-8 measured
     assert P.mean_pairwise_lpips(faces, net="alex", max_pairs=20, seed=6, device="cpu")[0] != sub[0]
 
 
@@ -257,6 +266,7 @@ def test_vgg16_features(vgg, faces):
     with torch.no_grad():
         relu5_3 = vgg.model.net(vgg.model.scaling_layer(faces[:5]))[-1]
     assert relu5_3.shape[1:] == (512, 4, 4)
+    # (a) same float32 network, batched differently: ~1e-6 relative
     np.testing.assert_allclose(f, relu5_3.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(P.vgg16_features(faces[:5], device="cpu", batch_size=2), f, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(P.vgg16_features(faces[:5], size=None, device="cpu"), f)
@@ -286,6 +296,7 @@ def test_frechet_analytic_diagonal_gaussians():
     b = _with_exact_stats(300, mu2, np.diag(v2), 1)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)  # = 6 + 4 + 1 + 0 + 0.5
     assert expected == pytest.approx(11.5)
+    # (a) float64 with exact sample statistics: round-off of a 4x4 eigen-decomposition, ~1e-15 relative
     assert P.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
     assert P.frechet_distance(torch.from_numpy(b), torch.from_numpy(a)) == pytest.approx(expected, rel=1e-9)
     assert P.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
@@ -298,6 +309,7 @@ def test_frechet_analytic_non_commuting_2d():
     tr_sqrt = np.sqrt(np.trace(s1 @ s2) + 2 * np.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
     mu1, mu2 = np.array([1.0, 2.0]), np.array([-1.0, 0.0])
     expected = 8.0 + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    # (a) closed form against a 2x2 float64 eigen-decomposition: round-off ~1e-15
     assert P.frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
     a, b = _with_exact_stats(50, mu1, s1, 2), _with_exact_stats(60, mu2, s2, 3)
     assert P.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
@@ -312,6 +324,8 @@ def test_frechet_matches_scipy_sqrtm(n):
     mu_b, cov_b = P.feature_stats(b)
     root = scipy.linalg.sqrtm(cov_a @ cov_b)
     ref = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(np.real(root))
+    # (a) two float64 matrix square roots: ~1e-15 relative full-rank; a singular product (n=12 < d=20)
+    # loses ~half the digits in sqrtm, ~sqrt(2^-53) = 1e-8 (measured 1.4e-8 worst over 4 seeds): rel 1e-6
     assert P.frechet_distance_from_stats(mu_a, cov_a, mu_b, cov_b) == pytest.approx(ref, rel=1e-6)
 
 

@@ -62,6 +62,7 @@ def test_bad_targets(spec, match):
 def test_marginals_completed_by_ipf():
     spec = {"marginals": {"gender": {"female": 0.5, "male": 0.5}, "smile": {"smiling": 0.3, "not_smiling": 0.7}}}
     q = Target(spec).resolve(SPACE, NAT)
+    # (a) IPF stops when the largest marginal error is below its tol 1e-10 (targets.ipf): atol 1e-9 = 10x
     np.testing.assert_allclose(SPACE.marginal(q, "gender"), [0.5, 0.5], atol=1e-9)
     np.testing.assert_allclose(SPACE.marginal(q, "smile"), [0.7, 0.3], atol=1e-9)
     # the untargeted attribute keeps the natural conditional structure: q / natural is a product of
@@ -71,15 +72,19 @@ def test_marginals_completed_by_ipf():
     g, a, s = np.meshgrid(range(2), range(2), range(2), indexing="ij")
     X = np.stack([np.ones(8), g.ravel(), a.ravel(), s.ravel()], 1)
     coef, *_ = np.linalg.lstsq(X, r.ravel(), rcond=None)
+    # (a) every IPF step multiplies by a factor of the targeted attributes, so the product form is exact
+    # whatever the iteration count: residuals are float64 round-off of logs of O(1) values (~1e-15)
     np.testing.assert_allclose(X @ coef, r.ravel(), atol=1e-8)
     assert abs(coef[2]) < 1e-8  # age is not targeted: no age factor
     # age marginal follows the natural conditional given gender and smile
     q3, n3 = q.reshape(2, 2, 2), nat.reshape(2, 2, 2)
+    # (a) exact for any product-form q (see above): round-off only
     np.testing.assert_allclose(q3 / q3.sum(1, keepdims=True), n3 / n3.sum(1, keepdims=True), atol=1e-9)
 
 
 def test_uniform_over_some_attributes():
     q = Target({"uniform": ["gender", "age"]}).resolve(SPACE, NAT).reshape(2, 2, 2)
+    # (a) a closed form (one scaling per (gender, age) pair): float64 round-off of 8 values, ~1e-16
     np.testing.assert_allclose(q.sum(2), np.full((2, 2), 0.25), atol=1e-12)
     n3 = NAT.reshape(2, 2, 2)
     np.testing.assert_allclose(q / q.sum(2, keepdims=True), n3 / n3.sum(2, keepdims=True), atol=1e-12)
@@ -132,5 +137,6 @@ def test_yaml_forms(tmp_path):
 def test_ipf_reference():
     # 2x2 with known closed form: start uniform, row marginal (0.3, 0.7), column (0.6, 0.4) -> outer product
     q, ok, err = ipf(np.ones((2, 2)), [((0,), np.array([0.3, 0.7])), ((1,), np.array([0.6, 0.4]))])
+    # (a) from a uniform start one sweep reaches the outer product exactly: err is round-off, under ipf's tol
     assert ok and err < 1e-10
     np.testing.assert_allclose(q, np.outer([0.3, 0.7], [0.6, 0.4]), atol=1e-12)
