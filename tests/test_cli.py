@@ -257,3 +257,33 @@ def test_excluded_cells_are_verified_by_default(work, tmp_path):
     assert "verify: on (the target excludes 1 cell(s)" in r.output
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 40 and not any(row["labelled_cell"] == "dark|warm" for row in rows)
+
+
+def test_every_planning_refusal_comes_before_the_first_write(work, tmp_path):
+    """Issue 20.2: caps, budgets, unreachable or unplannable targets and changed settings exit 2 and leave
+    the output folder absent (new folder) or byte-identical (existing dataset)."""
+    # the stream cap: 4 cells and a seed's 4,096 proposal streams allow 1,024 blocks; 1,100 blocks of one
+    # image are refused before anything is written, with a block size that fits
+    out = tmp_path / "cap"
+    r = _invoke(*_sample_args(work, out, "--n", 1100, "--block-size", 1, "--sharpness", "1"))
+    assert r.exit_code == 2, r.output
+    assert "at most 1024 blocks" in r.output and "at least 2" in r.output
+    assert not out.exists()
+    # a verify budget the plan cannot meet, and an unplannable latent-only request (no component rests on
+    # enough held-out probes for a 100%-one-cell target at automatic sharpness): nothing written
+    for extra in (["--cell", "dark,warm", "--verify", "--sharpness", "1", "--max-synthesis-per-image", 1],
+                  ["--cell", "dark,warm", "--no-verify", "--sharpness", "auto", "--max-sharpness", "16"]):
+        o = tmp_path / f"refused{len(extra)}"
+        r = _invoke(*_sample_args(work, o, "--n", 12, *extra))
+        if r.exit_code == 0:  # the latent-only request may be plannable on this model: then it ran fully
+            assert extra[2] == "--no-verify" and (o / "dataset_card.json").exists()
+            continue
+        assert r.exit_code == 2, r.output
+        assert not o.exists() or not any(o.iterdir())
+    # an existing dataset asked again with other settings (another seed) is refused and left unchanged
+    ds = tmp_path / "ds"
+    assert _invoke(*_sample_args(work, ds, "--n", 8, "--block-size", 4)).exit_code == 0
+    before = _tree(ds, skip=())
+    r = _invoke(*_sample_args(work, ds, "--n", 8, "--block-size", 4, "--seed", 5))
+    assert r.exit_code == 2 and "seed" in r.output
+    assert _tree(ds, skip=()) == before
