@@ -225,3 +225,50 @@ def test_seed_scheme_option_recorded_and_checked(tmp_path, nvidia_modules):
     assert json.loads(_invoke("info", tmp_path / "p.npz").output)["generator"]["seed_scheme"] == "nvidia"
     r = _invoke(*args)  # the default scheme on a file of nvidia seeds: refused, nothing mixed
     assert r.exit_code == 2 and "--seed-scheme" in r.output
+
+
+# ------------------------------------------------------------------------------------------------
+# probe -> fit -> sample --verify -> audit through the CLI, on a grayscale and on a conditional model
+# ------------------------------------------------------------------------------------------------
+def test_grayscale_and_conditional_pipelines_through_the_cli(tmp_path, nvidia_modules):
+    from PIL import Image
+
+    (tmp_path / "labelers.yaml").write_text(SPEC)
+    labs = ["--labelers", tmp_path / "labelers.yaml", "--device", "cpu"]
+    gray = _pickle(tmp_path, _gray_G(), "gray.pkl")
+    # a gray image has red == blue, so only 'light' varies on it
+    assert _invoke("probe", "--generator", gray, *labs, "--n", 300, "--out", tmp_path / "gp.npz").exit_code == 0
+    assert _invoke("fit", "--probes", tmp_path / "gp.npz", "--out", tmp_path / "gm.npz", "--attributes",
+                   "light").exit_code == 0
+    r = _invoke("sample", "--generator", gray, "--model", tmp_path / "gm.npz", "--n", 12, "--out", tmp_path / "gds",
+                "--verify", *labs, "--attributes", "light", "--block-size", 6)
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "gds" / "dataset_card.json").read_text())
+    assert 0 < card["clamped_pixel_share"] < 1 and "img_channels=1" in card["notes"][0]
+    assert "clamped" in (tmp_path / "gds" / "dataset_card.md").read_text()
+    assert "clamped_pixel_share" not in json.loads((tmp_path / "gds" / "settings.json").read_text())["generator"]
+    with Image.open(tmp_path / "gds" / "images" / "0000000.png") as im:
+        assert im.mode == "L" and im.size == (32, 32)
+    r = _invoke("audit", tmp_path / "gds", "--natural-n", 12, "--no-image-metrics")
+    assert r.exit_code == 0, r.output
+
+    cond = _pickle(tmp_path, small_G(32, c_dim=10), "cond.pkl")
+    assert _invoke("probe", "--generator", cond, *labs, "--n", 300, "--out", tmp_path / "cp.npz", "--class", 3,
+                   "--seed-scheme", "nvidia").exit_code == 0
+    assert _invoke("fit", "--probes", tmp_path / "cp.npz", "--out", tmp_path / "cm.npz", "--attributes",
+                   "warm").exit_code == 0
+    base = ["sample", "--generator", cond, "--model", tmp_path / "cm.npz", "--n", 10, *labs, "--attributes", "warm",
+            "--block-size", 5]
+    r = _invoke(*base, "--out", tmp_path / "c4", "--class", 4)
+    assert r.exit_code == 2 and "--class" in r.output and not (tmp_path / "c4").exists()
+    r = _invoke(*base, "--out", tmp_path / "c0")
+    assert r.exit_code == 2 and "c_dim=10" in r.output
+    r = _invoke(*base, "--out", tmp_path / "c3", "--class", 3, "--seed-scheme", "nvidia", "--verify")
+    assert r.exit_code == 0, r.output
+    settings = json.loads((tmp_path / "c3" / "settings.json").read_text())
+    assert settings["generator"]["class_index"] == 3 and settings["generator"]["seed_scheme"] == "nvidia"
+    assert settings["generator_spec"]["kwargs"] == {"class_index": 3, "seed_scheme": "nvidia"}
+    rows = [json.loads(x) for x in (tmp_path / "c3" / "manifest.jsonl").read_text().splitlines()]
+    assert all(row["generator"].endswith(":class=3") for row in rows)
+    r = _invoke("audit", tmp_path / "c3", "--natural-n", 10, "--no-image-metrics")  # reloads class and scheme
+    assert r.exit_code == 0, r.output
