@@ -109,21 +109,21 @@ class GeneratorAdapter:
         """Images of modelled latents [N, latent_dim] -> float32 [N, img_channels, H, W] in [-1, 1], on device.
 
         Values outside [-1, 1] are clamped and counted (:attr:`clamped_pixel_share`); images already
-        in range are returned unchanged, bit for bit.
+        in range are returned unchanged, bit for bit. With ``grad=True`` clamped values pass no gradient.
 
         Raises:
-            ValueError: latent of the wrong shape, or the network returned images of another shape
-                than [N, img_channels, img_resolution, img_resolution].
+            ValueError: latent of the wrong shape, or the network returned images that are not
+                [N, img_channels, H, W].
         """
         latent = self._as_tensor(latent, self.latent_dim, "latent")
         img = self._chunked(self._synthesize_batch, latent, grad)
         return self._clamp(img)
 
     def _clamp(self, img: torch.Tensor) -> torch.Tensor:
-        want = (self.img_channels, self.img_resolution, self.img_resolution)
-        if getattr(self, "img_resolution", None) is not None and (img.ndim != 4 or tuple(img.shape[1:]) != want):
+        if img.ndim != 4 or img.shape[1] != self.img_channels:
             raise ValueError(f"the generator returned images of shape {tuple(img.shape)}, expected "
-                             f"[N, {want[0]}, {want[1]}, {want[2]}] (img_channels={self.img_channels})")
+                             f"[N, {self.img_channels}, H, W] (the adapter's img_channels={self.img_channels}; "
+                             f"pass img_channels= if the generator's differs)")
         with torch.no_grad():
             n_out = int(((img < -1) | (img > 1)).sum())
         self._clamped_values = self._clamped_values + n_out

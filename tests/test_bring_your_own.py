@@ -119,6 +119,10 @@ def test_grayscale_model_reports_one_channel_and_labels(tmp_path, nvidia_modules
     assert json.loads(_invoke("info", path).output)["img_channels"] == 1
     cg = CallableGenerator(lambda lat: torch.tanh(lat[:, :1, None, None].expand(-1, 1, 8, 8)), z_dim=4, id="gray")
     assert cg.img_channels == 1 and cg.describe()["img_channels"] == 1
+    told = CallableGenerator(lambda lat: torch.tanh(lat[:, :1, None, None].expand(-1, 1, 8, 8)), z_dim=4, id="g",
+                             img_resolution=8)  # told the size but not the channels: 3 assumed, then caught
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\].*img_channels=3"):
+        told.generate([0])
 
 
 def test_grayscale_model_through_the_cli(tmp_path, nvidia_modules):
