@@ -7,8 +7,10 @@ file (no pickles: it loads with ``allow_pickle=False``) holding
 * ``z``       float32 [N, z_dim]        prior latents,
 * ``latents`` float32 [N, latent_dim]   modelled latents (W for StyleGAN2, Z otherwise),
 * ``probs/<attr>`` float64 [N, C_attr]  labeler probabilities per attribute,
-* ``meta``    JSON                      generator description (id, latent space, truncation), labeler
-                                        ids and classes, package versions.
+* ``meta``    JSON                      generator description (id, latent space, truncation, seed
+                                        scheme, class of a conditional model, share of clamped pixel
+                                        values), ``clamp`` (clamped / synthesized pixel values of this
+                                        file's synthesis), labeler ids and classes, package versions.
 
 :func:`build_probes` grows an existing file: probes already there are reused and never
 re-synthesized; only new seeds (and attributes the file lacks) are computed. Writes are atomic and
