@@ -30,14 +30,24 @@ def check_images(images, min_size: int = 8) -> torch.Tensor:
     """Validate a batch of images for labelling and return it as a float32 tensor.
 
     Expected: a torch tensor (or numpy array) of shape [N, 3, H, W], floating point, values in
-    [-1, 1] (a tolerance of 1e-3 is allowed for rounding), H and W >= `min_size`.
+    [-1, 1] (a tolerance of 1e-3 is allowed for rounding), H and W >= `min_size`. Grayscale images
+    [N, 1, H, W] (generators with ``img_channels = 1``) are accepted and returned with the gray
+    channel repeated to RGB [N, 3, H, W]: what every labeler and image metric then sees.
+
+    Raises:
+        TypeError:  not a tensor or array.
+        ValueError: wrong shape, integer dtype, NaN / infinite values, or values outside [-1, 1]
+                    (generator adapters clamp their own images; this guards images users pass in).
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor [N, 3, H, W] in [-1, 1], got {type(images).__name__}")
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images.repeat(1, 3, 1, 1)
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape [N, 3, H, W] (RGB, channels first), got {tuple(images.shape)}")
+        raise ValueError(f"images must have shape [N, 3, H, W] (RGB, channels first) or [N, 1, H, W] (grayscale), "
+                         f"got {tuple(images.shape)}")
     if images.shape[2] < min_size or images.shape[3] < min_size:
         raise ValueError(f"images must be at least {min_size}x{min_size} pixels, got {images.shape[2]}x{images.shape[3]}")
     if not images.is_floating_point():

@@ -148,13 +148,35 @@ def _csv(value) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-def _generator(spec: str, truncation_psi: float | None, device: str | None):
+def _generator(spec: str, truncation_psi: float | None, device: str | None, class_index: int | None = None,
+               seed_scheme: str | None = None):
     from .generators import load_generator
 
+    return load_generator(spec, device=device, **_generator_kwargs(truncation_psi, class_index, seed_scheme))
+
+
+def _generator_kwargs(truncation_psi=None, class_index=None, seed_scheme=None) -> dict:
+    """The adapter keyword arguments the generator options give (recorded in dataset settings)."""
     kwargs = {}
     if truncation_psi is not None:
         kwargs["truncation_psi"] = truncation_psi
-    return load_generator(spec, device=device, **kwargs)
+    if class_index is not None:
+        kwargs["class_index"] = class_index
+    if seed_scheme is not None and seed_scheme != "pcg64":
+        kwargs["seed_scheme"] = seed_scheme
+    return kwargs
+
+
+def class_option(f):
+    return click.option("--class", "class_index", type=click.IntRange(min=0), default=None,
+                        help="Class of a conditional generator (c_dim > 0): one-hot label, as NVIDIA's generate.py "
+                             "--class. Required for conditional generators, refused for unconditional ones.")(f)
+
+
+def seed_scheme_option(f):
+    return click.option("--seed-scheme", type=click.Choice(["pcg64", "nvidia"]), default="pcg64", show_default=True,
+                        help="Seed -> z: pcg64 (default: fast, one PCG64 stream per seed) or nvidia "
+                             "(np.random.RandomState(seed).randn(z_dim), the seeds of NVIDIA's generate.py).")(f)
 
 
 def _model_file(model_path: str) -> str:
@@ -211,15 +233,18 @@ def main(verbose: bool):
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--truncation-psi", type=float, default=None, help="StyleGAN2 truncation (default 1: none).")
+@class_option
+@seed_scheme_option
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.pass_context
-def probe(ctx, generator_spec, attributes, labelers_spec, n, out, start, batch_size, truncation_psi, device):
+def probe(ctx, generator_spec, attributes, labelers_spec, n, out, start, batch_size, truncation_psi, class_index,
+          seed_scheme, device):
     """Sample and label probe latents (the data boundaries are fitted on)."""
     from .probes import build_probes
 
     out = Path(out)
     _check_writable_target(out)
-    gen = _run(ctx, _generator, generator_spec, truncation_psi, device)
+    gen = _run(ctx, _generator, generator_spec, truncation_psi, device, class_index, seed_scheme)
     labs = _run(ctx, _labelers, attributes, labelers_spec)
     ps = _run(ctx, build_probes, gen, labs, n, path=out, start=start, batch_size=batch_size)
     click.echo(f"{len(ps)} probes in {out} ({', '.join(ps.attributes)})")
@@ -288,9 +313,12 @@ def describe_path(path: Path) -> dict:
         import stylegan_ops
 
         G = stylegan_ops.load_generator(path)
-        return {"kind": "stylegan2 checkpoint", "z_dim": G.z_dim, "c_dim": G.c_dim, "w_dim": G.w_dim,
-                "num_ws": G.num_ws, "img_resolution": G.img_resolution,
-                "parameters": int(sum(p.numel() for p in G.parameters()))}
+        out = {"kind": "stylegan2 checkpoint", "z_dim": G.z_dim, "c_dim": G.c_dim, "w_dim": G.w_dim,
+               "num_ws": G.num_ws, "img_resolution": G.img_resolution, "img_channels": G.img_channels,
+               "parameters": int(sum(p.numel() for p in G.parameters()))}
+        if getattr(G, "checkpoint_notes", None):
+            out["checkpoint_notes"] = dict(G.checkpoint_notes)
+        return out
     raise ValueError(f"cannot describe {path}: expected a dataset folder, a .npz probe/model file or a checkpoint")
 
 
@@ -413,11 +441,14 @@ def _cell_spec(cell: str, attributes) -> dict:
 @click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--save-latents", is_flag=True, help="Also save the latents (.npy) for later editing.")
 @click.option("--truncation-psi", type=float, default=None, help="StyleGAN2 truncation, applied after selection.")
+@class_option
+@seed_scheme_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.pass_context
 def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
-           max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi, batch_size, device):
+           max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi,
+           class_index, seed_scheme, batch_size, device):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
     from .export import write_dataset
     from .sampling import BalancedSource
@@ -443,11 +474,16 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         if generator_spec is None:
             raise InputError(f"the model {model_path} was fitted on {fitted_on!r}, not a built-in generator: "
                              f"give --generator (the checkpoint it was fitted on)")
-    gen = _run(ctx, _generator, generator_spec, truncation_psi, device)
+    gen = _run(ctx, _generator, generator_spec, truncation_psi, device, class_index, seed_scheme)
+    fitted = model.meta_.get("generator", {})
+    if fitted.get("class_index") != getattr(gen, "class_index", None) or fitted.get("c") != gen.describe().get("c"):
+        raise InputError(f"the model {model_path} was fitted on probes of class {fitted.get('class_index')!r} "
+                         f"(label {fitted.get('c')}), but this run generates class "
+                         f"{getattr(gen, 'class_index', None)!r}; give the same --class")
     lab_spec = labelers_spec or (_csv(attributes) if attributes else list(model.space_.attributes))
     labs = _run(ctx, _labelers, None, lab_spec) if labelers_spec else _run(ctx, _labelers, ",".join(lab_spec), None)
     extra = {"generator_spec": {"name": generator_spec,
-                                "kwargs": {} if truncation_psi is None else {"truncation_psi": truncation_psi}},
+                                "kwargs": _generator_kwargs(truncation_psi, class_index, seed_scheme)},
              "labelers_spec": str(Path(labelers_spec).resolve()) if labelers_spec else lab_spec}
     if mode == "natural":
         from .targets import Target
@@ -511,15 +547,20 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               help="Where report.html / audit.json go (default DATASET/report).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@class_option
+@seed_scheme_option
 @click.option("--device", default=None)
 @click.pass_context
-def audit(ctx, dataset, generator_spec, attributes, target, n, natural_n, image_metrics, report_dir, seed, device):
+def audit(ctx, dataset, generator_spec, attributes, target, n, natural_n, image_metrics, report_dir, seed, class_index,
+          seed_scheme, device):
     """Measure a dataset (or a generator) against its target; write an HTML report and JSON."""
     from . import audit as audit_mod
 
     if (dataset is None) == (generator_spec is None):
         raise InputError("give a DATASET folder, or --generator with --attributes (not both)")
     if dataset is not None:
+        if class_index is not None or seed_scheme != "pcg64":
+            raise InputError("--class and --seed-scheme apply with --generator; a dataset records its own")
         if not Path(dataset).is_dir():
             raise InputError(f"dataset folder {dataset} does not exist")
         if report_dir:
@@ -539,7 +580,7 @@ def audit(ctx, dataset, generator_spec, attributes, target, n, natural_n, image_
             if not isinstance(spec, dict) or "cells" not in spec:
                 raise InputError(f"{target}: a generator audit takes a target with explicit 'cells'")
             tgt = spec["cells"]
-        gen = _run(ctx, _generator, generator_spec, None, device)
+        gen = _run(ctx, _generator, generator_spec, None, device, class_index, seed_scheme)
         res = _run(ctx, audit_mod.audit_generator, gen, labs, attrs, target=tgt, n=n, report_dir=report_dir, seed=seed)
     a = res["achieved"]
     ci = a.get("intervals", {})

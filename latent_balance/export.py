@@ -27,7 +27,7 @@ import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -121,6 +121,23 @@ def interleave(counts) -> np.ndarray:
     return out
 
 
+_CLAMPED, _SYNTHESIZED = "clamped_pixel_values", "synthesized_pixel_values"
+
+
+def _source_generator(source):
+    """The generator adapter behind a block source (a balanced or natural source), if it exposes one."""
+    gen = getattr(source, "generator", None)
+    if gen is None:
+        gen = getattr(getattr(source, "sampler", None), "generator", None)
+    return gen
+
+
+def _clamp_counts(gen) -> tuple[int, int] | None:
+    """(clamped, synthesized) pixel values of a generator adapter so far (None for other generators)."""
+    counts = getattr(gen, "clamp_counts", None)
+    return tuple(int(v) for v in counts) if isinstance(counts, tuple) and len(counts) == 2 else None
+
+
 def _block_ranges(n: int, block_size: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + block_size)) for s in range(0, n, block_size)]
 
@@ -148,7 +165,7 @@ def _png_bytes(img_u8: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(img_u8).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(img_u8[..., 0] if img_u8.shape[-1] == 1 else img_u8).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
@@ -180,6 +197,10 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
     settings = {**source.settings(), **dict(extra_settings or {}), "n": int(n), "block_size": int(block_size),
                 "save_latents": bool(save_latents)}
     settings = json.loads(_json(settings))  # normalized as stored (tuples -> lists), so resumes compare equal
+    # a running statistic of the generator adapter, not a setting: the card reports it from the blocks
+    if isinstance(settings.get("generator"), dict):
+        settings["generator"].pop("clamped_pixel_share", None)
+    gen = _source_generator(source)
     _check_settings(out_dir, settings)
     # every refusal comes before the first write: the source's own caps, then the allocation
     check = getattr(source, "check_blocks", None)
@@ -222,7 +243,11 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
                 continue
             start, stop = ranges[b]
             t0 = time.perf_counter()
+            clamp0 = _clamp_counts(gen)
             out = source.produce(b, schedule[start:stop])
+            clamp1 = _clamp_counts(gen)
+            if clamp0 is not None and clamp1 is not None:
+                out = replace(out, stats={**out.stats, _CLAMPED: clamp1[0] - clamp0[0], _SYNTHESIZED: clamp1[1] - clamp0[1]})
             tm = {**{k: float(v) for k, v in out.timings.items()}, "produce": time.perf_counter() - t0}
             drain()
             fut = pool.submit(_write_block, out_dir, b, start, schedule[start:stop], out, source, row_info,
@@ -337,7 +362,15 @@ def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
         counts[pos[r["labelled_cell"]]] += 1
     m = distribution_metrics(counts, [target.get(c, 0.0) for c in names], names, n_boot=1000, seed=0)
     n = len(rows)
-    return {"n_images": n, "target_attributes": attrs, "target": target,
+    stats = dict(stats)
+    clamped, synthesized = stats.pop(_CLAMPED, None), stats.pop(_SYNTHESIZED, None)
+    gen = settings.get("generator", {}) if isinstance(settings.get("generator"), dict) else {}
+    notes = []
+    if gen.get("img_channels") == 1:
+        notes.append("grayscale generator (img_channels=1): the labelers and image metrics saw the gray channel "
+                     "repeated to RGB; the PNGs are grayscale")
+    return {"clamped_pixel_share": (clamped / synthesized) if synthesized else None, "notes": notes,
+            "n_images": n, "target_attributes": attrs, "target": target,
             "achieved": {c["cell"]: {"count": c["count"], "share": c["achieved"], "low": c["low"], "high": c["high"]}
                          for c in m["cells"]},
             "metrics": {k: m[k] for k in ("kl", "tv", "fairness_discrepancy_l2", "worst_cell_ratio")},
@@ -359,6 +392,10 @@ def _card_markdown(card: dict) -> str:
               f"Share of images whose labels match the cell they were generated for: {card['intended_equals_labelled']:.3f}.", ""]
     for k, v in card["cost"].items():
         lines.append(f"- {k.replace('_', ' ')}: {v:.3f}")
+    if card.get("clamped_pixel_share") is not None:
+        lines.append(f"- share of synthesized pixel values outside [-1, 1], clamped: {card['clamped_pixel_share']:.6f}")
+    for note in card.get("notes", []):
+        lines.append(f"- note: {note}")
     lines += ["", "Settings:", "", "```json", json.dumps(card["settings"], indent=2, sort_keys=True), "```", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()), ""]
     return "\n".join(lines)

@@ -5,8 +5,11 @@ The protocol (see :class:`GeneratorAdapter`) has three steps, each batched and d
 * ``sample_z(seeds) -> z``: the prior latent of each seed ([N, z_dim], see :mod:`latent_balance.seeds`);
 * ``to_latent(z) -> latent``: the map into the space where attributes are modelled: the mapping
   network for StyleGAN2 (W, [N, w_dim]), identity for generators without one (Z);
-* ``synthesize(latent) -> images``: [N, 3, H, W] float32 in [-1, 1]. Truncation (StyleGAN2) is applied
-  here, after the latent was chosen, and is recorded in :meth:`GeneratorAdapter.describe`.
+* ``synthesize(latent) -> images``: [N, C, H, W] float32 in [-1, 1] (C = ``img_channels``: 3, or 1 for
+  grayscale models). Truncation (StyleGAN2) is applied here, after the latent was chosen, and is
+  recorded in :meth:`GeneratorAdapter.describe`. Every adapter clamps its images to [-1, 1] (real
+  StyleGAN2 models overshoot; NVIDIA's ``generate.py`` clamps when it saves) and counts the clamped
+  pixel values (:attr:`GeneratorAdapter.clamped_pixel_share`).
 
 No autograd unless asked (``grad=True``). Adapters here: the packaged face DCGAN
 (:class:`DCGANFaces`), any user callable or module (:class:`CallableGenerator`), and any NVIDIA-style
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 
 from ._utils import package_file, resolve_device, sha256_file
-from .seeds import z_from_seeds
+from .seeds import check_seed_scheme, z_from_seeds
 
 __all__ = [
     "GeneratorAdapter",
@@ -47,8 +50,10 @@ class GeneratorAdapter:
         latent_dim:     size of the modelled latent (``w_dim`` in W space, ``z_dim`` in Z space).
         latent_space:   ``"w"`` or ``"z"``.
         img_resolution: output height = width, pixels.
-        img_channels:   3.
+        img_channels:   image channels: 3 (RGB) or 1 (grayscale).
         truncation_psi: truncation applied in :meth:`synthesize` (1 = none).
+        seed_scheme:    how :meth:`sample_z` maps seeds to latents: ``"pcg64"`` (default) or
+                        ``"nvidia"`` (NVIDIA generate.py's; see :mod:`latent_balance.seeds`).
         device:         torch device the networks run on.
         batch_size:     chunk size used by :meth:`to_latent` and :meth:`synthesize`.
 
@@ -64,11 +69,36 @@ class GeneratorAdapter:
     truncation_psi: float = 1.0
     device: torch.device
     batch_size: int = 64
+    _seed_scheme: str = "pcg64"
+    _clamped_values: int = 0
+    _synthesized_values: int = 0
+
+    @property
+    def seed_scheme(self) -> str:
+        """``"pcg64"`` (default) or ``"nvidia"``: see :mod:`latent_balance.seeds`."""
+        return self._seed_scheme
+
+    @seed_scheme.setter
+    def seed_scheme(self, scheme: str) -> None:
+        self._seed_scheme = check_seed_scheme(scheme)
+
+    @property
+    def clamp_counts(self) -> tuple[int, int]:
+        """(pixel values clamped to [-1, 1], pixel values synthesized) since this adapter was made."""
+        return int(self._clamped_values), int(self._synthesized_values)
+
+    @property
+    def clamped_pixel_share(self) -> float | None:
+        """Share of synthesized pixel values (channels counted separately) that lay outside [-1, 1]
+        and were clamped, over every :meth:`synthesize` call so far (None before the first)."""
+        c, t = self.clamp_counts
+        return c / t if t else None
 
     # -- protocol ---------------------------------------------------------------------------------
     def sample_z(self, seeds) -> torch.Tensor:
-        """Prior latents of `seeds` (1-D ints, N) -> float32 tensor [N, z_dim] on :attr:`device`."""
-        return torch.from_numpy(z_from_seeds(seeds, self.z_dim)).to(self.device)
+        """Prior latents of `seeds` (1-D ints, N) -> float32 tensor [N, z_dim] on :attr:`device`,
+        by :attr:`seed_scheme`."""
+        return torch.from_numpy(z_from_seeds(seeds, self.z_dim, scheme=self.seed_scheme)).to(self.device)
 
     def to_latent(self, z: torch.Tensor | np.ndarray, grad: bool = False) -> torch.Tensor:
         """Map prior latents [N, z_dim] to modelled latents [N, latent_dim] (float32, on device)."""
@@ -76,23 +106,51 @@ class GeneratorAdapter:
         return self._chunked(self._to_latent_batch, z, grad)
 
     def synthesize(self, latent: torch.Tensor | np.ndarray, grad: bool = False) -> torch.Tensor:
-        """Images of modelled latents [N, latent_dim] -> float32 [N, 3, H, W] in [-1, 1], on device."""
+        """Images of modelled latents [N, latent_dim] -> float32 [N, img_channels, H, W] in [-1, 1], on device.
+
+        Values outside [-1, 1] are clamped and counted (:attr:`clamped_pixel_share`); images already
+        in range are returned unchanged, bit for bit. With ``grad=True`` clamped values pass no gradient.
+
+        Raises:
+            ValueError: latent of the wrong shape, or the network returned images that are not
+                [N, img_channels, H, W].
+        """
         latent = self._as_tensor(latent, self.latent_dim, "latent")
-        return self._chunked(self._synthesize_batch, latent, grad)
+        img = self._chunked(self._synthesize_batch, latent, grad)
+        return self._clamp(img)
+
+    def _clamp(self, img: torch.Tensor) -> torch.Tensor:
+        if img.ndim != 4 or img.shape[1] != self.img_channels:
+            raise ValueError(f"the generator returned images of shape {tuple(img.shape)}, expected "
+                             f"[N, {self.img_channels}, H, W] (the adapter's img_channels={self.img_channels}; "
+                             f"pass img_channels= if the generator's differs)")
+        with torch.no_grad():
+            n_out = int(((img < -1) | (img > 1)).sum())
+        self._clamped_values = self._clamped_values + n_out
+        self._synthesized_values = self._synthesized_values + img.numel()
+        return img.clamp(-1, 1) if n_out else img
 
     def generate(self, seeds) -> torch.Tensor:
         """Images of `seeds`: ``synthesize(to_latent(sample_z(seeds)))``."""
         return self.synthesize(self.to_latent(self.sample_z(seeds)))
 
     def describe(self) -> dict[str, Any]:
-        """JSON-serializable description recorded in probe files and manifests."""
+        """JSON-serializable description recorded in probe files and manifests.
+
+        ``clamped_pixel_share`` is a running statistic of this adapter (see :attr:`clamped_pixel_share`),
+        not a setting: dataset settings leave it out and the dataset card reports the share over the
+        dataset's own synthesis.
+        """
         return {
             "id": self.id,
             "z_dim": int(self.z_dim),
             "latent_dim": int(self.latent_dim),
             "latent_space": self.latent_space,
             "img_resolution": int(self.img_resolution),
+            "img_channels": int(self.img_channels),
             "truncation_psi": float(self.truncation_psi),
+            "seed_scheme": self.seed_scheme,
+            "clamped_pixel_share": self.clamped_pixel_share,
         }
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -162,6 +220,7 @@ class DCGANFaces(GeneratorAdapter):
         device:     torch device; default CUDA when available, else CPU.
         batch_size: chunk size for synthesis.
         weights:    optional path to a compatible ``weights.tar`` (default: the packaged one).
+        seed_scheme: ``"pcg64"`` (default) or ``"nvidia"`` (see :mod:`latent_balance.seeds`).
     """
 
     latent_space = "z"
@@ -170,7 +229,8 @@ class DCGANFaces(GeneratorAdapter):
     img_resolution = 64
 
     def __init__(self, device: str | torch.device | None = None, batch_size: int = 256,
-                 weights: str | Path | None = None):
+                 weights: str | Path | None = None, seed_scheme: str = "pcg64"):
+        self.seed_scheme = seed_scheme
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         path = Path(weights) if weights is not None else package_file(
@@ -198,22 +258,27 @@ class CallableGenerator(GeneratorAdapter):
     """Adapter for a user's own generator: a callable or ``nn.Module`` with a declared latent size.
 
     Args:
-        synthesis:      callable ``latent [N, latent_dim] -> images [N, 3, H, W]`` in [-1, 1].
+        synthesis:      callable ``latent [N, latent_dim] -> images [N, C, H, W]`` (C = 3, or 1 for
+                        grayscale), nominally in [-1, 1] (values outside are clamped and counted).
         z_dim:          size of the prior latent (standard normal).
         mapping:        optional callable ``z [N, z_dim] -> latent [N, latent_dim]`` (e.g. a mapping
                         network); default identity (Z space).
         latent_dim:     size of the modelled latent (default ``z_dim``).
         img_resolution: output size in pixels (default: measured with one synthesis call).
+        img_channels:   3 or 1 (default: measured with that call; 3 when img_resolution is given).
         latent_space:   ``"z"`` (default when no mapping) or ``"w"``.
         id:             identifier recorded in manifests (default: derived from the callables' names;
                         set it to something stable, e.g. the checkpoint's hash).
         device, batch_size: as for every adapter.
+        seed_scheme:    ``"pcg64"`` (default) or ``"nvidia"`` (see :mod:`latent_balance.seeds`).
     """
 
     def __init__(self, synthesis: Callable[[torch.Tensor], torch.Tensor], z_dim: int,
                  mapping: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_dim: int | None = None,
                  img_resolution: int | None = None, latent_space: str | None = None, id: str | None = None,
-                 device: str | torch.device | None = None, batch_size: int = 64):
+                 device: str | torch.device | None = None, batch_size: int = 64, img_channels: int | None = None,
+                 seed_scheme: str = "pcg64"):
+        self.seed_scheme = seed_scheme
         if not callable(synthesis):
             raise TypeError(f"synthesis must be callable (latent [N, latent_dim] -> images), got {type(synthesis).__name__}")
         if mapping is not None and not callable(mapping):
@@ -237,8 +302,13 @@ class CallableGenerator(GeneratorAdapter):
         self.id = id or "callable:" + hashlib.sha256(
             f"{_qualname(synthesis)}|{_qualname(mapping)}|{z_dim}|{self.latent_dim}".encode()).hexdigest()[:12]
         if img_resolution is None:
-            img = self.synthesize(torch.zeros(1, self.latent_dim))
+            with torch.no_grad():
+                img = self._synthesize_batch(torch.zeros(1, self.latent_dim, device=self.device))
             img_resolution = img.shape[-1]
+            img_channels = img.shape[1] if img_channels is None else img_channels
+        if int(img_channels or 3) not in (1, 3):
+            raise ValueError(f"img_channels must be 3 (RGB) or 1 (grayscale), got {img_channels}")
+        self.img_channels = int(img_channels or 3)
         self.img_resolution = int(img_resolution)
 
     def _to_latent_batch(self, z: torch.Tensor) -> torch.Tensor:
@@ -252,8 +322,9 @@ class CallableGenerator(GeneratorAdapter):
 
     def _synthesize_batch(self, latent: torch.Tensor) -> torch.Tensor:
         img = self._synthesis(latent)
-        if not isinstance(img, torch.Tensor) or img.ndim != 4 or img.shape[1] != 3:
-            raise ValueError(f"synthesis must return images [N, 3, H, W], got {getattr(img, 'shape', type(img).__name__)}")
+        if not isinstance(img, torch.Tensor) or img.ndim != 4 or img.shape[1] not in (1, 3):
+            raise ValueError(f"synthesis must return images [N, 3, H, W] (RGB) or [N, 1, H, W] (grayscale), got "
+                             f"{getattr(img, 'shape', type(img).__name__)}")
         return img.float()
 
 
@@ -271,8 +342,14 @@ class StyleGAN2Adapter(GeneratorAdapter):
 
     Works with our :class:`stylegan_ops.Generator` and with any object exposing
     ``mapping(z, c, truncation_psi=1) -> ws [N, num_ws, w_dim]`` and
-    ``synthesis(ws, noise_mode=...) -> [N, 3, H, W]`` plus ``z_dim, w_dim, num_ws, img_resolution``
-    (e.g. NVIDIA's own ``G_ema``, or the pair passed separately via ``mapping=`` / ``synthesis=``).
+    ``synthesis(ws, noise_mode=...) -> [N, C, H, W]`` plus ``z_dim, w_dim, num_ws, img_resolution``
+    (and ``img_channels``, 3 when absent; e.g. NVIDIA's own ``G_ema``, or the pair passed separately via
+    ``mapping=`` / ``synthesis=``).
+
+    Conditional generators (``c_dim > 0``) need a label: ``class_index=K`` gives the one-hot label of
+    class K (as NVIDIA's ``generate.py --class K``), ``c=`` any label vector; without one the adapter
+    refuses (a zero label is no class's distribution). The label is recorded in :meth:`describe` and
+    appended to the id (``...:class=K``), so probes, models and datasets of different labels never mix.
 
     The modelled latent is one untruncated w per image ([N, w_dim]). Truncation is applied in
     :meth:`synthesize`: ``w' = w_avg + psi * (w - w_avg)`` on the first ``truncation_cutoff`` layers
@@ -283,18 +360,26 @@ class StyleGAN2Adapter(GeneratorAdapter):
         truncation_psi:    truncation strength (1 = none). Needs ``w_avg`` when != 1.
         truncation_cutoff: number of layers truncated (None = all).
         noise_mode:        ``'const'`` (default, deterministic), ``'random'`` or ``'none'``.
-        c:                 class label [c_dim] for conditional generators (default zeros).
-        mapping, synthesis, z_dim, w_dim, num_ws, img_resolution, w_avg: the bare-pair form.
-        id:                identifier recorded in manifests (default: hash of the parameters).
+        c:                 label vector [c_dim] for conditional generators.
+        class_index:       class K of a conditional generator: ``c`` = one-hot of K (0 <= K < c_dim).
+        mapping, synthesis, z_dim, w_dim, num_ws, img_resolution, img_channels, w_avg: the bare-pair form.
+        id:                identifier recorded in manifests (default: hash of the parameters; for
+                           conditional generators ``:class=K`` or ``:c=<hash>`` is appended).
+        seed_scheme:       ``"pcg64"`` (default) or ``"nvidia"`` (see :mod:`latent_balance.seeds`).
+
+    Raises:
+        ValueError: a conditional generator without ``class_index`` / ``c``, a label for an
+                    unconditional one, a class outside ``[0, c_dim)``, or truncation without ``w_avg``.
     """
 
     latent_space = "w"
 
     def __init__(self, G: Any = None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                 noise_mode: str = "const", c: torch.Tensor | None = None, *, mapping=None, synthesis=None,
-                 z_dim: int | None = None, w_dim: int | None = None, num_ws: int | None = None,
-                 img_resolution: int | None = None, w_avg: torch.Tensor | None = None, id: str | None = None,
-                 device: str | torch.device | None = None, batch_size: int = 32):
+                 noise_mode: str = "const", c: torch.Tensor | None = None, *, class_index: int | None = None,
+                 mapping=None, synthesis=None, z_dim: int | None = None, w_dim: int | None = None,
+                 num_ws: int | None = None, img_resolution: int | None = None, img_channels: int | None = None,
+                 w_avg: torch.Tensor | None = None, id: str | None = None,
+                 device: str | torch.device | None = None, batch_size: int = 32, seed_scheme: str = "pcg64"):
         if G is None and (mapping is None or synthesis is None):
             raise TypeError("give a generator G, or both mapping= and synthesis=")
         if noise_mode not in ("const", "random", "none"):
@@ -316,6 +401,11 @@ class StyleGAN2Adapter(GeneratorAdapter):
         self.w_dim = self.latent_dim = int(attr("w_dim", w_dim))
         self.num_ws = int(attr("num_ws", num_ws))
         self.img_resolution = int(attr("img_resolution", img_resolution))
+        try:
+            self.img_channels = int(attr("img_channels", img_channels))
+        except ValueError:
+            self.img_channels = 3  # NVIDIA-convention objects without the attribute are RGB
+        self.seed_scheme = seed_scheme
         self.c_dim = int(getattr(G, "c_dim", getattr(self._mapping, "c_dim", 0)) or 0)
         if w_avg is None:
             w_avg = getattr(self._mapping, "w_avg", None)
@@ -325,15 +415,40 @@ class StyleGAN2Adapter(GeneratorAdapter):
         if self.truncation_psi != 1.0 and self.w_avg is None:
             raise ValueError("truncation_psi != 1 needs w_avg (the mapping network has none; pass w_avg=)")
         self.noise_mode = noise_mode
+        self.class_index = None
+        if class_index is not None and c is not None:
+            raise ValueError("give class_index or c, not both")
+        if self.c_dim == 0 and (class_index is not None or (c is not None and torch.as_tensor(c).numel())):
+            raise ValueError("the generator is unconditional (c_dim=0): a class (--class / class_index) or label c "
+                             "does not apply")
+        if self.c_dim > 0 and class_index is None and c is None:
+            raise ValueError(f"the generator is conditional (c_dim={self.c_dim}): give the class to generate, "
+                             f"--class K (API: class_index=K) with 0 <= K < {self.c_dim} for a one-hot label as in "
+                             f"NVIDIA's generate.py, or a label vector c= (API); a zero label is no class's "
+                             f"distribution")
+        if class_index is not None:
+            k = int(class_index)
+            if k != class_index or not 0 <= k < self.c_dim:
+                raise ValueError(f"class must be an integer in [0, {self.c_dim}) (c_dim={self.c_dim}), got {class_index!r}")
+            self.class_index = k
+            c = torch.nn.functional.one_hot(torch.tensor(k), self.c_dim)
         if c is None:
-            c = torch.zeros(self.c_dim)
+            c = torch.zeros(0)
         self.c = torch.as_tensor(c).float().reshape(1, -1).to(self.device)
         if self.c.shape[1] != self.c_dim:
             raise ValueError(f"c must have {self.c_dim} entries (the generator's c_dim), got {self.c.shape[1]}")
         for m in (G, self._mapping, self._synthesis):
             if isinstance(m, nn.Module):
                 m.eval().requires_grad_(False)
-        self.id = id or self._default_id(G)
+        self.checkpoint_notes = dict(getattr(G, "checkpoint_notes", None) or {})
+        self.id = (id or self._default_id(G)) + self._label_suffix()
+
+    def _label_suffix(self) -> str:
+        if self.c_dim == 0:
+            return ""
+        if self.class_index is not None:
+            return f":class={self.class_index}"
+        return ":c=" + hashlib.sha256(self.c.cpu().numpy().astype(np.float32).tobytes()).hexdigest()[:12]
 
     def _default_id(self, G) -> str:
         mods = [m for m in (G,) if isinstance(m, nn.Module)] or \
@@ -368,6 +483,10 @@ class StyleGAN2Adapter(GeneratorAdapter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(truncation_cutoff=self.truncation_cutoff, noise_mode=self.noise_mode, num_ws=self.num_ws)
+        if self.c_dim:
+            d.update(c_dim=self.c_dim, class_index=self.class_index, c=self.c[0].cpu().tolist())
+        if self.checkpoint_notes:
+            d["checkpoint_notes"] = dict(self.checkpoint_notes)
         return d
 
 
@@ -375,13 +494,6 @@ class StyleGAN2Adapter(GeneratorAdapter):
 # Registry
 # ------------------------------------------------------------------------------------------------
 _MODELS_DIR = Path(__file__).resolve().parent / "models"  # weights and fitted models shipped in the package
-
-
-class _ClampedStyleGAN2(StyleGAN2Adapter):
-    """StyleGAN2 adapter whose images are clamped to [-1, 1] (the adapter protocol's range)."""
-
-    def _synthesize_batch(self, latent: torch.Tensor) -> torch.Tensor:
-        return super()._synthesize_batch(latent).clamp_(-1, 1)
 
 
 def _stylegan2_faces(device: str | torch.device | None = None, weights: str | Path | None = None,
@@ -402,7 +514,7 @@ def _stylegan2_faces(device: str | torch.device | None = None, weights: str | Pa
         raise FileNotFoundError(f"the StyleGAN2 face model {path} is missing (it ships inside the package; "
                                 f"reinstall latent-balance)")
     G = stylegan_ops.load_generator(path, device=resolve_device(device))
-    return _ClampedStyleGAN2(G, device=device, id=f"stylegan2-faces:{sha256_file(path)[:12]}", **kwargs)
+    return StyleGAN2Adapter(G, device=device, id=f"stylegan2-faces:{sha256_file(path)[:12]}", **kwargs)
 
 
 _BUILTINS: dict[str, Callable[..., GeneratorAdapter]] = {"dcgan-faces": DCGANFaces, "stylegan2-faces": _stylegan2_faces}
@@ -439,10 +551,15 @@ def load_generator(name_or_path: str | Path, device: str | torch.device | None =
 
     Paths ending in ``.pkl`` (NVIDIA), ``.pt`` / ``.pth`` (rosinality or ours) are loaded with
     :func:`stylegan_ops.load_generator` (safe loading, no code from the file runs) and wrapped in a
-    :class:`StyleGAN2Adapter`; keyword arguments (``truncation_psi``, ...) go to the adapter.
+    :class:`StyleGAN2Adapter`; keyword arguments (``truncation_psi``, ``class_index``, ``seed_scheme``,
+    ...) go to the adapter.
     """
     key = str(name_or_path)
     if key in _BUILTINS:
+        if key == "dcgan-faces" and kwargs.get("class_index") is not None:
+            raise ValueError("the generator dcgan-faces is unconditional (c_dim=0): a class (--class) does not apply")
+        if key == "dcgan-faces":
+            kwargs.pop("class_index", None)
         return _BUILTINS[key](device=device, **kwargs)
     path = Path(key)
     if path.suffix in (".pkl", ".pt", ".pth"):

@@ -259,7 +259,10 @@ class LPIPS(nn.Module):
             checked = check_images(images.detach() if grad else images, min_size=_MIN_SIZE[self.net])
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"LPIPS input {name}: {exc}") from None
-        return (images.float() if grad else checked).to(self.device)
+        if grad:  # keep the graph: the caller's tensor, grayscale repeated to RGB as check_images does
+            images = images.float()
+            checked = images.repeat(1, 3, 1, 1) if images.shape[1] == 1 else images
+        return checked.to(self.device)
 
     def forward(self, x, y) -> torch.Tensor:
         """Distances between x[i] and y[i]: [N, 3, H, W] twice -> float32 [N]."""

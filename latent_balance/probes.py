@@ -7,8 +7,10 @@ file (no pickles: it loads with ``allow_pickle=False``) holding
 * ``z``       float32 [N, z_dim]        prior latents,
 * ``latents`` float32 [N, latent_dim]   modelled latents (W for StyleGAN2, Z otherwise),
 * ``probs/<attr>`` float64 [N, C_attr]  labeler probabilities per attribute,
-* ``meta``    JSON                      generator description (id, latent space, truncation), labeler
-                                        ids and classes, package versions.
+* ``meta``    JSON                      generator description (id, latent space, truncation, seed
+                                        scheme, class of a conditional model, share of clamped pixel
+                                        values), ``clamp`` (clamped / synthesized pixel values of this
+                                        file's synthesis), labeler ids and classes, package versions.
 
 :func:`build_probes` grows an existing file: probes already there are reused and never
 re-synthesized; only new seeds (and attributes the file lacks) are computed. Writes are atomic and
@@ -150,6 +152,12 @@ def _check_compatible(existing: ProbeSet, generator, lab_meta: dict, path: Path)
         if key in gen and gen[key] != want.get(key):
             raise ProbeFileError(f"{path} was made with generator {key}={gen[key]!r}, but this run uses "
                                  f"{want.get(key)!r}; use another probe file")
+    # files written before these were recorded: pcg64 seeds, unconditional
+    for key, default, flag in (("seed_scheme", "pcg64", "--seed-scheme"), ("class_index", None, "--class"),
+                               ("c", None, "--class")):
+        if gen.get(key, default) != want.get(key, default):
+            raise ProbeFileError(f"{path} was made with generator {key}={gen.get(key, default)!r}, but this run uses "
+                                 f"{want.get(key, default)!r} ({flag}); use another probe file or the same {flag}")
     old = existing.meta.get("labelers", {})
     for name, info in lab_meta.items():
         if name in old and (old[name]["id"] != info["id"] or list(old[name]["classes"]) != info["classes"]):
@@ -185,16 +193,37 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
     classes = {name: tuple(info["classes"]) for name, info in lab_meta.items()}
     want_seeds = np.arange(start, start + n, dtype=np.int64)
     meta = {"generator": generator.describe(), "labelers": lab_meta, "versions": package_versions()}
+    clamp = {"clamped": 0, "synthesized": 0}  # pixel values of this file's synthesis clamped to [-1, 1]
 
     existing = None
     if path is not None and Path(path).exists():
         existing = ProbeSet.load(path)
         _check_compatible(existing, generator, lab_meta, Path(path))
         meta["labelers"] = {**existing.meta.get("labelers", {}), **lab_meta}
+        old = existing.meta.get("clamp")
+        if isinstance(old, dict):
+            clamp = {k: int(old.get(k, 0)) for k in clamp}
         classes = {**existing.classes, **classes}
     cur = existing or ProbeSet(np.zeros(0, np.int64), np.zeros((0, generator.z_dim), np.float32),
                                np.zeros((0, generator.latent_dim), np.float32),
                                {a: np.zeros((0, len(c))) for a, c in classes.items()}, classes, meta)
+
+    counts = getattr(generator, "clamp_counts", None)
+    start_counts = tuple(counts) if isinstance(counts, tuple) else None
+    base = dict(clamp)
+
+    def record_clamp() -> None:
+        """meta['clamp'] / generator clamped_pixel_share: the share over all synthesis for this file."""
+        now = getattr(generator, "clamp_counts", None)
+        if start_counts is None or not isinstance(now, tuple):
+            meta["generator"].pop("clamped_pixel_share", None)
+            return
+        c = {"clamped": base["clamped"] + now[0] - start_counts[0],
+             "synthesized": base["synthesized"] + now[1] - start_counts[1]}
+        meta["clamp"] = c
+        meta["generator"]["clamped_pixel_share"] = c["clamped"] / c["synthesized"] if c["synthesized"] else None
+
+    record_clamp()
 
     # 1) attributes the file lacks, on probes it already has (synthesis needed once)
     missing_attrs = [lab for lab in labelers if lab.name not in cur.probs]
@@ -207,6 +236,7 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
             for lab in missing_attrs:
                 new[lab.name].append(lab(imgs))
         probs = {**cur.probs, **{a: np.concatenate(v) for a, v in new.items()}}
+        record_clamp()
         cur = ProbeSet(cur.seeds, cur.z, cur.latents, probs, classes, meta)
         if path is not None:
             cur.save(path)
@@ -228,6 +258,7 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
         last_save = time.monotonic()
 
         def snapshot() -> ProbeSet:
+            record_clamp()
             return ProbeSet(np.concatenate(parts["seeds"]), np.concatenate(parts["z"]), np.concatenate(parts["latents"]),
                             {a: np.concatenate(parts[a]) for a in cur.attributes}, classes, meta)
 

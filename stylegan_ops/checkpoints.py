@@ -674,6 +674,7 @@ _ROSINALITY_LR_MLP = 0.01
 _ROSINALITY_FILTER = (1, 3, 3, 1)
 _W_AVG_SAMPLES = 10_000
 _W_AVG_SEED = 0
+_NOISE_SEED = 0
 
 
 def _infer_channels(chans: dict[int, int]) -> tuple[int, int]:
@@ -725,6 +726,17 @@ def _from_rosinality(sd: dict, latent_avg) -> Generator:
 
     So outputs agree to ~1e-6 relative, not bit for bit; what is exact is the round trip of the
     stored values (our generator -> rosinality names -> ours).
+
+    Entries some official files lack, filled deterministically (one warning each, and recorded in the
+    returned generator's ``checkpoint_notes`` dict, which :class:`latent_balance.StyleGAN2Adapter`
+    copies into its description):
+
+    * ``latent_avg`` -> ``w_avg`` = mean of ``mapping(z)`` over 10,000 ``z`` drawn with
+      ``torch.randn([10000, w_dim], generator=torch.Generator().manual_seed(0))``;
+    * ``noises.noise_i`` (the constant noise inputs, buffers rosinality draws with ``torch.randn`` at
+      construction) -> drawn in layer order ``i = 0, 1, ...`` from one
+      ``torch.Generator().manual_seed(0)``: ``noise_i = torch.randn([R_i, R_i])`` with ``R_0 = 4`` and
+      ``R_i = 2 ** (2 + (i + 1) // 2)``; a missing entry takes its draw, stored ones are kept.
     """
     sd = {str(k): v for k, v in sd.items()}
     used: set[str] = set()
@@ -786,6 +798,26 @@ def _from_rosinality(sd: dict, latent_avg) -> Generator:
                 raise CheckpointError(f"rosinality checkpoint uses a blur kernel other than {list(_ROSINALITY_FILTER)} "
                                       f"({key}); not supported")
 
+    # constant noise: the file's, else a documented deterministic draw (see the docstring)
+    n_noise = 1 + 2 * (log_size - 2)
+    noise_keys = [f"noises.noise_{i}" for i in range(n_noise)]
+    absent = [k for k in noise_keys if k not in sd]
+    notes: dict[str, str] = {}
+    if absent:
+        g = torch.Generator().manual_seed(_NOISE_SEED)
+        for i, k in enumerate(noise_keys):
+            r = 2 ** (2 + (i + 1) // 2)
+            draw = torch.randn([1, 1, r, r], generator=g)
+            if k in absent:
+                sd[k] = draw
+        notes["noise_const"] = (f"{len(absent)} of {n_noise} constant noise buffers (noises.noise_*) absent from the "
+                                f"file; drawn with torch.randn from torch.Generator().manual_seed({_NOISE_SEED}) in "
+                                f"layer order")
+        warn_once("stylegan_ops.rosinality.noises",
+                  f"the rosinality checkpoint lacks {len(absent)} of its {n_noise} constant noise buffers "
+                  f"(noises.noise_*); they are drawn deterministically with seed {_NOISE_SEED} (images differ from "
+                  f"those of the network that was trained, by its noise only)")
+
     out["synthesis.b4.const"] = take("input.input").squeeze(0)
     out["synthesis.b4.resample_filter"] = ours["synthesis.b4.resample_filter"]
     conv("synthesis.b4.conv1", "conv1", "noises.noise_0")
@@ -809,6 +841,8 @@ def _from_rosinality(sd: dict, latent_avg) -> Generator:
         out["mapping.w_avg"] = latent_avg.reshape(style_dim).float()
         _load_state_strict(G, out, "rosinality checkpoint")
     else:
+        notes["w_avg"] = (f"'latent_avg' absent from the file; estimated as the mean of mapping(z) over "
+                          f"{_W_AVG_SAMPLES} z drawn with seed {_W_AVG_SEED}")
         out["mapping.w_avg"] = ours["mapping.w_avg"]
         _load_state_strict(G, out, "rosinality checkpoint")
         warn_once("stylegan_ops.rosinality.latent_avg",
@@ -817,4 +851,5 @@ def _from_rosinality(sd: dict, latent_avg) -> Generator:
         with torch.no_grad():
             z = torch.randn([_W_AVG_SAMPLES, style_dim], generator=torch.Generator().manual_seed(_W_AVG_SEED))
             G.mapping.w_avg.copy_(G.mapping(z, None)[:, 0].mean(dim=0))
+    G.checkpoint_notes = notes
     return G

@@ -368,7 +368,9 @@ def test_user_labelers_from_yaml_and_objects(tmp_path, monkeypatch, fixture):
 def test_bad_images_give_clear_errors(labelers):
     lab = labelers["gender"]
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
-        lab(torch.zeros(2, 1, 64, 64))
+        lab(torch.zeros(2, 2, 64, 64))
+    gray = torch.linspace(-1, 1, 64 * 64).reshape(1, 1, 64, 64)  # grayscale: the gray channel repeated to RGB
+    np.testing.assert_array_equal(lab(gray), lab(gray.repeat(1, 3, 1, 1)))
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         labelers["smile"](torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match=r"\[-1, 1\].*127.5"):

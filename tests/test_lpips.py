@@ -164,7 +164,13 @@ def test_lpips_bad_input(alex, faces):
     with pytest.raises(ValueError, match="unknown LPIPS network 'squeeze'"):
         P.LPIPS("squeeze")
     with pytest.raises(ValueError, match=r"x: .*\[N, 3, H, W\]"):
-        alex(faces[:, :1], faces[:, :1])
+        alex(faces[:, :2], faces[:, :2])
+    # grayscale [N, 1, H, W] is the gray channel repeated to RGB (with and without autograd)
+    g = faces[:2, :1].clone().requires_grad_(True)
+    alex(g, faces[2:4, :1]).sum().backward()
+    assert g.grad is not None and g.grad.shape == g.shape
+    torch.testing.assert_close(alex(faces[:2, :1], faces[2:4, :1]),
+                               alex(faces[:2, :1].repeat(1, 3, 1, 1), faces[2:4, :1].repeat(1, 3, 1, 1)), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"y: .*\[-1, 1\].*127.5"):
         alex(faces[:2], (faces[2:4] + 1) * 127.5)
     with pytest.raises(ValueError, match="same shape"):
