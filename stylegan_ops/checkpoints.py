@@ -3,6 +3,9 @@
 :func:`load_generator` reads three formats and always returns *our* :class:`~stylegan_ops.Generator`;
 no code stored in a file is ever run.
 
+(Kept as one file of ~850 lines on purpose: the three formats share the allow-listed unpickler and
+its record types, the safety-critical part; split, the allow-list would be read in pieces.)
+
 **(a) NVIDIA pickles** (``.pkl`` of stylegan2-ada-pytorch and of stylegan3's ``stylegan2`` config).
 Such a file is a plain pickle (protocol 2-5) of a dict ``{'G': ..., 'D': ..., 'G_ema': ...,
 'augment_pipe': ..., 'training_set_kwargs': {...}, ...}``. Every network object in it is a
