@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -175,6 +176,60 @@ def json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+# Why a value is not a finite number, written beside it (as "<key>_reason") when JSON gets null instead.
+_NONFINITE_REASONS = {
+    "kl": "infinite: images fell in cells whose target share is 0 (excluded cells); see excluded_mass",
+    "lpips_stderr": "undefined: the delete-one jackknife needs at least 3 images, none of them in every sampled pair",
+    "lpips_natural_stderr": "undefined: the delete-one jackknife needs at least 3 images, none of them in every "
+                            "sampled pair",
+}
+
+
+def _nonfinite_reason(key, value) -> str:
+    if key in _NONFINITE_REASONS:
+        return _NONFINITE_REASONS[key]
+    return "not a number (NaN)" if value != value else f"not finite ({'+' if value > 0 else '-'}inf)"
+
+
+def json_safe(obj):
+    """A copy of `obj` that standard JSON can hold: non-finite floats become ``None``.
+
+    In a dict, a key whose value is (or contains) a non-finite float gets ``"<key>_reason"`` beside it,
+    saying why (e.g. KL is infinite when excluded cells received images). NumPy scalars and arrays
+    become Python numbers and lists; tuples become lists.
+    """
+    import numpy as np
+
+    def walk(o, key=None):
+        if isinstance(o, np.ndarray):
+            o = o.tolist()
+        elif isinstance(o, np.generic):
+            o = o.item()
+        if isinstance(o, float):
+            return (o, None) if math.isfinite(o) else (None, _nonfinite_reason(key, o))
+        if isinstance(o, dict):
+            out = {}
+            for k, v in o.items():
+                out[k], why = walk(v, k)
+                if why is not None and f"{k}_reason" not in o:
+                    out[f"{k}_reason"] = why
+            return out, None
+        if isinstance(o, (list, tuple)):
+            items = [walk(v, key) for v in o]
+            whys = [w for _, w in items if w is not None]
+            return [v for v, _ in items], (whys[0] if whys else None)
+        return o, None
+
+    return walk(obj)[0]
+
+
+def json_dumps(obj, **kwargs) -> str:
+    """Standard (strict) JSON text of `obj`: :func:`json_safe` first, then ``json.dumps(allow_nan=False)``."""
+    import json
+
+    return json.dumps(json_safe(obj), allow_nan=False, default=json_default, **kwargs)
 
 
 def write_npz(path: str | os.PathLike[str], arrays: dict, meta: dict) -> None:

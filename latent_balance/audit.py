@@ -1,8 +1,8 @@
 """Audit: the distribution a set of images actually has, measured by the labelers (not the boundaries).
 
 :func:`audit_labels` turns per-image labeler probabilities into the numbers of a report: counts per
-cell and per marginal, KL / TV / fairness discrepancy / worst-cell ratio against the target with 95%
-intervals, drift of attributes that were not targeted (against the natural generator), and,
+cell and per marginal, KL / TV / fairness discrepancy / worst-cell ratio against the target, each
+with the target's 95% band for the same number of images (what a perfect sampler shows), drift of attributes that were not targeted (against the natural generator), and,
 when images are given, LPIPS diversity and Frechet distance per cell against the natural
 generator's images of the same cell. :mod:`latent_balance.report` renders the result as HTML.
 
@@ -55,7 +55,7 @@ def _marginal(joint: np.ndarray, sizes: list[int], axis: int) -> np.ndarray:
 
 def audit_labels(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]],
                  target: Mapping[str, float], attributes: Sequence[str],
-                 natural_probs: Mapping[str, np.ndarray] | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+                 natural_probs: Mapping[str, np.ndarray] | None = None, n_sim: int = 1000, seed: int = 0) -> dict:
     """Measure a labelled image set against a target over cells.
 
     Args:
@@ -65,7 +65,8 @@ def audit_labels(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence
         attributes:    targeted attributes (they span the cells).
         natural_probs: optional labeler probabilities of the natural (unbalanced) generator's images,
                        for the natural distribution and the drift of non-targeted attributes.
-        n_boot, seed:  bootstrap settings for the intervals.
+        n_sim, seed:   simulated target datasets for the target bands (and Monte Carlo p-values),
+                       and their seed (see :func:`latent_balance.metrics.distribution_metrics`).
 
     Returns:
         JSON-serializable dict: ``cells`` (names), ``target``, ``achieved`` (metrics of
@@ -83,11 +84,11 @@ def audit_labels(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence
     sizes = [len(classes[a]) for a in attributes]
     counts = np.bincount(label_cells(probs, classes, attributes), minlength=len(names))
     out: dict = {"attributes": attributes, "cells": names, "target": q.tolist(), "n": int(counts.sum()),
-                 "achieved": distribution_metrics(counts, q, names, n_boot=n_boot, seed=seed)}
+                 "achieved": distribution_metrics(counts, q, names, n_sim=n_sim, seed=seed)}
     nat_counts = None
     if natural_probs is not None:
         nat_counts = np.bincount(label_cells(natural_probs, classes, attributes), minlength=len(names))
-        out["natural"] = distribution_metrics(nat_counts, q, names, n_boot=n_boot, seed=seed)
+        out["natural"] = distribution_metrics(nat_counts, q, names, n_sim=n_sim, seed=seed)
     out["marginals"] = {}
     for i, a in enumerate(attributes):
         c = _marginal(counts, sizes, i)
