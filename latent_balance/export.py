@@ -84,6 +84,8 @@ class BlockSource(Protocol):
                                                      # hold generator, mode, target, target_attributes, classes
     def row_info(self) -> dict: ...                  # JSON scalars copied into every manifest row
     def produce(self, block: int, slots: np.ndarray) -> BlockOutput: ...
+    # ``produce`` may also take a keyword ``progress``: a callable to call with the number of the block's
+    # outputs finished since the last call (e.g. after each batch), for progress finer than a block.
 
 
 def allocate_counts(n: int, probs) -> np.ndarray:
@@ -164,7 +166,10 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
         block_size:   images per block (the unit of resumption and sharding).
         shard, num_shards: write only blocks ``b % num_shards == shard``.
         save_latents: also save latents (``.npy``) for later editing.
-        show_progress: progress bar (default: stderr is a terminal).
+        show_progress: progress on stderr in images (a tqdm bar on a terminal, else a line with done/total,
+                      rate and ETA every ~10 s); default: on unless turned off (the CLI's ``--quiet``).
+                      Per block, or per batch when ``source.produce`` takes ``progress`` (see
+                      :class:`BlockSource`).
         extra_settings: more JSON settings recorded in ``settings.json`` (e.g. how to reload the
                       generator and labelers: ``generator_spec``, ``labelers_spec``).
 
@@ -211,14 +216,28 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
 
     # On an error or Ctrl-C the pool's exit lets the in-flight block finish (marker written) or not (no marker):
     # either way the folder stays consistent and a re-run resumes it.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-balance-writer") as pool:
-        for b in progress(mine, desc="blocks", enabled=show_progress):
-            if (out_dir / "blocks" / f"{b:05d}.json").exists():
+    done = {b for b in mine if (out_dir / "blocks" / f"{b:05d}.json").exists()}
+    reports_progress = _accepts_progress(source.produce)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-balance-writer") as pool, \
+            progress(total=sum(ranges[b][1] - ranges[b][0] for b in mine if b not in done), desc="dataset",
+                     unit="images", enabled=show_progress) as bar:
+        for b in mine:
+            if b in done:
                 skipped += 1
                 continue
             start, stop = ranges[b]
             t0 = time.perf_counter()
-            out = source.produce(b, schedule[start:stop])
+            reported = [0]
+
+            def advance(k: int) -> None:
+                k = max(0, min(int(k), stop - start - reported[0]))  # never past the block's end
+                if k:
+                    reported[0] += k
+                    bar.update(k)
+
+            out = (source.produce(b, schedule[start:stop], progress=advance) if reports_progress
+                   else source.produce(b, schedule[start:stop]))
+            advance(stop - start)  # the rest of the block (all of it for sources that do not report)
             tm = {**{k: float(v) for k, v in out.timings.items()}, "produce": time.perf_counter() - t0}
             drain()
             fut = pool.submit(_write_block, out_dir, b, start, schedule[start:stop], out, source, row_info,
@@ -230,6 +249,16 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
     if complete:
         finalize_dataset(out_dir)
     return {"blocks_written": written, "blocks_skipped": skipped, "complete": complete, "timings": timings}
+
+
+def _accepts_progress(fn) -> bool:
+    """Whether a source's ``produce`` takes the optional ``progress`` callback."""
+    import inspect
+
+    try:
+        return "progress" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _write_block(out_dir: Path, block: int, start: int, slots: np.ndarray, out: BlockOutput, source: BlockSource,
@@ -377,7 +406,7 @@ def _card_markdown(card: dict) -> str:
                                ("worst_cell_ratio", "worst-cell ratio", 3)):
         lo, hi = band[key]
         lines.append(f"| {label} | {_fmt_value(m[key], digits)} | {lo:.{digits}f} to {hi:.{digits}f} |")
-    lines += ["", f"Target band: {card['target_band_info']['meaning']} ({card['target_band_info']['draws']} "
+    lines += ["", f"{card['target_band_info']['meaning']} ({card['target_band_info']['draws']} "
               f"simulated datasets of {card['n_images']} images, seed {card['target_band_info']['seed']}.)",
               f"Goodness of fit of the counts to the target: p = {_fmt_value(card['chi2_p'], 3)} "
               f"({card['chi2_method']}).",

@@ -69,7 +69,7 @@ def total_variation(p, q) -> float:
 METRICS = ("kl", "tv", "fairness_discrepancy_l2", "worst_cell_ratio")
 
 BAND_MEANING = (
-    "target band: the range in which 95% of datasets of the same size drawn independently from the target "
+    "The target band is the range in which 95% of datasets of the same size drawn independently from the target "
     "fall (KL, TV and L2 at most the upper end; worst-cell ratio at least the lower end). A value inside it is "
     "what a perfect sampler shows at this size; a value outside it is further from the target than sampling "
     "noise explains. It is not a confidence interval for the value; the per-cell Wilson intervals give the "
