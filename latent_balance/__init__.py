@@ -8,11 +8,13 @@ Public API (everything else is private):
 * targets and sampling: :class:`Target`, :class:`BalancedSampler`, :class:`SampleResult`,
   :class:`BalancedDataset`;
 * datasets and audits: :func:`write_dataset`, :func:`merge_shards`, :func:`audit_dataset`,
-  :func:`audit_generator`.
+  :func:`audit_generator`;
+* progress output on stderr: :func:`set_progress`.
 
 Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 runtime in ``stylegan_ops``.
 """
 
+from ._utils import set_progress
 from .audit import audit_dataset, audit_generator
 from .boundaries import BoundaryFileError, BoundarySet
 from .export import DatasetError, merge_shards, write_dataset
@@ -61,5 +63,6 @@ __all__ = [
     "build_probes",
     "load_generator",
     "merge_shards",
+    "set_progress",
     "write_dataset",
 ]

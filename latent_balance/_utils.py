@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -39,13 +40,163 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def progress(iterable=None, total: int | None = None, desc: str | None = None, enabled: bool | None = None):
-    """A tqdm progress bar on stderr, shown only when `enabled` (default: stderr is a terminal)."""
-    from tqdm.auto import tqdm
+_PROGRESS_DEFAULT = {"enabled": True}
+PROGRESS_INTERVAL_ENV = "LATENT_BALANCE_PROGRESS_INTERVAL"
 
+
+def set_progress(enabled: bool) -> None:
+    """Turn progress output on or off for this process (the CLI's ``--quiet`` turns it off).
+
+    It applies to every progress display whose caller passed ``show_progress=None`` (the default).
+    """
+    _PROGRESS_DEFAULT["enabled"] = bool(enabled)
+
+
+def _progress_interval() -> float:
+    raw = os.environ.get(PROGRESS_INTERVAL_ENV, "")
+    try:
+        value = float(raw) if raw else 10.0
+    except ValueError:
+        value = 10.0
+    return value if value > 0 else 10.0
+
+
+class _LineProgress:
+    """Progress for a stderr that is not a terminal (logs, notebooks, CI): plain lines, no bar.
+
+    A line ``latent-balance: <desc>: <done>/<total> <unit> (<pct>%), <rate>, elapsed <time>, ETA <time>``
+    is written at
+    most and at least every ``interval`` seconds (a daemon thread writes it when the work itself does
+    not advance that often) and a closing line when the work ends, if any line was written. Times are
+    formatted by tqdm's ``format_interval``. Supports the parts of tqdm's interface we use:
+    iteration, ``update(n)``, ``close()``, context manager.
+    """
+
+    def __init__(self, iterable=None, total=None, desc=None, unit="it", interval=10.0, file=None):
+        import threading
+        import time
+
+        self.iterable, self.desc, self.unit = iterable, desc or "progress", unit
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.interval = total, 0, float(interval)
+        self.file = file if file is not None else sys.stderr
+        self._time = time.monotonic
+        self._start = self._last = self._time()
+        self._printed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, name="latent-balance-progress", daemon=True)
+        self._thread.start()
+
+    def _line(self) -> str:
+        from tqdm import tqdm
+
+        elapsed = self._time() - self._start
+        rate = self.n / elapsed if elapsed > 0 and self.n else 0.0
+        speed = f"{rate:.0f} {self.unit}/s" if rate >= 100 else (f"{rate:.3g} {self.unit}/s" if rate else f"? {self.unit}/s")
+        if not self.total:
+            return f"latent-balance: {self.desc}: {self.n} {self.unit}, {speed}, elapsed {tqdm.format_interval(elapsed)}"
+        eta = tqdm.format_interval((self.total - self.n) / rate) if rate else "?"
+        return (f"latent-balance: {self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%), "
+                f"{speed}, elapsed {tqdm.format_interval(elapsed)}, ETA {eta}")
+
+    def _emit(self) -> None:  # caller holds the lock
+        try:
+            print(self._line(), file=self.file, flush=True)
+        except (OSError, ValueError):  # a closed stream must not break the work
+            pass
+        self._last = self._time()
+        self._printed = True
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.interval / 4):
+            with self._lock:
+                if not self._stop.is_set() and self._time() - self._last >= self.interval:
+                    self._emit()
+
+    def update(self, n: int = 1) -> None:
+        with self._lock:
+            self.n += n
+            if self._time() - self._last >= self.interval:
+                self._emit()
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            if self._printed:
+                elapsed = self._time() - self._start
+                what = (f"stopped at {self.n}/{self.total}" if self.total and self.n < self.total
+                        else f"done, {self.n}")
+                try:
+                    print(f"latent-balance: {self.desc}: {what} {self.unit} in {elapsed:.0f} s", file=self.file,
+                          flush=True)
+                except (OSError, ValueError):
+                    pass
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class _NoProgress:
+    def __init__(self, iterable=None):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def progress(iterable=None, total: int | None = None, desc: str | None = None, enabled: bool | None = None,
+             unit: str = "it"):
+    """Progress of a long step on stderr: a tqdm bar on a terminal, plain lines otherwise.
+
+    On a terminal: a tqdm bar. Elsewhere (logs, notebooks, CI): a line with done/total, rate and ETA at
+    least every 10 s (``LATENT_BALANCE_PROGRESS_INTERVAL`` seconds) while the step runs. Used like
+    tqdm: iterate over the result, or call ``update(n)`` and ``close()`` (or use it as a context manager).
+
+    Args:
+        iterable: what to iterate over (or None with `total` and ``update``).
+        total:    number of units (default ``len(iterable)``).
+        desc:     what is being done ("probes", "natural images").
+        enabled:  show it; None: unless :func:`set_progress` turned progress off (the CLI's ``--quiet``).
+        unit:     what is counted ("images", "cells").
+    """
     if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr)
+        enabled = _PROGRESS_DEFAULT["enabled"]
+    if not enabled:
+        return _NoProgress(iterable)
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+    return _LineProgress(iterable, total=total, desc=desc, unit=unit, interval=_progress_interval(), file=sys.stderr)
 
 
 def package_versions(names: tuple[str, ...] = ()) -> dict[str, str]:
@@ -78,6 +229,60 @@ def json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+# Why a value is not a finite number, written beside it (as "<key>_reason") when JSON gets null instead.
+_NONFINITE_REASONS = {
+    "kl": "infinite: images fell in cells whose target share is 0 (excluded cells); see excluded_mass",
+    "lpips_stderr": "undefined: the delete-one jackknife needs at least 3 images, none of them in every sampled pair",
+    "lpips_natural_stderr": "undefined: the delete-one jackknife needs at least 3 images, none of them in every "
+                            "sampled pair",
+}
+
+
+def _nonfinite_reason(key, value) -> str:
+    if key in _NONFINITE_REASONS:
+        return _NONFINITE_REASONS[key]
+    return "not a number (NaN)" if value != value else f"not finite ({'+' if value > 0 else '-'}inf)"
+
+
+def json_safe(obj):
+    """A copy of `obj` that standard JSON can hold: non-finite floats become ``None``.
+
+    In a dict, a key whose value is (or contains) a non-finite float gets ``"<key>_reason"`` beside it,
+    saying why (e.g. KL is infinite when excluded cells received images). NumPy scalars and arrays
+    become Python numbers and lists; tuples become lists.
+    """
+    import numpy as np
+
+    def walk(o, key=None):
+        if isinstance(o, np.ndarray):
+            o = o.tolist()
+        elif isinstance(o, np.generic):
+            o = o.item()
+        if isinstance(o, float):
+            return (o, None) if math.isfinite(o) else (None, _nonfinite_reason(key, o))
+        if isinstance(o, dict):
+            out = {}
+            for k, v in o.items():
+                out[k], why = walk(v, k)
+                if why is not None and f"{k}_reason" not in o:
+                    out[f"{k}_reason"] = why
+            return out, None
+        if isinstance(o, (list, tuple)):
+            items = [walk(v, key) for v in o]
+            whys = [w for _, w in items if w is not None]
+            return [v for v, _ in items], (whys[0] if whys else None)
+        return o, None
+
+    return walk(obj)[0]
+
+
+def json_dumps(obj, **kwargs) -> str:
+    """Standard (strict) JSON text of `obj`: :func:`json_safe` first, then ``json.dumps(allow_nan=False)``."""
+    import json
+
+    return json.dumps(json_safe(obj), allow_nan=False, default=json_default, **kwargs)
 
 
 def write_npz(path: str | os.PathLike[str], arrays: dict, meta: dict) -> None:

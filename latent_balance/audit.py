@@ -1,8 +1,8 @@
 """Audit: the distribution a set of images actually has, measured by the labelers (not the boundaries).
 
 :func:`audit_labels` turns per-image labeler probabilities into the numbers of a report: counts per
-cell and per marginal, KL / TV / fairness discrepancy / worst-cell ratio against the target with 95%
-intervals, drift of attributes that were not targeted (against the natural generator), and,
+cell and per marginal, KL / TV / fairness discrepancy / worst-cell ratio against the target, each
+with the target's 95% band for the same number of images (what a perfect sampler shows), drift of attributes that were not targeted (against the natural generator), and,
 when images are given, LPIPS diversity and Frechet distance per cell against the natural
 generator's images of the same cell. :mod:`latent_balance.report` renders the result as HTML.
 
@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ._utils import progress
 from .cells import cell_names, label_cells
 from .metrics import distribution_metrics, total_variation, wilson_interval
 
@@ -26,7 +27,7 @@ def _marginal(joint: np.ndarray, sizes: list[int], axis: int) -> np.ndarray:
 
 def audit_labels(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]],
                  target: Mapping[str, float], attributes: Sequence[str],
-                 natural_probs: Mapping[str, np.ndarray] | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+                 natural_probs: Mapping[str, np.ndarray] | None = None, n_sim: int = 1000, seed: int = 0) -> dict:
     """Measure a labelled image set against a target over cells.
 
     Args:
@@ -36,7 +37,8 @@ def audit_labels(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence
         attributes:    targeted attributes (they span the cells).
         natural_probs: optional labeler probabilities of the natural (unbalanced) generator's images,
                        for the natural distribution and the drift of non-targeted attributes.
-        n_boot, seed:  bootstrap settings for the intervals.
+        n_sim, seed:   simulated target datasets for the target bands (and Monte Carlo p-values),
+                       and their seed (see :func:`latent_balance.metrics.distribution_metrics`).
 
     Returns:
         JSON-serializable dict: ``cells`` (names), ``target``, ``achieved`` (metrics of
@@ -54,11 +56,11 @@ def audit_labels(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence
     sizes = [len(classes[a]) for a in attributes]
     counts = np.bincount(label_cells(probs, classes, attributes), minlength=len(names))
     out: dict = {"attributes": attributes, "cells": names, "target": q.tolist(), "n": int(counts.sum()),
-                 "achieved": distribution_metrics(counts, q, names, n_boot=n_boot, seed=seed)}
+                 "achieved": distribution_metrics(counts, q, names, n_sim=n_sim, seed=seed)}
     nat_counts = None
     if natural_probs is not None:
         nat_counts = np.bincount(label_cells(natural_probs, classes, attributes), minlength=len(names))
-        out["natural"] = distribution_metrics(nat_counts, q, names, n_boot=n_boot, seed=seed)
+        out["natural"] = distribution_metrics(nat_counts, q, names, n_sim=n_sim, seed=seed)
     out["marginals"] = {}
     for i, a in enumerate(attributes):
         c = _marginal(counts, sizes, i)
@@ -90,7 +92,7 @@ def audit_labels(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence
 
 def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_cells: np.ndarray, names: Sequence[str],
                            lpips_net: str = "alex", max_pairs: int = 2000, min_images: int = 2, seed: int = 0,
-                           device=None) -> dict:
+                           device=None, show_progress: bool | None = None) -> dict:
     """LPIPS diversity and Frechet distance per cell, audited set vs natural set.
 
     Args:
@@ -101,6 +103,8 @@ def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_ce
         lpips_net:     LPIPS backbone for diversity (``'alex'`` or ``'vgg'``).
         max_pairs:     pairs sampled per cell for mean pairwise LPIPS.
         min_images:    cells with fewer images (on either side) are reported with nulls.
+        show_progress: progress on stderr (features per batch, LPIPS per cell); default on unless
+                       turned off (the CLI's ``--quiet``).
 
     Returns:
         dict cell name -> {n, n_natural, lpips, lpips_stderr, lpips_natural, lpips_natural_stderr,
@@ -109,12 +113,14 @@ def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_ce
     """
     from . import lpips as perceptual
 
-    feats = perceptual.vgg16_features(images, device=device)
-    nat_feats = perceptual.vgg16_features(natural_images, device=device)
+    with progress(total=len(images) + len(natural_images), desc="VGG16 features", unit="images",
+                  enabled=show_progress) as bar:
+        feats = _features(perceptual, images, device, bar)
+        nat_feats = _features(perceptual, natural_images, device, bar)
     out: dict = {}
     groups = [(name, cells == i, natural_cells == i) for i, name in enumerate(names)]
     groups.append(("_all", np.ones(len(cells), bool), np.ones(len(natural_cells), bool)))
-    for name, m, mn in groups:
+    for name, m, mn in progress(groups, desc="LPIPS diversity", unit="cells", enabled=show_progress):
         row: dict = {"n": int(m.sum()), "n_natural": int(mn.sum()), "lpips": None, "lpips_stderr": None,
                      "lpips_natural": None, "lpips_natural_stderr": None, "lpips_ratio": None, "frechet_vgg16": None}
         if m.sum() >= min_images:
@@ -139,14 +145,42 @@ def _probs_from_rows(rows: Sequence[Mapping], classes: Mapping[str, Sequence[str
     return {a: np.array([[r["probs"][a][c] for c in classes[a]] for r in rows], dtype=np.float64) for a in attrs}
 
 
-def _load_images(root, files: Sequence[str]) -> np.ndarray:
+_CHUNK = 256  # images per progress step of the audit's own loops (a multiple of the 64 of the feature nets)
+
+
+def _features(perceptual, images, device, bar) -> np.ndarray:
+    """VGG16 features of `images`, chunk by chunk (the same forward batches as one call), advancing `bar`."""
+    parts = []
+    for s in range(0, len(images), _CHUNK):
+        parts.append(perceptual.vgg16_features(images[s : s + _CHUNK], device=device))
+        bar.update(len(parts[-1]))
+    return np.concatenate(parts) if parts else perceptual.vgg16_features(images[:0], device=device)
+
+
+def _label(labelers, images, desc: str, show_progress: bool | None = None) -> dict[str, np.ndarray]:
+    """:func:`attributes.label_images` chunk by chunk (the same chunks as one call), with progress."""
+    import attributes as attrs_pkg
+
+    labelers = list(labelers)
+    parts: dict[str, list[np.ndarray]] = {lab.name: [] for lab in labelers}
+    with progress(total=len(images), desc=desc, unit="images", enabled=show_progress) as bar:
+        for s in range(0, len(images), _CHUNK):
+            got = attrs_pkg.label_images(labelers, images[s : s + _CHUNK], batch_size=_CHUNK)
+            for name, p in got.items():
+                parts[name].append(p)
+            bar.update(len(images[s : s + _CHUNK]))
+    return {lab.name: (np.concatenate(parts[lab.name]) if parts[lab.name] else np.zeros((0, len(lab.classes))))
+            for lab in labelers}
+
+
+def _load_images(root, files: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
     """PNG files under `root` -> float32 [N, 3, H, W] in [-1, 1]."""
     from pathlib import Path
 
     from PIL import Image
 
     arrs = []
-    for f in files:
+    for f in progress(files, desc="reading images", unit="images", enabled=show_progress):
         with Image.open(Path(root) / f) as im:
             arrs.append(np.asarray(im.convert("RGB")))
     if not arrs:
@@ -154,11 +188,15 @@ def _load_images(root, files: Sequence[str]) -> np.ndarray:
     return (np.stack(arrs).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
 
 
-def _natural_images(generator, n: int, batch_size: int = 256):
+def _natural_images(generator, n: int, batch_size: int = 256, show_progress: bool | None = None):
     """`n` images of the generator's own distribution (seeds 0 .. n-1), float32 tensor [n, 3, H, W]."""
     import torch
 
-    parts = [generator.generate(np.arange(i, min(n, i + batch_size))).cpu() for i in range(0, n, batch_size)]
+    parts = []
+    with progress(total=n, desc="natural images", unit="images", enabled=show_progress) as bar:
+        for i in range(0, n, batch_size):
+            parts.append(generator.generate(np.arange(i, min(n, i + batch_size))).cpu())
+            bar.update(len(parts[-1]))
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
@@ -236,9 +274,7 @@ def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1
             if want is not None and want != lab.id:
                 raise ValueError(f"labeler {lab.name!r} is {lab.id!r}, the dataset was labelled with {want!r}")
         natural_images = _natural_images(generator, natural_n)
-        import attributes as attrs_pkg
-
-        natural_probs = attrs_pkg.label_images(labelers, natural_images)
+        natural_probs = _label(labelers, natural_images, "labelling natural images")
     target = settings["target"]
     out = audit_labels(probs, classes, target, attributes, natural_probs=natural_probs, seed=seed)
     card_path = dataset_dir / "dataset_card.json"
@@ -270,14 +306,12 @@ def audit_generator(generator, labelers, attributes: Sequence[str], target: Mapp
         n:          images.
         report_dir: where the report goes (None: no report written).
     """
-    import attributes as attrs_pkg
-
     labelers = list(labelers)
     classes = {lab.name: tuple(lab.classes) for lab in labelers}
     names = cell_names(classes, attributes)
     target = dict(target) if target is not None else {c: 1.0 / len(names) for c in names}
     images = _natural_images(generator, n)
-    probs = attrs_pkg.label_images(labelers, images)
+    probs = _label(labelers, images, "labelling images")
     out = audit_labels(probs, classes, target, attributes, seed=seed)
     if report_dir is not None:
         from .report import write_report

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 import warnings
@@ -115,6 +116,96 @@ def _load_config(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+# ------------------------------------------------------------------------------------------------
+# Warnings and progress as the CLI shows them
+# ------------------------------------------------------------------------------------------------
+_STATE: dict = {}  # flags of the running command that decide whether a warning applies ("verify")
+
+# Library warnings name API arguments; from the CLI they name its flags instead.
+_API_TO_FLAG = [
+    (re.compile(r"\bverify=True\b"), "--verify"),
+    (re.compile(r"\bmax_synthesis_per_image\b"), "--max-synthesis-per-image"),
+    (re.compile(r"\bmax_sharpness\b"), "--max-sharpness"),
+    (re.compile(r"\b([Rr]aise|[Ll]ower) the sharpness\b"), r"\1 --sharpness"),
+    (re.compile(r"\brelax the target\b"), "relax the target (--target)"),
+]
+_MAX_WARNING_CHARS = 600  # longer messages (e.g. compiler output) are cut; --verbose shows them whole
+
+
+def _warning_applies(message: str) -> bool:
+    """False for library warnings that the command's flags make moot."""
+    # matched mode, unreachable target: with --verify the counts are exact, so the warning about the
+    # distribution reached without verification (and its hint to verify) does not apply
+    if _STATE.get("verify") and "the target is outside what the latent model can reach" in message:
+        return False
+    return True
+
+
+def _warning_line(message: str, verbose: bool = False) -> str | None:
+    """One line for a library warning shown by the CLI (CLI flags for API arguments), or None to drop it."""
+    if not _warning_applies(message):
+        return None
+    text = " ".join(str(message).split())
+    for pattern, flag in _API_TO_FLAG:
+        text = pattern.sub(flag, text)
+    if not verbose and len(text) > _MAX_WARNING_CHARS:
+        text = text[: _MAX_WARNING_CHARS - 40] + " ... (--verbose shows the whole message)"
+    return f"latent-balance: warning: {text}"
+
+
+def _install_warning_display(ctx: click.Context, verbose: bool) -> None:
+    """Show warnings as one line each, without Python file, line and source, for the rest of `ctx`."""
+    import warnings
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = _warning_line(str(message), verbose)
+        if text is not None:
+            click.echo(text, err=True)
+
+    warnings.showwarning = show
+    ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value):
+    """Option callback: record the flag's value for :func:`_warning_applies`."""
+    _STATE[param.name] = value
+    return value
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value):
+    from ._utils import set_progress
+
+    if value:
+        set_progress(False)
+    return value
+
+
+def quiet_option(f):
+    return click.option("--quiet", "-q", is_flag=True, default=False, expose_value=False, callback=_set_quiet,
+                        help="No progress output (results, warnings and errors are still printed).")(f)
+
+
+def _metrics_line(m: dict, band: dict | None = None) -> str:
+    """``KL .. nats, TV .., worst-cell ratio ..``; with `band`, each with its target band's limit.
+
+    Values may be None in files written as standard JSON (KL is then infinite: images in excluded cells).
+    """
+    def num(key, digits):
+        v = m.get(key)
+        return ("inf" if key == "kl" else "n/a") if v is None else f"{v:.{digits}f}"
+
+    def lim(key, digits):
+        if not band or key not in band:
+            return ""
+        lo, hi = band[key]
+        return f" (target band: >= {lo:.{digits}f})" if key == "worst_cell_ratio" else f" (target band: <= {hi:.{digits}f})"
+
+    return (f"KL {num('kl', 4)} nats{lim('kl', 4)}, TV {num('tv', 4)}{lim('tv', 4)}, "
+            f"worst-cell ratio {num('worst_cell_ratio', 3)}{lim('worst_cell_ratio', 3)}")
+
+
 def config_option(f):
     return click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
                         expose_value=False, help="YAML file with any of this command's settings; flags override it.")(f)
@@ -206,8 +297,10 @@ def _labelers(attributes, labelers_spec):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output (also accepted after the command name).")
 @click.version_option(package_name="latent-balance")
-def main(verbose: bool):
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, quiet: bool):
     """Balanced (or any chosen) attribute distributions from pretrained GANs, without retraining.
 
     \b
@@ -219,13 +312,19 @@ def main(verbose: bool):
     or all at once, offline, on the packaged face GAN:
       latent-balance demo --out demo/
     """
+    from ._utils import set_progress
+
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("latent_balance").setLevel(logging.DEBUG if verbose else logging.INFO)
+    set_progress(not quiet)  # progress on stderr: a bar on a terminal, else a line every ~10 s
+    _STATE.clear()
+    _install_warning_display(ctx, verbose)
 
 
 # ------------------------------------------------------------------------------------------------
 @main.command(epilog="Example:\n\n  " + EXAMPLES["probe"])
 @config_option
+@quiet_option
 @click.option("--generator", "generator_spec", default="dcgan-faces", show_default=True,
               help="Built-in generator name or checkpoint path (.pkl NVIDIA, .pt rosinality/ours).")
 @click.option("--attributes", default=None, help="Comma-separated built-in labelers, e.g. gender,age,smile.")
@@ -254,6 +353,7 @@ def probe(ctx, generator_spec, attributes, labelers_spec, n, out, start, batch_s
 
 
 @main.command(epilog="Example:\n\n  " + EXAMPLES["merge"])
+@quiet_option
 @click.argument("shards", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Merged dataset folder.")
 @click.pass_context
@@ -274,7 +374,9 @@ def merge(ctx, shards, out):
 @click.pass_context
 def info(ctx, path):
     """Describe a checkpoint, probe file, model file or dataset folder."""
-    click.echo(json.dumps(_run(ctx, describe_path, Path(path)), indent=2, sort_keys=True, default=str))
+    from ._utils import json_dumps
+
+    click.echo(json_dumps(_run(ctx, describe_path, Path(path)), indent=2, sort_keys=True))
 
 
 def describe_path(path: Path) -> dict:
@@ -407,6 +509,7 @@ def _cell_spec(cell: str, attributes) -> dict:
 
 @main.command(epilog="Examples:\n\n  " + EXAMPLES["sample"])
 @config_option
+@quiet_option
 @click.option("--generator", "generator_spec", default=None,
               help="Built-in generator name or checkpoint path; must be the one the model was fitted on "
                    "(default: the built-in generator the model was fitted on).")
@@ -422,7 +525,7 @@ def _cell_spec(cell: str, attributes) -> dict:
               help="matched: mixture weights over latent components so the labelled distribution matches the "
                    "target in expectation (warns with the closest reachable one); posterior: rejection in latent "
                    "space with the calibrated posterior P(cell | latent)^sharpness; natural: the unbalanced generator.")
-@click.option("--verify/--no-verify", default=None,
+@click.option("--verify/--no-verify", default=None, callback=_remember,
               help="Label every image and keep it only for a cell that needs it: exact counts. Default: on "
                    "when --cell asks for one subgroup or the target excludes cells (zero mass: no image may be "
                    "labelled in them), off otherwise. --no-verify: latent-only, the labelled share is predicted.")
@@ -531,12 +634,13 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
 
         card = _json.loads((out / "dataset_card.json").read_text())
         m = card["metrics"]
-        click.echo(f"achieved (labelers): KL {m['kl']:.4f} nats, TV {m['tv']:.4f}, worst-cell ratio "
-                   f"{m['worst_cell_ratio']:.3f}; " + ", ".join(f"{k} {v:.2f}" for k, v in card["cost"].items()))
+        click.echo(f"achieved (labelers): {_metrics_line(m, card.get('target_band'))}; "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in card["cost"].items()))
 
 
 @main.command(epilog="Examples:\n\n  " + EXAMPLES["audit"])
 @config_option
+@quiet_option
 @click.argument("dataset", required=False, type=click.Path(file_okay=False))
 @click.option("--generator", "generator_spec", default=None,
               help="Audit this generator's natural output instead of a dataset (with --attributes).")
@@ -586,19 +690,21 @@ def audit(ctx, dataset, generator_spec, attributes, target, n, natural_n, image_
         gen = _run(ctx, _generator, generator_spec, None, device, class_index, seed_scheme)
         res = _run(ctx, audit_mod.audit_generator, gen, labs, attrs, target=tgt, n=n, report_dir=report_dir, seed=seed)
     a = res["achieved"]
-    ci = a.get("intervals", {})
-    click.echo(f"{res['n']} images; KL {a['kl']:.4f} nats {ci.get('kl', '')}, TV {a['tv']:.4f}, worst-cell ratio "
-               f"{a['worst_cell_ratio']:.3f}" + (f"; report: {res['report']}" if res.get("report") else ""))
+    click.echo(f"{res['n']} images; {_metrics_line(a, a.get('band'))}"
+               + (f"; report: {res['report']}" if res.get("report") else ""))
+    click.echo("target band: what 95% of datasets of this size drawn independently from the target show "
+               "(a perfect sampler); values outside it are further from the target than sampling noise explains")
 
 
 @main.command(epilog="Example:\n\n  " + EXAMPLES["demo"])
 @config_option
+@quiet_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--generator", "generator_spec", default="dcgan-faces", show_default=True)
 @click.option("--attributes", default="gender,age,smile", show_default=True)
 @click.option("--n", type=click.IntRange(min=1), default=1000, show_default=True, help="Images in the balanced dataset.")
 @click.option("--probes", "n_probes", type=click.IntRange(min=100), default=10000, show_default=True)
-@click.option("--verify/--no-verify", default=True, show_default=True)
+@click.option("--verify/--no-verify", default=True, show_default=True, callback=_remember)
 @click.option("--mode", type=click.Choice(["posterior", "matched"]), default="posterior", show_default=True)
 @click.option("--natural-n", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**20 - 1), default=0, show_default=True)
@@ -613,9 +719,9 @@ def demo(ctx, out, generator_spec, attributes, n, n_probes, verify, mode, natura
              verify=verify, mode=mode, natural_n=natural_n, seed=seed, device=device)
     a, nat = s["achieved"], s["natural"]
     click.echo(f"balanced dataset: {n} images in {Path(out) / 'dataset'}")
-    click.echo(f"achieved (labelers): KL {a['kl']:.4f} nats, TV {a['tv']:.4f}, worst-cell ratio {a['worst_cell_ratio']:.3f}"
-               + (f"; natural generator: KL {nat['kl']:.4f}, TV {nat['tv']:.4f}, worst-cell ratio "
-                  f"{nat['worst_cell_ratio']:.3f}" if nat else ""))
+    click.echo(f"achieved (labelers): {_metrics_line(a, s.get('achieved_band'))}")
+    if nat:
+        click.echo(f"natural generator ({natural_n} images): {_metrics_line(nat)}")
     click.echo("cost: " + ", ".join(f"{k} {v:.2f}" for k, v in s["cost"].items()))
     click.echo(f"report: {s['report']}; seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in s["seconds"].items()))
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ._utils import logger
+from ._utils import json_dumps, logger
 
 __all__ = ["run_demo"]
 
@@ -81,7 +81,7 @@ def run_demo(out_dir, generator: str = "dcgan-faces", attributes: Sequence[str] 
                        for a, r in model.summary()["boundaries"].items()},
         "posterior": model.posterior_,
         "achieved": {k: audit["achieved"][k] for k in ("kl", "tv", "fairness_discrepancy_l2", "worst_cell_ratio")},
-        "achieved_intervals": audit["achieved"].get("intervals"),
+        "achieved_band": audit["achieved"].get("band"),
         "natural": {k: audit["natural"][k] for k in ("kl", "tv", "fairness_discrepancy_l2", "worst_cell_ratio")}
         if "natural" in audit else None,
         "cost": card["cost"], "intended_equals_labelled": card["intended_equals_labelled"],
@@ -89,5 +89,5 @@ def run_demo(out_dir, generator: str = "dcgan-faces", attributes: Sequence[str] 
                       for c, r in audit.get("images", {}).items()},
         "report": audit["report"],
     }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    (out / "demo_summary.json").write_text(json_dumps(summary, indent=2, sort_keys=True))
     return summary

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +35,12 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from ._utils import (atomic_path, atomic_write_bytes, atomic_write_text, images_to_uint8, logger, package_versions,
-                     json_default, progress, sync_all)
+                     json_dumps, progress, sync_all)
 from .cells import cell_names, label_cells
-from .metrics import distribution_metrics
+from .metrics import METRICS, distribution_metrics
 
 __all__ = ["BlockOutput", "BlockSource", "DatasetError", "allocate_counts", "interleave", "write_dataset",
-           "finalize_dataset", "merge_shards", "read_manifest"]
+           "finalize_dataset", "merge_shards", "read_manifest", "dataset_mode"]
 
 SETTINGS = "settings.json"
 
@@ -84,6 +85,8 @@ class BlockSource(Protocol):
                                                      # hold generator, mode, target, target_attributes, classes
     def row_info(self) -> dict: ...                  # JSON scalars copied into every manifest row
     def produce(self, block: int, slots: np.ndarray) -> BlockOutput: ...
+    # ``produce`` may also take a keyword ``progress``: a callable to call with the number of the block's
+    # outputs finished since the last call (e.g. after each batch), for progress finer than a block.
 
 
 def allocate_counts(n: int, probs) -> np.ndarray:
@@ -158,7 +161,7 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
 
 
 def _json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, default=json_default)
+    return json_dumps(obj, sort_keys=True)
 
 
 def _png_bytes(img_u8: np.ndarray) -> bytes:
@@ -181,7 +184,10 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
         block_size:   images per block (the unit of resumption and sharding).
         shard, num_shards: write only blocks ``b % num_shards == shard``.
         save_latents: also save latents (``.npy``) for later editing.
-        show_progress: progress bar (default: stderr is a terminal).
+        show_progress: progress on stderr in images (a tqdm bar on a terminal, else a line with done/total,
+                      rate and ETA every ~10 s); default: on unless turned off (the CLI's ``--quiet``).
+                      Per block, or per batch when ``source.produce`` takes ``progress`` (see
+                      :class:`BlockSource`).
         extra_settings: more JSON settings recorded in ``settings.json`` (e.g. how to reload the
                       generator and labelers: ``generator_spec``, ``labelers_spec``).
 
@@ -209,14 +215,14 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
     schedule = interleave(allocate_counts(n, source.slot_probs()))
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (out_dir / SETTINGS).exists():
-        atomic_write_text(out_dir / SETTINGS, json.dumps(settings, indent=2, sort_keys=True))
+        atomic_write_text(out_dir / SETTINGS, json_dumps(settings, indent=2, sort_keys=True))
     if num_shards > 1:
         atomic_write_text(out_dir / "shard.json", _json({"shard": shard, "num_shards": num_shards}))
     ranges = _block_ranges(n, block_size)
     mine = [b for b in range(len(ranges)) if b % num_shards == shard]
     written = skipped = 0
     timings: dict[str, float] = {}
-    row_info = source.row_info()
+    row_info = {**source.row_info(), "mode": dataset_mode(settings)}  # the card states the same mode
     # A writer thread encodes and writes block b while the source produces block b + 1 (PNG encoding and
     # file I/O overlap with synthesis); at most one block waits, so memory stays bounded.
     pending = None
@@ -236,18 +242,32 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
 
     # On an error or Ctrl-C the pool's exit lets the in-flight block finish (marker written) or not (no marker):
     # either way the folder stays consistent and a re-run resumes it.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-balance-writer") as pool:
-        for b in progress(mine, desc="blocks", enabled=show_progress):
-            if (out_dir / "blocks" / f"{b:05d}.json").exists():
+    done = {b for b in mine if (out_dir / "blocks" / f"{b:05d}.json").exists()}
+    reports_progress = _accepts_progress(source.produce)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-balance-writer") as pool, \
+            progress(total=sum(ranges[b][1] - ranges[b][0] for b in mine if b not in done), desc="dataset",
+                     unit="images", enabled=show_progress) as bar:
+        for b in mine:
+            if b in done:
                 skipped += 1
                 continue
             start, stop = ranges[b]
             t0 = time.perf_counter()
+            reported = [0]
+
+            def advance(k: int) -> None:
+                k = max(0, min(int(k), stop - start - reported[0]))  # never past the block's end
+                if k:
+                    reported[0] += k
+                    bar.update(k)
+
             clamp0 = _clamp_counts(gen)
-            out = source.produce(b, schedule[start:stop])
+            out = (source.produce(b, schedule[start:stop], progress=advance) if reports_progress
+                   else source.produce(b, schedule[start:stop]))
             clamp1 = _clamp_counts(gen)
             if clamp0 is not None and clamp1 is not None:
                 out = replace(out, stats={**out.stats, _CLAMPED: clamp1[0] - clamp0[0], _SYNTHESIZED: clamp1[1] - clamp0[1]})
+            advance(stop - start)  # the rest of the block (all of it for sources that do not report)
             tm = {**{k: float(v) for k, v in out.timings.items()}, "produce": time.perf_counter() - t0}
             drain()
             fut = pool.submit(_write_block, out_dir, b, start, schedule[start:stop], out, source, row_info,
@@ -259,6 +279,16 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
     if complete:
         finalize_dataset(out_dir)
     return {"blocks_written": written, "blocks_skipped": skipped, "complete": complete, "timings": timings}
+
+
+def _accepts_progress(fn) -> bool:
+    """Whether a source's ``produce`` takes the optional ``progress`` callback."""
+    import inspect
+
+    try:
+        return "progress" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _write_block(out_dir: Path, block: int, start: int, slots: np.ndarray, out: BlockOutput, source: BlockSource,
@@ -338,7 +368,7 @@ def finalize_dataset(out_dir: str | Path) -> dict:
         with atomic_path(out_dir / "latents.npy", suffix=".npy") as tmp:
             np.save(tmp, lat)
     card = _dataset_card(rows, stats, settings)
-    atomic_write_text(out_dir / "dataset_card.json", json.dumps(card, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / "dataset_card.json", json_dumps(card, indent=2, sort_keys=True))
     atomic_write_text(out_dir / "dataset_card.md", _card_markdown(card))
     return card
 
@@ -351,6 +381,15 @@ def _flatten(row: dict) -> dict:
     return out
 
 
+def dataset_mode(settings: Mapping[str, Any]) -> str:
+    """The sampler mode of a dataset as the manifest rows and the dataset card state it.
+
+    ``settings["mode"]`` plus ``"+verify"`` when the images were verified (e.g. ``"posterior+verify"``);
+    the one place both take it from.
+    """
+    return str(settings.get("mode")) + ("+verify" if settings.get("verify") else "")
+
+
 def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
     attrs = settings["target_attributes"]
     classes = settings["classes"]
@@ -360,7 +399,7 @@ def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
     pos = {c: i for i, c in enumerate(names)}
     for r in rows:
         counts[pos[r["labelled_cell"]]] += 1
-    m = distribution_metrics(counts, [target.get(c, 0.0) for c in names], names, n_boot=1000, seed=0)
+    m = distribution_metrics(counts, [target.get(c, 0.0) for c in names], names, n_sim=1000, seed=0)
     n = len(rows)
     stats = dict(stats)
     clamped, synthesized = stats.pop(_CLAMPED, None), stats.pop(_SYNTHESIZED, None)
@@ -370,25 +409,45 @@ def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
         notes.append("grayscale generator (img_channels=1): the labelers and image metrics saw the gray channel "
                      "repeated to RGB; the PNGs are grayscale")
     return {"clamped_pixel_share": (clamped / synthesized) if synthesized else None, "notes": notes,
-            "n_images": n, "target_attributes": attrs, "target": target,
+            "n_images": n, "mode": dataset_mode(settings), "target_attributes": attrs, "target": target,
             "achieved": {c["cell"]: {"count": c["count"], "share": c["achieved"], "low": c["low"], "high": c["high"]}
                          for c in m["cells"]},
-            "metrics": {k: m[k] for k in ("kl", "tv", "fairness_discrepancy_l2", "worst_cell_ratio")},
-            "intervals": m["intervals"],
+            "metrics": {k: m[k] for k in METRICS},
+            "target_band": m["band"], "target_band_info": m["band_info"],
+            "chi2_p": m["chi2_p"], "chi2_method": m["chi2_method"],
             "intended_equals_labelled": float(np.mean([r["intended_cell"] == r["labelled_cell"] for r in rows])),
             "cost": {f"{k}_per_image": v / n for k, v in stats.items()},
             "settings": settings, "versions": package_versions()}
 
 
+def _md_cell(text) -> str:
+    """Text for one cell of a Markdown table: ``|`` and ``\\`` escaped, no line breaks."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _fmt_value(v, digits: int) -> str:
+    return "n/a" if v is None else ("inf" if math.isinf(v) else f"{v:.{digits}f}")
+
+
 def _card_markdown(card: dict) -> str:
-    lines = ["# Dataset card\n", f"{card['n_images']} images generated by `{card['settings'].get('generator', {}).get('id')}`"
-             f" with latent-balance (mode `{card['settings'].get('mode')}`), labelled by the attribute labelers.\n",
-             "| cell | target | achieved | 95% interval | count |", "|---|---|---|---|---|"]
+    gen = card["settings"].get("generator", {}).get("id")
+    lines = ["# Dataset card\n", f"{card['n_images']} images generated by `{gen}` with latent-balance (mode "
+             f"`{card['mode']}`), labelled by the attribute labelers.\n",
+             "| cell | target | achieved | 95% interval (Wilson) | count |", "|---|---|---|---|---|"]
     for cell, a in card["achieved"].items():
-        lines.append(f"| {cell} | {card['target'].get(cell, 0.0):.3f} | {a['share']:.3f} | {a['low']:.3f}-{a['high']:.3f} | {a['count']} |")
-    m = card["metrics"]
-    lines += ["", f"KL(achieved || target) = {m['kl']:.4f} nats, TV = {m['tv']:.4f}, fairness discrepancy (L2) = "
-              f"{m['fairness_discrepancy_l2']:.4f}, worst-cell ratio = {m['worst_cell_ratio']:.3f}.",
+        lines.append(f"| {_md_cell(cell)} | {card['target'].get(cell, 0.0):.3f} | {a['share']:.3f} | "
+                     f"{a['low']:.3f} to {a['high']:.3f} | {a['count']} |")
+    m, band = card["metrics"], card["target_band"]
+    lines += ["", "| metric | achieved | target band (95%) |", "|---|---|---|"]
+    for key, label, digits in (("kl", "KL(achieved \\|\\| target), nats", 4), ("tv", "total variation", 4),
+                               ("fairness_discrepancy_l2", "fairness discrepancy (L2)", 4),
+                               ("worst_cell_ratio", "worst-cell ratio", 3)):
+        lo, hi = band[key]
+        lines.append(f"| {label} | {_fmt_value(m[key], digits)} | {lo:.{digits}f} to {hi:.{digits}f} |")
+    lines += ["", f"{card['target_band_info']['meaning']} ({card['target_band_info']['draws']} "
+              f"simulated datasets of {card['n_images']} images, seed {card['target_band_info']['seed']}.)",
+              f"Goodness of fit of the counts to the target: p = {_fmt_value(card['chi2_p'], 3)} "
+              f"({card['chi2_method']}).",
               f"Share of images whose labels match the cell they were generated for: {card['intended_equals_labelled']:.3f}.", ""]
     for k, v in card["cost"].items():
         lines.append(f"- {k.replace('_', ' ')}: {v:.3f}")
@@ -396,7 +455,7 @@ def _card_markdown(card: dict) -> str:
         lines.append(f"- share of synthesized pixel values outside [-1, 1], clamped: {card['clamped_pixel_share']:.6f}")
     for note in card.get("notes", []):
         lines.append(f"- note: {note}")
-    lines += ["", "Settings:", "", "```json", json.dumps(card["settings"], indent=2, sort_keys=True), "```", "",
+    lines += ["", "Settings:", "", "```json", json_dumps(card["settings"], indent=2, sort_keys=True), "```", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()), ""]
     return "\n".join(lines)
 
@@ -429,7 +488,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     _check_settings(out_dir, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / SETTINGS, json.dumps(settings, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / SETTINGS, json_dumps(settings, indent=2, sort_keys=True))
     for d in shard_dirs:
         for blk_path in sorted((d / "blocks").glob("*.json")):
             blk = json.loads(blk_path.read_text())

@@ -345,7 +345,7 @@ def _jackknife_mean_stderr(d: np.ndarray, i: np.ndarray, j: np.ndarray, n: int) 
     mean = total / count
     if n < 3 or np.any(c_k == count):
         warn_once("lpips-jackknife", "mean_pairwise_lpips: some image is in every sampled pair (too few images or "
-                  "pairs), so the jackknife standard error is undefined and returned as NaN")
+                  "pairs), so the jackknife standard error is undefined and returned as NaN (null in JSON files)")
         return mean, float("nan")
     theta = (total - s_k) / (count - c_k)
     var = (n - 1) / n * float(np.sum((theta - theta.mean()) ** 2))

@@ -180,7 +180,8 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
                     much work and never corrupts the file.
         start:      first seed.
         batch_size: images per synthesis/labelling batch.
-        show_progress: progress bar on stderr (default: when stderr is a terminal).
+        show_progress: progress on stderr per batch (a bar on a terminal, else a line every ~10 s; see
+                    :func:`latent_balance._utils.progress`); default: on unless turned off (``--quiet``).
 
     Returns:
         The :class:`ProbeSet` with exactly the seeds ``start .. start + n - 1`` (a file holding more
@@ -231,10 +232,12 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
         logger.info("adding attributes %s to %d existing probes (re-synthesizing them once)",
                     [lab.name for lab in missing_attrs], len(cur))
         new = {lab.name: [] for lab in missing_attrs}
-        for i in progress(range(0, len(cur), batch_size), desc="label existing", enabled=show_progress):
-            imgs = generator.synthesize(cur.latents[i : i + batch_size])
-            for lab in missing_attrs:
-                new[lab.name].append(lab(imgs))
+        with progress(total=len(cur), desc="labelling existing probes", unit="images", enabled=show_progress) as bar:
+            for i in range(0, len(cur), batch_size):
+                imgs = generator.synthesize(cur.latents[i : i + batch_size])
+                for lab in missing_attrs:
+                    new[lab.name].append(lab(imgs))
+                bar.update(len(imgs))
         probs = {**cur.probs, **{a: np.concatenate(v) for a, v in new.items()}}
         record_clamp()
         cur = ProbeSet(cur.seeds, cur.z, cur.latents, probs, classes, meta)
@@ -262,20 +265,21 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
             return ProbeSet(np.concatenate(parts["seeds"]), np.concatenate(parts["z"]), np.concatenate(parts["latents"]),
                             {a: np.concatenate(parts[a]) for a in cur.attributes}, classes, meta)
 
-        for i in progress(range(0, len(todo), batch_size), total=-(-len(todo) // batch_size), desc="probes",
-                          enabled=show_progress):
-            seeds = todo[i : i + batch_size]
-            z = generator.sample_z(seeds)
-            lat = generator.to_latent(z)
-            imgs = generator.synthesize(lat)
-            parts["seeds"].append(seeds)
-            parts["z"].append(z.cpu().numpy())
-            parts["latents"].append(lat.cpu().numpy())
-            for a in cur.attributes:
-                parts[a].append(all_labelers[a](imgs))
-            if path is not None and time.monotonic() - last_save > checkpoint_seconds:
-                snapshot().save(path)
-                last_save = time.monotonic()
+        with progress(total=len(todo), desc="probes", unit="images", enabled=show_progress) as bar:
+            for i in range(0, len(todo), batch_size):
+                seeds = todo[i : i + batch_size]
+                z = generator.sample_z(seeds)
+                lat = generator.to_latent(z)
+                imgs = generator.synthesize(lat)
+                parts["seeds"].append(seeds)
+                parts["z"].append(z.cpu().numpy())
+                parts["latents"].append(lat.cpu().numpy())
+                for a in cur.attributes:
+                    parts[a].append(all_labelers[a](imgs))
+                if path is not None and time.monotonic() - last_save > checkpoint_seconds:
+                    snapshot().save(path)
+                    last_save = time.monotonic()
+                bar.update(len(seeds))
         cur = snapshot()
         if path is not None:
             cur.save(path)

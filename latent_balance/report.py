@@ -2,8 +2,9 @@
 
 The page holds everything inline (SVG bar charts, contact sheets as base64 PNG), so it can be mailed
 or opened from anywhere without its folder. Charts: per cell and per targeted attribute, achieved
-vs target vs natural shares with the achieved 95% interval; tables of the scalar metrics with their
-intervals, the drift of non-targeted attributes, and diversity / Frechet distance per cell.
+vs target vs natural shares with the achieved share's Wilson 95% interval; tables of the scalar
+metrics with the target's 95% band for the same number of images (what a perfect sampler shows),
+the drift of non-targeted attributes, and diversity / Frechet distance per cell.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._utils import atomic_write_bytes, atomic_write_text, images_to_uint8, json_default
+from ._utils import atomic_write_bytes, atomic_write_text, images_to_uint8, json_dumps
 
 __all__ = ["contact_sheet", "write_report"]
 
@@ -125,7 +125,7 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
     sheets = dict(sheets or {})
     for cell, png in sheets.items():
         atomic_write_bytes(out_dir / "contact_sheets" / f"{cell.replace('|', '__')}.png", png)
-    atomic_write_text(out_dir / "audit.json", json.dumps(audit, indent=2, sort_keys=True, default=json_default))
+    atomic_write_text(out_dir / "audit.json", json_dumps(audit, indent=2, sort_keys=True))
 
     ach = audit["achieved"]
     nat = audit.get("natural")
@@ -135,25 +135,32 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
     body.append(f"<p>{audit['n']} images, labelled by the attribute labelers (not by the latent model); "
                 f"cells over {e(' x '.join(audit['attributes']))}.</p>")
     rows = []
-    floor = ach.get("noise_floor", {})
+    band = ach.get("band", {})
+    nat_band = nat.get("band", {}) if nat else {}
     for key, label in (("kl", "KL(achieved || target), nats"), ("tv", "total variation"),
                        ("fairness_discrepancy_l2", "fairness discrepancy (L2)"), ("worst_cell_ratio", "worst-cell ratio")):
-        ci = ach.get("intervals", {}).get(key)
-        fl = floor.get(key)
-        rows.append(f"<tr><td>{label}</td><td>{_fmt(ach[key])}</td><td>{'' if ci is None else _fmt(ci[0]) + ' to ' + _fmt(ci[1])}"
-                    f"</td><td>{'' if fl is None else _fmt(fl['mean']) + ' (' + _fmt(fl['p95']) + ')'}</td>"
-                    f"<td>{_fmt(nat[key]) if nat else 'n/a'}</td></tr>")
+        b = band.get(key)
+        nb = nat_band.get(key)
+        rows.append(f"<tr><td>{label}</td><td>{_fmt(ach[key])}</td>"
+                    f"<td>{'' if b is None else _fmt(b[0]) + ' to ' + _fmt(b[1])}</td>"
+                    f"<td>{_fmt(nat[key]) if nat else 'n/a'}</td>"
+                    f"<td>{'' if nb is None else _fmt(nb[0]) + ' to ' + _fmt(nb[1])}</td></tr>")
     if "chi2_p" in ach:
-        rows.append(f"<tr><td>chi-square p, counts vs target</td><td>{_fmt(ach['chi2_p'])}</td><td></td><td></td>"
-                    f"<td>{_fmt(nat.get('chi2_p')) if nat else 'n/a'}</td></tr>")
+        rows.append(f"<tr><td>goodness of fit p, counts vs target ({e(str(ach.get('chi2_method')))})</td>"
+                    f"<td>{_fmt(ach['chi2_p'])}</td><td></td>"
+                    f"<td>{_fmt(nat.get('chi2_p')) if nat else 'n/a'}</td><td></td></tr>")
     cost = audit.get("cost", {})
     for key, val in cost.items():
         rows.append(f"<tr><td>{e(key.replace('_', ' '))}</td><td>{_fmt(val)}</td><td></td><td></td><td></td></tr>")
-    body.append("<h2>Distribution vs target</h2><table><tr><th>metric</th><th>achieved</th><th>95% bootstrap interval</th>"
-                "<th>noise floor: mean (95th pct) for n images drawn from the target itself</th>"
-                "<th>natural generator</th></tr>" + "".join(rows) + "</table>"
-                "<p>KL, TV and L2 are never negative, so with finite n they sit above 0 even for a perfect sampler; "
-                "compare them with the noise floor. Datasets made with verify have exact counts by construction.</p>")
+    info = ach.get("band_info")
+    nat_n = f" ({nat['n']} images)" if nat else ""
+    body.append("<h2>Distribution vs target</h2><table><tr><th>metric</th><th>this set</th>"
+                f"<th>target band (95%), {ach['n']} images</th><th>natural generator{nat_n}</th>"
+                "<th>target band (95%), natural n</th></tr>" + "".join(rows) + "</table>"
+                + (f"<p>{e(info['meaning'])} Bands from {info['draws']} simulated datasets (seed {info['seed']}). "
+                   "Datasets made with verify have exact counts by construction and sit at the band's best end. "
+                   "The goodness-of-fit p-value is Pearson's chi-square test when every expected count is at least "
+                   "5, a Monte Carlo test on the same simulated datasets otherwise.</p>" if info else ""))
     body.append(_bar_chart("Share of images per cell", cells,
                            {"achieved": [c["achieved"] for c in ach["cells"]], "target": audit["target"],
                             "natural": [c["achieved"] for c in nat["cells"]] if nat else None},
@@ -185,7 +192,7 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
             body.append(f"<h3>{e(cell)}</h3><img alt='{e(cell)}' src='data:image/png;base64,"
                         f"{base64.b64encode(png).decode()}'/>")
     if settings:
-        body.append("<h2>Settings</h2><pre>" + e(json.dumps(settings, indent=2, sort_keys=True, default=json_default))
+        body.append("<h2>Settings</h2><pre>" + e(json_dumps(settings, indent=2, sort_keys=True))
                     + "</pre>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title><style>"
             "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#1a202c}"

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def test_audit_labels_counts_marginals_drift():
     nat = {"gender": _onehot((rng.random(n) < 0.7).astype(int), 2), "smile": _onehot((rng.random(n) < 0.2).astype(int), 2),
            "glasses": _onehot((rng.random(n) < 0.1).astype(int), 2)}
     target = {c: 0.25 for c in cell_names(CLASSES, ["gender", "smile"])}
-    a = audit_labels(probs, CLASSES, target, ["gender", "smile"], natural_probs=nat, n_boot=200)
+    a = audit_labels(probs, CLASSES, target, ["gender", "smile"], natural_probs=nat, n_sim=200)
     assert a["n"] == n and a["achieved"]["kl"] == pytest.approx(0) and a["achieved"]["tv"] == pytest.approx(0)
     # (b) natural cells (0.24, 0.06, 0.56, 0.14) vs uniform: TV 0.31; the estimate from 400 draws has sd
     # ~0.02, so 0.2 is > 5 sd below (0.29-0.355 over seeds 0-10)
@@ -60,9 +61,36 @@ def test_contact_sheet_and_report(tmp_path):
     im = Image.open(io.BytesIO(png))
     assert im.size == (4 * 10 + 2, 2 * 10 + 2)
     probs = {"gender": _onehot([0, 0, 1, 1], 2), "smile": _onehot([0, 1, 0, 1], 2)}
-    a = audit_labels(probs, CLASSES, {"female|no": 0.5, "male|yes": 0.5}, ["gender", "smile"], n_boot=50)
+    a = audit_labels(probs, CLASSES, {"female|no": 0.5, "male|yes": 0.5}, ["gender", "smile"], n_sim=50)
     path = write_report(a, tmp_path / "r", sheets={"female|no": png}, settings={"seed": 1})
     page = path.read_text()
     assert "<svg" in page and "data:image/png;base64," in page and "worst-cell ratio" in page
     assert (tmp_path / "r" / "contact_sheets" / "female__no.png").read_bytes() == png
     assert json.loads((tmp_path / "r" / "audit.json").read_text())["n"] == 4
+
+
+def test_audit_json_is_standard_json_for_excluded_cells_and_two_image_cells(tmp_path):
+    """Issue 20.3: an excluded cell with images put a bare Infinity (KL) into audit.json, and cells of 2
+    images a NaN (LPIPS jackknife standard error). Now null with the reason beside it, strict JSON."""
+    from _strict import check_json_files, strict_json
+
+    from latent_balance.audit import image_metrics_per_cell
+
+    probs = {"gender": _onehot([0, 0, 1, 1], 2), "smile": _onehot([0, 1, 0, 1], 2)}
+    a = audit_labels(probs, CLASSES, {"female|no": 0.5, "male|yes": 0.5}, ["gender", "smile"], natural_probs=probs,
+                     n_sim=50)
+    assert a["achieved"]["kl"] == float("inf")
+    rng = np.random.default_rng(0)
+    imgs = rng.uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    cells = np.array([0, 0, 3, 3])
+    with warnings.catch_warnings():  # the jackknife warning is shown once per process (warn_once)
+        warnings.simplefilter("ignore")
+        a["images"] = image_metrics_per_cell(imgs, cells, imgs, cells, cell_names(CLASSES, ["gender", "smile"]))
+    assert np.isnan(a["images"]["female|no"]["lpips_stderr"])
+    write_report(a, tmp_path / "r")
+    assert check_json_files(tmp_path / "r") == 1
+    out = strict_json((tmp_path / "r" / "audit.json").read_text())
+    assert out["achieved"]["kl"] is None and "excluded" in out["achieved"]["kl_reason"]
+    row = out["images"]["female|no"]
+    assert row["lpips_stderr"] is None and "at least 3 images" in row["lpips_stderr_reason"]
+    assert row["lpips"] == pytest.approx(a["images"]["female|no"]["lpips"])

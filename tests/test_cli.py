@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,14 @@ def test_sample_happy_path_and_info(work, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "ds" / "report" / "report.html").exists()
     assert "KL" in r.output
+    # issue 20.3: every JSON file is standard JSON; issue 11.6: the card states the manifest's mode
+    from _strict import check_json_files, markdown_tables
+
+    assert check_json_files(tmp_path / "ds") >= 8
+    assert card["mode"] == "matched+verify" and {row["mode"] for row in rows} == {card["mode"]}
+    md = (tmp_path / "ds" / "dataset_card.md").read_text()
+    assert "(mode `matched+verify`)" in md
+    assert all(len({len(row) for row in t}) == 1 for t in markdown_tables(md))
 
 
 def test_subgroup_sampling(work, tmp_path):
@@ -209,6 +218,9 @@ def test_demo_with_real_face_labelers(tmp_path):
     # 0.8% (the uniform-natural worst case); deterministic at these seeds
     assert summary["natural"]["tv"] > 0
     assert summary["cost"]["synthesis_calls_per_image"] >= 1
+    from _strict import check_json_files
+
+    assert check_json_files(tmp_path / "demo") == 7  # summary, settings, card, one block, run log, manifest, audit
     page = (tmp_path / "demo" / "dataset" / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4  # one contact sheet per cell
     assert "female|smiling" in page
@@ -287,3 +299,80 @@ def test_every_planning_refusal_comes_before_the_first_write(work, tmp_path):
     r = _invoke(*_sample_args(work, ds, "--n", 8, "--block-size", 4, "--seed", 5))
     assert r.exit_code == 2 and "seed" in r.output
     assert _tree(ds, skip=()) == before
+
+
+UNREACHABLE = "cells: {'dark|cool': 0.7, 'light|warm': 0.1, 'dark|warm': 0.1, 'light|cool': 0.1}\n"
+
+
+def test_warnings_are_one_line_name_cli_flags_and_only_when_they_apply(work, tmp_path):
+    """Issue 11.8: warnings printed `cli.py:336: RuntimeWarning: ...` plus the source line, said
+    "use verify=True" (an API argument) and did so even when --verify was given."""
+    (tmp_path / "t.yaml").write_text(UNREACHABLE)
+    base = [*_sample_args(work, tmp_path / "a", "--n", 8, "--mode", "matched", "--sharpness", 1,
+                          "--target", tmp_path / "t.yaml")]
+    r = _run_cli(base)
+    assert r.returncode == 0, r.stderr
+    warns = [line for line in r.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warns) == 1, r.stderr
+    assert warns[0].startswith("latent-balance: warning: the target is outside what the latent model can reach")
+    assert "--verify" in warns[0] and "--sharpness" in warns[0] and "verify=True" not in warns[0]
+    assert ".py" not in r.stderr and "RuntimeWarning" not in r.stderr and "warnings.warn" not in r.stderr
+    # with --verify the counts are exact: the warning (and its hint to verify) does not apply
+    base[base.index(tmp_path / "a")] = tmp_path / "b"
+    r = _run_cli([*base, "--verify"])
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr.lower() and "outside what the latent model" not in r.stderr
+
+
+def test_cli_warning_text_is_one_line():
+    from latent_balance.cli import _warning_line
+
+    text = _warning_line("build failed:\n  error: x\n\n  more; lower the sharpness or raise max_sharpness")
+    assert "\n" not in text and text.startswith("latent-balance: warning: build failed: error: x more;")
+    assert text.endswith("lower --sharpness or raise --max-sharpness")
+    assert len(_warning_line("x" * 5000)) < 700 and len(_warning_line("x" * 5000, verbose=True)) > 5000
+
+
+PROGRESS = re.compile(r"^latent-balance: (?P<desc>[a-z ]+): (?P<done>\d+)/(?P<total>\d+) images \(\d+%\), "
+                      r"(?:\?|[\d.]+) images/s, elapsed \d\d:\d\d, ETA (?:\?|\d\d:\d\d(?::\d\d)?)$")
+
+
+def test_progress_lines_without_a_terminal_and_quiet(tmp_path):
+    """Issue 11.7: `probe` and `audit` printed nothing for minutes when stderr was not a terminal. Now a
+    line with done/total, rate and ETA at least every interval (10 s; 0.05 s here), per batch; --quiet: none."""
+    (tmp_path / "labelers.yaml").write_text(SPEC)
+    env = {**_env(), "LATENT_BALANCE_PROGRESS_INTERVAL": "0.05"}
+    args = ["probe", "--labelers", tmp_path / "labelers.yaml", "--n", 300, "--batch-size", 20]
+    r = subprocess.run([sys.executable, "-m", "latent_balance.cli", *map(str, args), "--out", tmp_path / "p.npz"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [m for m in map(PROGRESS.match, r.stderr.splitlines()) if m]
+    assert lines and all(m["desc"] == "probes" and m["total"] == "300" for m in lines), r.stderr
+    done = sorted({int(m["done"]) for m in lines})
+    # per batch: counts step by the batch size (20), not by a whole block or the whole run
+    assert all(d % 20 == 0 for d in done) and any(0 < d < 300 for d in done), done
+    assert "latent-balance: probes: done, 300 images" in r.stderr
+    for quiet in (["--quiet"], ["-q"]):
+        r = subprocess.run([sys.executable, "-m", "latent_balance.cli", *map(str, args), "--out", tmp_path / "q.npz",
+                            *quiet], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "latent-balance: probes" not in r.stderr and r.stderr.strip() == "", r.stderr
+        (tmp_path / "q.npz").unlink()
+    r = subprocess.run([sys.executable, "-m", "latent_balance.cli", "--quiet", *map(str, args), "--out",
+                        tmp_path / "q.npz"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+def test_audit_and_sample_show_progress(work, tmp_path):
+    env = {**_env(), "LATENT_BALANCE_PROGRESS_INTERVAL": "0.05"}
+    cmd = [sys.executable, "-m", "latent_balance.cli"]
+    r = subprocess.run([*cmd, *map(str, _sample_args(work, tmp_path / "d", "--n", 60, "--block-size", 20, "--verify"))],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert any(m and m["desc"] == "dataset" and m["total"] == "60" for m in map(PROGRESS.match, r.stderr.splitlines())), r.stderr
+    r = subprocess.run([*cmd, "audit", str(tmp_path / "d"), "--natural-n", "600", "--no-image-metrics"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    descs = {m["desc"] for m in map(PROGRESS.match, r.stderr.splitlines()) if m}
+    assert "natural images" in descs, r.stderr
+    assert "target band" in r.stdout

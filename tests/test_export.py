@@ -127,3 +127,90 @@ def test_written_files_have_normal_permissions(tmp_path):
     os.umask(mask)
     for p in [tmp_path / "d" / "manifest.csv", tmp_path / "d" / "images" / "0000000.png"]:
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
+
+
+def test_every_json_file_is_standard_json_with_excluded_cells(tmp_path):
+    """Issue 20.3: an excluded cell (target 0) that receives images made KL infinite, written as a bare
+    `Infinity` into dataset_card.json. Now: null with the reason beside it; every file parses strictly."""
+    from _strict import check_json_files, strict_json
+
+    target = {"a0|b0": 0.5, "a0|b1": 0.0, "a1|b0": 0.0, "a1|b1": 0.5}
+    write_dataset(tmp_path / "d", NaturalSource(_gen(), _labs(), target=target), n=40, block_size=16)
+    assert check_json_files(tmp_path / "d") >= 6  # settings, 3 blocks, run log, manifest, card
+    card = strict_json((tmp_path / "d" / "dataset_card.json").read_text())
+    assert card["metrics"]["kl"] is None and "excluded" in card["metrics"]["kl_reason"]
+    assert "| KL(achieved \\|\\| target), nats | inf |" in (tmp_path / "d" / "dataset_card.md").read_text()
+
+
+def test_dataset_card_markdown_tables_parse_and_mode_matches_manifest(tmp_path):
+    """Issue 11.6: cell names hold `|`, which broke the card's table (more columns than the header)."""
+    from _strict import markdown_tables
+
+    write_dataset(tmp_path / "d", NaturalSource(_gen(), _labs()), n=12, block_size=6)
+    md = (tmp_path / "d" / "dataset_card.md").read_text()
+    tables = markdown_tables(md)
+    assert len(tables) == 2
+    for table in tables:
+        assert len({len(row) for row in table}) == 1, table  # every row has the header's column count
+    cells = [row[0] for row in tables[0][1:]]
+    assert cells == ["a0|b0", "a0|b1", "a1|b0", "a1|b1"]
+    assert [row[0] for row in tables[1][1:]][0] == "KL(achieved || target), nats"
+    card = json.loads((tmp_path / "d" / "dataset_card.json").read_text())
+    assert {r["mode"] for r in read_manifest(tmp_path / "d")} == {card["mode"]} == {"natural"}
+    assert f"(mode `{card['mode']}`)" in md
+
+
+def test_progress_lines_per_batch_and_heartbeat(monkeypatch, capsys):
+    """The non-terminal progress writes done/total, rate and ETA at least every interval, even while the
+    work does not advance (a daemon thread), and a closing line."""
+    import re
+    import time
+
+    from latent_balance import _utils
+
+    monkeypatch.setenv(_utils.PROGRESS_INTERVAL_ENV, "0.05")
+    with _utils.progress(total=10, desc="work", unit="images", enabled=True) as bar:
+        time.sleep(0.4)  # no update: the heartbeat still reports
+        bar.update(4)
+        time.sleep(0.2)
+    err = capsys.readouterr().err.splitlines()
+    assert sum(bool(re.fullmatch(r"latent-balance: work: 0/10 images \(0%\), \? images/s, elapsed 00:00, ETA \?", x)) for x in err) >= 2
+    assert any(re.fullmatch(r"latent-balance: work: 4/10 images \(40%\), [\d.]+ images/s, elapsed 00:00, ETA 00:0\d", x) for x in err)
+    assert err[-1].startswith("latent-balance: work: stopped at 4/10 images in")
+    with _utils.progress(total=10, desc="work", enabled=False) as bar:
+        time.sleep(0.2)
+        bar.update(10)
+    assert capsys.readouterr().err == ""
+
+
+class ReportingSource(NaturalSource):
+    """A source whose produce reports progress per batch of 2 images (the BlockSource hook)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.calls = []
+
+    def produce(self, block, slots, progress=None):
+        for _ in range(0, len(slots), 2):
+            progress(2)
+        self.calls.append(block)
+        return super().produce(block, slots)
+
+
+def test_write_dataset_passes_progress_to_sources_that_take_it(tmp_path, monkeypatch):
+    seen = []
+
+    class Bar:
+        def update(self, k):
+            seen.append(k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr("latent_balance.export.progress", lambda **kw: Bar())
+    src = ReportingSource(_gen(), _labs())
+    write_dataset(tmp_path / "d", src, n=10, block_size=5)
+    assert seen == [2, 2, 1, 2, 2, 1]  # per batch of 2, capped at the block's 5 images
