@@ -231,7 +231,7 @@ def test_determinism_batch_sizes_and_blocks(sharp):
     block_of = np.repeat([0, 1, 2], [300, 300, 100])
     np.testing.assert_array_equal(streams, block_of * 8 + a.components)
     # too many blocks for the stream layout: a clear error
-    with pytest.raises(ValueError, match="4096 streams"):
+    with pytest.raises(ValueError, match="a seed has 4096: at most 512 blocks"):
         s.sample_block(512, s.schedule(None, 512))
 
 
@@ -362,3 +362,18 @@ def test_export_source_equals_api(tmp_path, noisy):
     rows = read_manifest(tmp_path / "ds")
     assert [r["seed"] for r in rows] == ref.seeds.tolist()
     assert [r["labelled_cell"] for r in rows] == ref.cell_names == [r["intended_cell"] for r in rows]
+
+
+def test_block_progress_advances_per_batch_and_round(noisy):
+    """write_dataset's progress advances per batch (latent-only) and per verification round (verify)."""
+    w, model = noisy
+    s = BalancedSampler(w.generator, model, labelers=w.labelers(), seed=3, batch_size=7)
+    steps = []
+    res = s.sample_block(0, s.schedule(20, 0), images=True, progress=steps.append)
+    assert steps == [7, 7, 6] and len(res) == 20
+    ref = s.sample_block(0, s.schedule(20, 0), images=True)  # the same outputs without the callback
+    np.testing.assert_array_equal(ref.images.numpy(), res.images.numpy())
+    v = BalancedSampler(w.generator, model, verify=True, labelers=w.labelers(), seed=3, batch_size=7)
+    steps = []
+    res = v.sample_block(0, v.schedule(40, 0), progress=steps.append)
+    assert sum(steps) == 40 and len(steps) == res.stats["verify_rounds"] and min(steps) >= 0

@@ -235,7 +235,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             raise ValueError(f"{last_block + 1} blocks of {size} outputs need {(last_block + 1) * k} proposal streams "
                              f"({k} cells x blocks), but a seed has {MAX_STREAMS}: at most {cap} blocks; {fix}")
 
-    def sample_block(self, block: int, slots, images: bool = False) -> SampleResult:
+    def sample_block(self, block: int, slots, images: bool = False, progress=None) -> SampleResult:
         """One block: outputs for the given slot kinds, reproducible from (settings, seed, block).
 
         Args:
@@ -243,6 +243,8 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             slots:  int [k] slot kind per output (cells; components in matched mode without verify), e.g.
                     :meth:`schedule`. Rows of the result follow this order.
             images: synthesize (and label, when labelers were given) the outputs; always true with verify.
+            progress: optional callable, called with the number of outputs finished after each batch
+                    (latent-only with images) or verification round (verify).
 
         Returns:
             :class:`SampleResult` of k rows.
@@ -262,16 +264,16 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         streams = _Streams(self, block)
         timings = {"latent": 0.0, "synthesis": 0.0, "labeling": 0.0}
         if self.verify:
-            res = self._verify_block(slots, streams, timings)
+            res = self._verify_block(slots, streams, timings, progress)
         else:
-            res = self._latent_block(slots, streams, images, timings)
+            res = self._latent_block(slots, streams, images, timings, progress)
         timings["latent"] += streams.latent_time
         res.timings = timings
         res.stats.update(streams.stats())
         res.stats["blocks"] = [block]
         return res
 
-    def _latent_block(self, slots, streams, images, timings) -> SampleResult:
+    def _latent_block(self, slots, streams, images, timings, progress=None) -> SampleResult:
         k = len(self.space)
         need = np.bincount(slots, minlength=k)
         n = len(slots)
@@ -286,15 +288,25 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         res = SampleResult(seeds, z, lat, slots.copy(), slots.copy(), list(self.space.ids))
         synth = 0
         if images:
-            t0 = time.perf_counter()
-            res.images = self._synthesize(lat)
-            synth = n
-            timings["synthesis"] += time.perf_counter() - t0
-            if self.labelers is not None:
+            # batch by batch (synthesize, label, report), so progress advances per batch; the same batches
+            # as synthesizing and labelling the whole block, hence the same outputs
+            imgs, probs = [], []
+            for i in range(0, n, self.batch_size):
                 t0 = time.perf_counter()
-                res.probs = self._label(res.images)
+                imgs.append(self._synthesize(lat[i : i + self.batch_size]))
+                timings["synthesis"] += time.perf_counter() - t0
+                if self.labelers is not None:
+                    t0 = time.perf_counter()
+                    probs.append(self._label(imgs[-1]))
+                    timings["labeling"] += time.perf_counter() - t0
+                if progress is not None:
+                    progress(len(imgs[-1]))
+            res.images = torch.cat(imgs) if imgs else torch.zeros(0)
+            synth = n
+            if self.labelers is not None:
+                res.probs = {a: np.concatenate([p[a] for p in probs]) if probs else np.zeros((0, len(lab.classes)))
+                             for a, lab in self.labelers.items()}
                 res.labelled = self.space.cell_of_probs(res.probs)
-                timings["labeling"] += time.perf_counter() - t0
         res.stats["synthesis_calls"] = synth
         return res
 

@@ -56,10 +56,12 @@ class BalancedSource:
         return {"generator": d["id"], "latent_space": d["latent_space"], "truncation_psi": d["truncation_psi"],
                 "mode": self.sampler.mode + ("+verify" if self.sampler.verify else "")}
 
-    def produce(self, block: int, slots: np.ndarray):
+    def produce(self, block: int, slots: np.ndarray, progress=None):
+        """One block of the dataset (see :class:`latent_balance.export.BlockSource`); `progress` is called
+        with the number of images finished after each batch or verification round."""
         from ..export import BlockOutput
 
-        res = self.sampler.sample_block(block, slots, images=True)
+        res = self.sampler.sample_block(block, slots, images=True, progress=progress)
         st = res.stats
         return BlockOutput(res.seeds, res.latents, res.images, res.probs,
                            stats={"synthesis_calls": float(st["synthesis_calls"]),

@@ -23,7 +23,7 @@ class _VerifyMixin:
     """The verify loop of :class:`~latent_balance.sampling.BalancedSampler` (uses its ``plan_``, ``space``,
     ``generator``, ``labelers``, budgets, ``_synthesize`` and ``_label``)."""
 
-    def _verify_block(self, slots, streams, timings) -> SampleResult:
+    def _verify_block(self, slots, streams, timings, progress=None) -> SampleResult:
         k = len(self.space)
         target_counts = np.bincount(slots, minlength=k)
         need = target_counts.copy()
@@ -73,6 +73,7 @@ class _VerifyMixin:
             # candidates are offered to the cells interleaved across components (by relative rank within
             # their component), so no component's images systematically arrive after the cells are full
             rank = np.concatenate([(np.arange(len(b[1])) + 0.5) / len(b[1]) for b in batch])
+            missing = int(need.sum())
             for i in np.lexsort((comp, rank)).tolist():
                 c = int(cells[i])
                 if need[c] > 0:
@@ -81,6 +82,8 @@ class _VerifyMixin:
                     streams.kept[comp[i]] += 1
                 else:
                     rejected[c] += 1
+            if progress is not None:
+                progress(missing - int(need.sum()))  # images kept this round
         out_seeds = np.zeros(n, np.int64)
         out_z = np.zeros((n, self.generator.z_dim), np.float32)
         out_lat = np.zeros((n, self.generator.latent_dim), np.float32)
