@@ -125,6 +125,8 @@ def interleave(counts) -> np.ndarray:
 
 
 _CLAMPED, _SYNTHESIZED = "clamped_pixel_values", "synthesized_pixel_values"
+# block stat a verifying source reports: synthesized candidates labelled in a zero-target cell and rejected
+EXCLUDED_REJECTED = "verify_rejected_in_excluded_cells"
 
 
 def _source_generator(source):
@@ -403,12 +405,22 @@ def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
     n = len(rows)
     stats = dict(stats)
     clamped, synthesized = stats.pop(_CLAMPED, None), stats.pop(_SYNTHESIZED, None)
+    rejected_excluded = stats.pop(EXCLUDED_REJECTED, None)
+    excluded = [c for c in names if target.get(c, 0.0) == 0]
+    verified = bool(settings.get("verify"))
+    exclusions = None
+    if excluded:
+        exclusions = {"cells": excluded, "images": int(sum(counts[pos[c]] for c in excluded)),
+                      "checked_by_labelers": verified,
+                      "candidates_labelled": int(stats.get("synthesis_calls", 0)) if verified else None,
+                      "rejected_in_excluded_cells": int(rejected_excluded) if rejected_excluded is not None else None}
     gen = settings.get("generator", {}) if isinstance(settings.get("generator"), dict) else {}
     notes = []
     if gen.get("img_channels") == 1:
         notes.append("grayscale generator (img_channels=1): the labelers and image metrics saw the gray channel "
                      "repeated to RGB; the PNGs are grayscale")
     return {"clamped_pixel_share": (clamped / synthesized) if synthesized else None, "notes": notes,
+            "exclusions": exclusions,
             "n_images": n, "mode": dataset_mode(settings), "target_attributes": attrs, "target": target,
             "achieved": {c["cell"]: {"count": c["count"], "share": c["achieved"], "low": c["low"], "high": c["high"]}
                          for c in m["cells"]},
@@ -451,6 +463,17 @@ def _card_markdown(card: dict) -> str:
               f"Share of images whose labels match the cell they were generated for: {card['intended_equals_labelled']:.3f}.", ""]
     for k, v in card["cost"].items():
         lines.append(f"- {k.replace('_', ' ')}: {v:.3f}")
+    ex = card.get("exclusions")
+    if ex:
+        cells = ", ".join(f"`{c}`" for c in ex["cells"])
+        if ex["checked_by_labelers"]:
+            rej = ex["rejected_in_excluded_cells"]
+            lines.append(f"- excluded cells (target 0: {cells}): {ex['images']} images, checked by labelers: every one "
+                         f"of the {ex['candidates_labelled']} synthesized candidates was labelled"
+                         + (f", and the {rej} labelled in an excluded cell were rejected" if rej is not None else ""))
+        else:
+            lines.append(f"- excluded cells (target 0: {cells}): {ex['images']} images labelled in them; not enforced "
+                         f"(latent-only sampling: --verify / verify=True rejects every image labelled in them)")
     if card.get("clamped_pixel_share") is not None:
         lines.append(f"- share of synthesized pixel values outside [-1, 1], clamped: {card['clamped_pixel_share']:.6f}")
     for note in card.get("notes", []):

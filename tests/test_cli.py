@@ -269,6 +269,17 @@ def test_excluded_cells_are_verified_by_default(work, tmp_path):
     assert "verify: on (the target excludes 1 cell(s)" in r.output
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 40 and not any(row["labelled_cell"] == "dark|warm" for row in rows)
+    card = json.loads((out / "dataset_card.json").read_text())
+    ex = card["exclusions"]
+    assert ex["cells"] == ["dark|warm"] and ex["images"] == 0 and ex["checked_by_labelers"]
+    assert ex["candidates_labelled"] == round(card["cost"]["synthesis_calls_per_image"] * 40)
+    assert 0 <= ex["rejected_in_excluded_cells"] <= ex["candidates_labelled"] - 40
+    md = (out / "dataset_card.md").read_text()
+    assert "excluded cells (target 0: `dark|warm`): 0 images, checked by labelers" in md
+    # with --no-verify the card says that the exclusion was not enforced
+    r = _invoke(*_sample_args(work, tmp_path / "nv", "--n", 40, "--target", tmp_path / "t.yaml", "--no-verify"))
+    assert r.exit_code == 0, r.output
+    assert "not enforced" in (tmp_path / "nv" / "dataset_card.md").read_text()
 
 
 def test_every_planning_refusal_comes_before_the_first_write(work, tmp_path):

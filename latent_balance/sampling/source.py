@@ -59,11 +59,13 @@ class BalancedSource:
     def produce(self, block: int, slots: np.ndarray, progress=None):
         """One block of the dataset (see :class:`latent_balance.export.BlockSource`); `progress` is called
         with the number of images finished after each batch or verification round."""
-        from ..export import BlockOutput
+        from ..export import EXCLUDED_REJECTED, BlockOutput
 
         res = self.sampler.sample_block(block, slots, images=True, progress=progress)
         st = res.stats
-        return BlockOutput(res.seeds, res.latents, res.images, res.probs,
-                           stats={"synthesis_calls": float(st["synthesis_calls"]),
-                                  "latent_proposals": float(np.sum(st["latent_proposals_per_component"]))},
-                           timings=dict(res.timings))
+        stats = {"synthesis_calls": float(st["synthesis_calls"]),
+                 "latent_proposals": float(np.sum(st["latent_proposals_per_component"]))}
+        if self.sampler.verify:
+            zero = np.asarray(self.sampler.q) == 0
+            stats[EXCLUDED_REJECTED] = float(np.asarray(st["verify_rejected_per_cell"])[zero].sum())
+        return BlockOutput(res.seeds, res.latents, res.images, res.probs, stats=stats, timings=dict(res.timings))
