@@ -161,3 +161,20 @@ def test_upfirdn2d_kernel_path_reuses_taps(reuse, monkeypatch):
     assert len(prepared) == 2
     U.upsample2d(x, f, gain=3)  # other arguments: other taps
     assert len(prepared) == 3
+
+
+def test_reuse_follows_storage_replacement(reuse):
+    """module.half().float() replaces the parameters' storages (rounded values): recomputed, not reused."""
+    fc = networks.FullyConnectedLayer(16, 8, activation="lrelu", lr_multiplier=0.01)
+    with torch.no_grad():
+        fc.weight.add_(torch.rand(fc.weight.shape) * 1e-3)  # values that float16 rounds
+        fc.bias.add_(0.123456789)
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        y0 = fc(x)
+        fc.half().float()
+        y1 = fc(x)
+        _derived.enabled = False
+        fresh = fc(x)
+        _derived.enabled = True
+    assert torch.equal(y1, fresh) and not torch.equal(y0, y1)

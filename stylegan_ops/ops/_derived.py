@@ -19,6 +19,9 @@ replaces the storage). Nothing is stored, and the function is simply called, whe
 * a CUDA graph is being captured (kernels do not run during capture, so a stored result would be
   garbage outside the graph).
 
+The entry holds the sources' storages (shared, not copied), so after ``module.to(...)`` the old storages
+stay allocated until the next call replaces the entries or the module is freed.
+
 Not detected: writes through ``tensor.data`` (a separate version counter), which bypass autograd's
 bookkeeping as well; call :func:`clear` after such writes. Results are bitwise those of the function:
 this is reuse, not a different computation. ``STYLEGAN_OPS_NO_REUSE=1`` disables the reuse (read at
@@ -38,8 +41,8 @@ __all__ = ["derived", "clear", "enabled"]
 
 enabled: bool = os.environ.get("STYLEGAN_OPS_NO_REUSE", "").strip().lower() not in ("1", "true", "yes", "on")
 
-# (tuple of source ids, tag) -> (weak refs to the sources, their signatures, result)
-_STORE: dict[tuple, tuple[tuple, tuple, object]] = {}
+# (tuple of source ids, tag) -> (weak refs to the sources, their signatures, result, the sources' storages)
+_STORE: dict[tuple, tuple[tuple, tuple, object, tuple]] = {}
 _LOCK = threading.RLock()  # re-entrant: a weakref callback (below) may run inside a locked section, during GC
 
 
@@ -81,7 +84,7 @@ def derived(sources: Sequence[torch.Tensor], tag: Hashable, fn: Callable[[], obj
     sigs = tuple(_signature(t) for t in sources)
     hit = _STORE.get(key)
     if hit is not None:
-        refs, old_sigs, result = hit
+        refs, old_sigs, result, _ = hit
         if old_sigs == sigs and all(r() is t for r, t in zip(refs, sources)):
             return result
     result = fn()
@@ -93,6 +96,10 @@ def derived(sources: Sequence[torch.Tensor], tag: Hashable, fn: Callable[[], obj
                 del _store[_key]
 
     refs = tuple(weakref.ref(t, _drop) for t in sources)
+    # Hold the sources' storages (detach shares them: no copy), so that while the entry exists no new
+    # storage can get the same address; otherwise `p.data = new` (what module.to() does) could land on
+    # the old address with an unchanged version counter and look unchanged.
+    keep = tuple(t.detach() for t in sources)
     with _LOCK:
-        _STORE[key] = (refs, sigs, result)
+        _STORE[key] = (refs, sigs, result, keep)
     return result
