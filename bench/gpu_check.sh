@@ -36,7 +36,7 @@
 #
 # Without it, step 8 is skipped (logged). $GPU_CHECK_VS_NVIDIA_CASES overrides the sizes
 # (default 256x8,256x32,1024x8,1024x32) and $GPU_CHECK_VS_NVIDIA_TIMEOUT its time limit (default 420 s;
-# the first run compiles NVIDIA's two plugins, about a minute on 16 cores).
+# the first run also compiles NVIDIA's two plugins; that time is not measured yet).
 #
 # Each benchmark is stopped after $GPU_CHECK_BENCH_TIMEOUT seconds (default 240).
 #
