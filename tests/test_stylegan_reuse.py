@@ -178,3 +178,13 @@ def test_reuse_follows_storage_replacement(reuse):
         fresh = fc(x)
         _derived.enabled = True
     assert torch.equal(y1, fresh) and not torch.equal(y0, y1)
+
+
+def test_meta_tensors_are_not_stored(reuse):
+    """Meta tensors have no storage (every data_ptr is 0): computed, never stored."""
+    w = torch.empty(4, 3, device="meta")
+    assert _derived.derived((w,), "t", lambda: w * 2).device.type == "meta"
+    assert not _derived._STORE
+    v = torch.ones(2)
+    _derived.derived((v,), "t", lambda: v * 2)
+    assert len(_derived._STORE) == 1

@@ -17,7 +17,9 @@ replaces the storage). Nothing is stored, and the function is simply called, whe
   builds its graph as usual;
 * a source is an inference tensor (``torch.inference_mode``; it has no version counter);
 * a CUDA graph is being captured (kernels do not run during capture, so a stored result would be
-  garbage outside the graph).
+  garbage outside the graph);
+* ``torch.compile`` is tracing (the compiled graph then contains the computation), or a source is on
+  the ``meta`` device (no storage).
 
 The entry holds the sources' storages (shared, not copied), so after ``module.to(...)`` the old storages
 stay allocated until the next call replaces the entries or the module is freed.
@@ -72,11 +74,11 @@ def derived(sources: Sequence[torch.Tensor], tag: Hashable, fn: Callable[[], obj
     Returns:
         what ``fn()`` returns (the stored object on reuse: treat it as read-only).
     """
-    if not enabled:
+    if not enabled or torch.compiler.is_compiling():
         return fn()
     grad = torch.is_grad_enabled()
     for t in sources:
-        if (grad and t.requires_grad) or t.is_inference():
+        if (grad and t.requires_grad) or t.is_inference() or t.device.type == "meta":
             return fn()
     if _capturing():
         return fn()
