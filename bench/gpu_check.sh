@@ -18,6 +18,25 @@
 #   6. bench/bench_ops.py (reference vs CUDA, fp32/fp16, fwd and fwd+bwd)     -> ops_<device>.json
 #   7. bench/bench_generator.py (config-f images/s at 64/256/1024 px; fp32, fp16, reference ops)
 #                                                                             -> generator_<device>.json
+#   8. bench/bench_vs_nvidia.py, only when NVIDIA's stylegan2-ada-pytorch tree is given (below): builds
+#      their plugins, checks parity and times both networks at the sizes (256 and 1024 px,
+#      batch 8 and 32, fp32 and fp16; plus the launch-bound time per call of 4-channel networks at
+#      256 px, batch 1); exits non-zero if NVIDIA's side is not on its plugins
+#                                                                             -> vs_nvidia_<device>.json
+#
+# NVIDIA's tree (never committed here: its licence is non-commercial) is looked for in
+# $NVIDIA_REPO, else in .nvidia/stylegan2-ada-pytorch (ignored by git). The GPU machine has no internet,
+# so fetch it beforehand on a machine that has, into that ignored folder, and have the device runner
+# carry it along with the work tree (it copies tracked files plus the carry paths, 64 MiB in all; the
+# tree is about 2 MB):
+#
+#   git clone --depth 1 https://github.com/NVlabs/stylegan2-ada-pytorch .nvidia/stylegan2-ada-pytorch
+#   (or: git --git-dir=<bare mirror> archive HEAD | tar -x -C .nvidia/stylegan2-ada-pytorch)
+#   run(command="bash bench/gpu_check.sh", carry=[".nvidia"])
+#
+# Without it, step 8 is skipped (logged). $GPU_CHECK_VS_NVIDIA_CASES overrides the sizes
+# (default 256x8,256x32,1024x8,1024x32) and $GPU_CHECK_VS_NVIDIA_TIMEOUT its time limit (default 420 s;
+# the first run also compiles NVIDIA's two plugins; that time is not measured yet).
 #
 # Each benchmark is stopped after $GPU_CHECK_BENCH_TIMEOUT seconds (default 240).
 #
@@ -104,6 +123,16 @@ step pytest_gpu pytest_rest_gpu
 if [ -n "${GPU_CHECK_BEFORE_BENCH:-}" ]; then step before_bench bash -c "$GPU_CHECK_BEFORE_BENCH"; fi
 step bench_ops timeout "$BENCH_TIMEOUT" "$PY" bench/bench_ops.py --out "$OUT/ops_$DEV_TAG.json"
 step bench_generator timeout "$BENCH_TIMEOUT" "$PY" bench/bench_generator.py --reps 10 --out "$OUT/generator_$DEV_TAG.json"
+
+NVIDIA_REPO="${NVIDIA_REPO:-$ROOT/.nvidia/stylegan2-ada-pytorch}"
+if [ -f "$NVIDIA_REPO/training/networks.py" ]; then
+    step bench_vs_nvidia timeout "${GPU_CHECK_VS_NVIDIA_TIMEOUT:-420}" "$PY" bench/bench_vs_nvidia.py \
+        --nvidia-repo "$NVIDIA_REPO" --cases "${GPU_CHECK_VS_NVIDIA_CASES:-256x8,256x32,1024x8,1024x32}" \
+        --overhead 256 --out "$OUT/vs_nvidia_$DEV_TAG.json"
+else
+    echo "=== [bench_vs_nvidia] skipped: no NVIDIA stylegan2-ada-pytorch tree at $NVIDIA_REPO (see the header)" \
+        | tee -a "$LOG"
+fi
 
 # ---- further steps go here (keep the number of files in $OUT at 8 or fewer) ----
 

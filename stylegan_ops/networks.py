@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import bias_act, upfirdn2d
+from .ops import _derived, bias_act, upfirdn2d
 
 __all__ = [
     "Generator",
@@ -166,21 +166,25 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     """
     batch = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
+    prenorm = x.dtype == torch.float16 and demodulate
+    # Weight-only terms (pre-normalized weight, demodulation matrix, weight in x's dtype): computed
+    # once and reused while the weight is unchanged, at inference (see stylegan_ops.ops._derived).
+    weight, wsq_t, weight_x = _derived.derived((weight,), ("modconv", prenorm, demodulate, x.dtype),
+                                               lambda w=weight: _modconv_weight_terms(w, prenorm, demodulate, x.dtype))
 
     # Pre-normalize in float16 so that the products below cannot overflow (the demodulation undoes it).
-    if x.dtype == torch.float16 and demodulate:
-        weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+    if prenorm:
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
     # Demodulation coefficients: sum_{i,k} (weight[o,i,k] * styles[n,i])**2 = (styles**2 @ sum_k weight**2 .T)[n,o],
     # a small matrix product instead of a pass over the [N, O, I, kh, kw] per-sample weights.
     dcoefs = None
     if demodulate:
-        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
+        dcoefs = (styles.square() @ wsq_t + 1e-8).rsqrt()  # [N, O]
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
-        x = _conv2d_resample(x, weight.to(x.dtype), resample_filter, up, padding, groups=1)
+        x = _conv2d_resample(x, weight_x, resample_filter, up, padding, groups=1)
         if demodulate and noise is not None:
             return torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(batch, -1, 1, 1))
         if demodulate:
@@ -201,6 +205,23 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     if noise is not None:
         x = x.add_(noise.to(x.dtype))
     return x
+
+
+def _modconv_weight_terms(weight: torch.Tensor, prenorm: bool, demodulate: bool, dtype: torch.dtype):
+    """(weight used, its demodulation matrix ``sum_k weight**2`` transposed [I, O] or None, weight in `dtype`).
+    `prenorm`: scale each output filter to max |w| = 1 / sqrt(fan_in) first (float16 overflow guard)."""
+    if prenorm:
+        in_ch, kh, kw = weight.shape[1:]
+        weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+    wsq_t = weight.square().sum(dim=[2, 3]).t() if demodulate else None
+    return weight, wsq_t, weight.to(dtype)
+
+
+def _in_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)``, the converted copy reused at inference while `t` is unchanged."""
+    if t.dtype == dtype:
+        return t
+    return _derived.derived((t,), ("to", dtype), lambda: t.to(dtype))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,15 +257,22 @@ class FullyConnectedLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, in_features] -> [N, out_features]."""
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
+        sources = (self.weight,) if self.bias is None else (self.weight, self.bias)
+        w, b = _derived.derived(sources, ("fc", x.dtype, float(self.weight_gain), float(self.bias_gain)),
+                                lambda: self._scaled(x.dtype))
         if self.activation == "linear" and b is not None:
             return torch.addmm(b.unsqueeze(0), x, w.t())
         return bias_act.bias_act(x.matmul(w.t()), b, act=self.activation)
+
+    def _scaled(self, dtype: torch.dtype):
+        """(weight * weight_gain, bias * bias_gain or None), in `dtype`."""
+        w = self.weight.to(dtype) * self.weight_gain
+        b = self.bias
+        if b is not None:
+            b = b.to(dtype)
+            if self.bias_gain != 1:
+                b = b * self.bias_gain
+        return w, b
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
@@ -396,10 +424,11 @@ class SynthesisLayer(nn.Module):
         if self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * self.noise_strength
         elif self.use_noise and noise_mode == "const":
-            noise = self.noise_const * self.noise_strength
+            noise = _derived.derived((self.noise_const, self.noise_strength), ("noise", x.dtype),
+                                     lambda: (self.noise_const * self.noise_strength).to(x.dtype))
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, fused_modconv=fused_modconv)
-        return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, clamp=self.conv_clamp)
+        return bias_act.bias_act(x, _in_dtype(self.bias, x.dtype), act=self.activation, clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}, "
@@ -436,7 +465,7 @@ class ToRGBLayer(nn.Module):
         """x [N, in_channels, R, R], w [N, w_dim] -> [N, out_channels, R, R]."""
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
-        return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+        return bias_act.bias_act(x, _in_dtype(self.bias, x.dtype), clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}"

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 
-from . import _build
+from . import _build, _derived
 
 __all__ = ["upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d"]
 
@@ -317,10 +317,19 @@ def _use_cuda(x, f, impl) -> bool:
 
 def _correlation_filter(f, flip_filter, gain, x) -> torch.Tensor:
     """The 2-D taps the kernel correlates with: flipped unless flip_filter, gain folded in, in the
-    kernel's arithmetic type (float64 for float64 x, else float32)."""
+    kernel's arithmetic type (float64 for float64 x, else float32). Computed once per filter tensor and
+    arguments, then reused while the filter is unchanged (:mod:`._derived`), so a call launches no
+    kernels besides the op's own."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if f is None:
-        g = torch.ones([1, 1], dtype=dtype, device=x.device)
+        return _correlation_filter_of(f, flip_filter, gain, dtype, x.device)
+    return _derived.derived((f,), ("upfirdn2d.taps", bool(flip_filter), float(gain), dtype, x.device),
+                            lambda: _correlation_filter_of(f, flip_filter, gain, dtype, x.device))
+
+
+def _correlation_filter_of(f, flip_filter, gain, dtype, device) -> torch.Tensor:
+    if f is None:
+        g = torch.ones([1, 1], dtype=dtype, device=device)
     elif f.ndim == 1:
         f = f.detach().to(dtype)
         g = torch.outer(f, f)  # separable: rows are y taps, columns x taps
