@@ -129,6 +129,11 @@ if [ -f "$NVIDIA_REPO/training/networks.py" ]; then
     step bench_vs_nvidia timeout "${GPU_CHECK_VS_NVIDIA_TIMEOUT:-420}" "$PY" bench/bench_vs_nvidia.py \
         --nvidia-repo "$NVIDIA_REPO" --cases "${GPU_CHECK_VS_NVIDIA_CASES:-256x8,256x32,1024x8,1024x32}" \
         --overhead 256 --out "$OUT/vs_nvidia_$DEV_TAG.json"
+    # the same with the reuse of weight-derived tensors on (off by default until this measures its gain)
+    step bench_vs_nvidia_reuse env STYLEGAN_OPS_REUSE=1 timeout "${GPU_CHECK_VS_NVIDIA_TIMEOUT:-420}" "$PY" \
+        bench/bench_vs_nvidia.py --nvidia-repo "$NVIDIA_REPO" \
+        --cases "${GPU_CHECK_VS_NVIDIA_CASES:-256x8,256x32,1024x8,1024x32}" --overhead 256 \
+        --out "$OUT/vs_nvidia_reuse_$DEV_TAG.json"
 else
     echo "=== [bench_vs_nvidia] skipped: no NVIDIA stylegan2-ada-pytorch tree at $NVIDIA_REPO (see the header)" \
         | tee -a "$LOG"

@@ -26,8 +26,12 @@ stay allocated until the next call replaces the entries or the module is freed.
 
 Not detected: writes through ``tensor.data`` (a separate version counter), which bypass autograd's
 bookkeeping as well; call :func:`clear` after such writes. Results are bitwise those of the function:
-this is reuse, not a different computation. ``STYLEGAN_OPS_NO_REUSE=1`` disables the reuse (read at
-import; :data:`enabled` can be set at run time).
+this is reuse, not a different computation.
+
+Off by default: ``STYLEGAN_OPS_REUSE=1`` turns it on (read at import; :data:`enabled` can be set at run
+time). Two reasons: its speed gain is measured only on a CPU so far (host time per call; the GPU gain
+it aims at is unmeasured), and model-editing code that writes weights through ``.data`` would get
+stale results without a word. It relies on ``Tensor._version``, an attribute torch does not document.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import torch
 
 __all__ = ["derived", "clear", "enabled"]
 
-enabled: bool = os.environ.get("STYLEGAN_OPS_NO_REUSE", "").strip().lower() not in ("1", "true", "yes", "on")
+enabled: bool = os.environ.get("STYLEGAN_OPS_REUSE", "").strip().lower() in ("1", "true", "yes", "on")
 
 # (tuple of source ids, tag) -> (weak refs to the sources, their signatures, result, the sources' storages)
 _STORE: dict[tuple, tuple[tuple, tuple, object, tuple]] = {}
