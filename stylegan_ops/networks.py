@@ -5,6 +5,8 @@ the Image Quality of StyleGAN" (CVPR 2020), laid out so that the parameter and b
 constructor arguments are those of NVIDIA's stylegan2-ada-pytorch ``training/networks.py`` (and of
 ``training/networks_stylegan2.py`` in stylegan3). Their state dicts therefore load with
 ``load_state_dict(strict=True)`` without renaming; see :mod:`stylegan_ops.checkpoints` for files.
+(Kept as one file of ~780 lines on purpose: the layers in NVIDIA's structure, so that parameter names
+read top to bottom as in a state dict.)
 
 Structure (``R`` = 4, 8, ..., ``img_resolution``; ``C(R) = min(channel_base // R, channel_max)``)::
 
