@@ -6,6 +6,18 @@ the face GAN's images. The built-in face labelers are exercised by the demo test
 
 import torch
 
+# The YAML labeler spec the CLI tests pass with --labelers (the two functions below).
+SPEC = """labelers:
+  - name: light
+    classes: [dark, light]
+    function: cli_labelers:light
+    id: test-light-v1
+  - name: warm
+    classes: [cool, warm]
+    function: cli_labelers:warm
+    id: test-warm-v1
+"""
+
 
 def light(images: torch.Tensor) -> torch.Tensor:
     """[N, 3, H, W] in [-1, 1] -> [N, 2] probabilities of (dark, light)."""

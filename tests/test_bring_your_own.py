@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import attributes as attrs_pkg
 from attributes.base import FunctionLabeler, check_images
 from latent_balance import CallableGenerator, StyleGAN2Adapter, build_probes, load_generator
+from cli_labelers import SPEC
 from latent_balance.cli import main
 from latent_balance.seeds import z_from_seeds
 from stylegan_ops import Generator, load_generator as sg_load, save_generator
@@ -24,16 +25,6 @@ from test_stylegan_checkpoints import _dump, _snapshot, _src, nvidia_modules, to
 from test_stylegan_networks import W, Z, randomize_, small_G
 
 TESTS = Path(__file__).parent
-SPEC = """labelers:
-  - name: light
-    classes: [dark, light]
-    function: cli_labelers:light
-    id: test-light-v1
-  - name: warm
-    classes: [cool, warm]
-    function: cli_labelers:warm
-    id: test-warm-v1
-"""
 
 
 def _invoke(*args):

@@ -14,19 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cli_labelers import SPEC
 from latent_balance.cli import main
 
 TESTS = Path(__file__).parent
-SPEC = """labelers:
-  - name: light
-    classes: [dark, light]
-    function: cli_labelers:light
-    id: test-light-v1
-  - name: warm
-    classes: [cool, warm]
-    function: cli_labelers:warm
-    id: test-warm-v1
-"""
 
 
 def _env():
