@@ -133,6 +133,13 @@ def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_ce
             row["lpips_ratio"] = row["lpips"] / row["lpips_natural"]
         if m.sum() >= min_images and mn.sum() >= min_images:
             row["frechet_vgg16"] = float(perceptual.frechet_distance(feats[m], nat_feats[mn]))
+        few = f"fewer than {min_images} images"
+        why = {"lpips": f"{few} in the dataset's cell ({row['n']})", "lpips_stderr": f"{few} in the dataset's cell",
+               "lpips_natural": f"{few} among the natural images of this cell ({row['n_natural']})",
+               "lpips_natural_stderr": f"{few} among the natural images of this cell",
+               "lpips_ratio": "needs the LPIPS of both sides (a natural value above 0)",
+               "frechet_vgg16": f"needs {min_images} or more images on both sides"}
+        row.update({f"{k}_reason": why[k] for k in list(row) if row[k] is None and k in why})
         out[name] = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in row.items()}
     return out
 

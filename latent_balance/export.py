@@ -392,6 +392,13 @@ def dataset_mode(settings: Mapping[str, Any]) -> str:
     return str(settings.get("mode")) + ("+verify" if settings.get("verify") else "")
 
 
+def _intended_cell(row: dict) -> str:
+    """The cell a row was generated for: its slot, without the ``component:`` prefix that matched mode
+    puts on slots (a component is the acceptance rule aimed at the cell of the same name)."""
+    cell = row["intended_cell"]
+    return cell[len("component:"):] if cell.startswith("component:") else cell
+
+
 def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
     attrs = settings["target_attributes"]
     classes = settings["classes"]
@@ -427,7 +434,7 @@ def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
             "metrics": {k: m[k] for k in METRICS},
             "target_band": m["band"], "target_band_info": m["band_info"],
             "chi2_p": m["chi2_p"], "chi2_method": m["chi2_method"],
-            "intended_equals_labelled": float(np.mean([r["intended_cell"] == r["labelled_cell"] for r in rows])),
+            "intended_equals_labelled": float(np.mean([_intended_cell(r) == r["labelled_cell"] for r in rows])),
             "cost": {f"{k}_per_image": v / n for k, v in stats.items()},
             "settings": settings, "versions": package_versions()}
 

@@ -94,3 +94,7 @@ def test_audit_json_is_standard_json_for_excluded_cells_and_two_image_cells(tmp_
     row = out["images"]["female|no"]
     assert row["lpips_stderr"] is None and "at least 3 images" in row["lpips_stderr_reason"]
     assert row["lpips"] == pytest.approx(a["images"]["female|no"]["lpips"])
+    # a cell without images: every null carries its reason
+    empty = out["images"]["female|yes"]
+    for key in ("lpips", "lpips_stderr", "lpips_natural", "lpips_ratio", "frechet_vgg16"):
+        assert empty[key] is None and empty[f"{key}_reason"], (key, empty)

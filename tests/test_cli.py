@@ -378,3 +378,25 @@ def test_audit_and_sample_show_progress(work, tmp_path):
     descs = {m["desc"] for m in map(PROGRESS.match, r.stderr.splitlines()) if m}
     assert "natural images" in descs, r.stderr
     assert "target band" in r.stdout
+
+
+def test_card_match_share_counts_matched_mode_components(work, tmp_path):
+    """Matched mode writes slots as `component:<cell>`; the card's share of images labelled in the cell
+    they were generated for compares the cell, not the prefixed slot name (it read 0.000 before)."""
+    out = tmp_path / "m"
+    r = _invoke(*_sample_args(work, out, "--n", 40, "--no-verify", "--sharpness", "1"))
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert all(row["intended_cell"].startswith("component:") for row in rows)
+    share = np.mean([row["intended_cell"].split(":", 1)[1] == row["labelled_cell"] for row in rows])
+    card = json.loads((out / "dataset_card.json").read_text())
+    assert card["intended_equals_labelled"] == pytest.approx(share) and share > 0
+
+
+def test_a_file_that_is_not_a_model_is_refused_plainly(work, tmp_path):
+    (tmp_path / "target.yaml").write_text("uniform: true\n")
+    r = _invoke("sample", "--model", tmp_path / "target.yaml", "--labelers", work / "labelers.yaml",
+                "--n", 4, "--out", tmp_path / "x")
+    assert r.exit_code == 2
+    assert "is not a latent-balance subgroup-model file" in r.output and "allow_pickle" not in r.output
+    assert not (tmp_path / "x").exists()
