@@ -400,3 +400,13 @@ def test_a_file_that_is_not_a_model_is_refused_plainly(work, tmp_path):
     assert r.exit_code == 2
     assert "is not a latent-balance subgroup-model file" in r.output and "allow_pickle" not in r.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args", [["sample", "--model", "m.npz", "--n", 8],
+                                  ["sample", "--mode", "verify", "--model", "m.npz", "--n", 8, "--out", "o"],
+                                  ["sample", "--cells", "a"], ["nosuch"]])
+def test_usage_errors_are_one_line(args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 2
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], r.output
