@@ -129,6 +129,9 @@ _API_TO_FLAG = [
     (re.compile(r"\b([Rr]aise|[Ll]ower) the sharpness\b"), r"\1 --sharpness"),
     (re.compile(r"\brelax the target\b"), "relax the target (--target)"),
 ]
+# Library warnings about a measure's sample size: the flags that change it.
+_HINTS = [(("frechet_distance:", "mean_pairwise_lpips:"),
+           "(more images per cell: --n, --natural-n; --no-image-metrics skips these measures)")]
 _MAX_WARNING_CHARS = 600  # longer messages (e.g. compiler output) are cut; --verbose shows them whole
 
 
@@ -148,6 +151,9 @@ def _warning_line(message: str, verbose: bool = False) -> str | None:
     text = " ".join(str(message).split())
     for pattern, flag in _API_TO_FLAG:
         text = pattern.sub(flag, text)
+    for prefixes, hint in _HINTS:
+        if text.startswith(prefixes):
+            text = f"{text} {hint}"
     if not verbose and len(text) > _MAX_WARNING_CHARS:
         text = text[: _MAX_WARNING_CHARS - 40] + " ... (--verbose shows the whole message)"
     return f"latent-balance: warning: {text}"

@@ -410,3 +410,11 @@ def test_usage_errors_are_one_line(args):
     assert r.exit_code == 2
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], r.output
+
+
+def test_sample_size_warnings_name_the_flags_that_change_them():
+    from latent_balance.cli import _warning_line
+
+    line = _warning_line("frechet_distance: 125 samples for 512 feature dimensions: the covariance is singular")
+    assert line.startswith("latent-balance: warning: frechet_distance") and "--natural-n" in line
+    assert "--no-image-metrics" in _warning_line("mean_pairwise_lpips: 2 images: the jackknife standard error ...")

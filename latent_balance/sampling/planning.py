@@ -119,8 +119,12 @@ class _PlanningMixin:
             closest = {cid: round(float(v), 4) for cid, v in zip(self.space.ids, plan["predicted"])}
             msg = (f"the target is outside what the latent model can reach (residual TV {plan['predicted_tv']:.4f} > "
                    f"tolerance {self.tolerance}); the closest reachable labelled distribution is {closest} "
-                   f"(KL to the target {plan['predicted_kl']:.4f} nats). Raise the sharpness, use verify=True, "
-                   f"or relax the target")
+                   f"(KL to the target {plan['predicted_kl']:.4f} nats). "
+                   + (("Raise max_sharpness, use verify=True, or relax the target"
+                       if self._grid[-1] < SHARPNESS_GRID[-1] else
+                       "Use verify=True or relax the target (the automatic sharpness already searched the grid)")
+                      if isinstance(self._sharpness_arg, str) else
+                      "Raise the sharpness, use verify=True, or relax the target"))
             if self.strict:
                 raise UnreachableTarget(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
