@@ -34,7 +34,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["latent_balance", "latent_balance.sampling", "stylegan_ops", "stylegan_ops.ops", "attributes"],
+    packages=["latent_balance", "latent_balance.sampling", "latent_balance.models", "stylegan_ops", "stylegan_ops.ops",
+              "attributes", "attributes.fixtures"],
     py_modules=["_lb_common"],  # helpers below all three packages (docs/architecture.md)
     package_data={
         "stylegan_ops": ["ops/*.cpp", "ops/*.cu", "ops/*.h"],
