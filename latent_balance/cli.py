@@ -403,7 +403,8 @@ def info(ctx, path):
     """Describe a checkpoint, probe file, model file or dataset folder."""
     from ._utils import json_dumps
 
-    click.echo(json_dumps(_run(ctx, describe_path, Path(path)), indent=2, sort_keys=True))
+    # a built-in generator's name describes the model it ships (as `sample --model NAME` uses it)
+    click.echo(json_dumps(_run(ctx, describe_path, Path(_model_file(path))), indent=2, sort_keys=True))
 
 
 def describe_path(path: Path) -> dict:

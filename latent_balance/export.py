@@ -528,7 +528,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
             if npy.exists():
                 _copy_atomic(npy, out_dir / "blocks" / npy.name)
             _copy_atomic(blk_path, out_dir / "blocks" / blk_path.name)
-    logger.info("merged %d shards into %s", len(shard_dirs), out_dir)
+    logger.debug("merged %d shards into %s", len(shard_dirs), out_dir)
     return finalize_dataset(out_dir)
 
 

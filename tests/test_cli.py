@@ -418,3 +418,9 @@ def test_sample_size_warnings_name_the_flags_that_change_them():
     line = _warning_line("frechet_distance: 125 samples for 512 feature dimensions: the covariance is singular")
     assert line.startswith("latent-balance: warning: frechet_distance") and "--natural-n" in line
     assert "--no-image-metrics" in _warning_line("mean_pairwise_lpips: 2 images: the jackknife standard error ...")
+
+
+def test_info_takes_a_built_in_model_name():
+    r = _invoke("info", "stylegan2-faces")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["kind"] == "latent-balance-subgroups"
