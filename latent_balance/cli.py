@@ -584,7 +584,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
            max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi,
            class_index, seed_scheme, batch_size, device):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
-    from .export import write_dataset
+    from .export import check_output, write_dataset
     from .sampling import BalancedSource
     from .sources import NaturalSource
     from .subgroups import SubgroupModel
@@ -630,13 +630,22 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         if verify is None:
             auto_why = _verify_reason(ctx, model, target, cell)
             verify = auto_why is not None
-        try:
-            sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed, batch_size,
-                               block_size, cell=cell, max_sharpness=max_sharpness,
-                               max_synthesis_per_image=max_synthesis_per_image)
-        except InputError as err:
+        # planning warnings wait until the output folder is known to accept this run (a refused resume
+        # says only why it is refused)
+        with warnings.catch_warnings(record=True) as planning_warnings:
+            warnings.simplefilter("always")
+            try:
+                sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed,
+                                   batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
+                                   max_synthesis_per_image=max_synthesis_per_image)
+            except InputError as err:
+                planning_error = err
+            else:
+                planning_error = None
+        err = planning_error
+        if err is not None:
             if not auto_why:
-                raise
+                raise err
             # verification was chosen for the user and cannot be had within the budget: refuse, with what
             # latent-only sampling is predicted to give and how to get exact counts
             with warnings.catch_warnings():  # only its prediction is used, for the message
@@ -647,12 +656,19 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                              f"{_precision(latent):.0%} of the images are predicted to be labelled in the "
                              f"requested cells: pass --no-verify to accept that, or raise "
                              f"--max-synthesis-per-image for exact counts") from None
+        source = BalancedSource(sampler)
+        _run(ctx, check_output, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
+             save_latents=save_latents, extra_settings=extra)
+        shown = set()
+        for w in planning_warnings:
+            if (w.category, str(w.message)) not in shown:
+                shown.add((w.category, str(w.message)))
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         if auto_why:
             click.echo(f"verify: on ({auto_why}; --no-verify for latent-only sampling)", err=True)
         elif not verify and (cell or np.any(sampler.q == 0)):
             click.echo(f"verify: off (--no-verify); {_precision(sampler):.0%} of the images are predicted to be "
                        f"labelled in the requested cells", err=True)
-        source = BalancedSource(sampler)
     res = _run(ctx, write_dataset, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
                save_latents=save_latents, extra_settings=extra)
     done = "complete" if res["complete"] else f"shard {shard}/{num_shards} written; merge the shards when all are done"

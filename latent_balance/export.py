@@ -39,7 +39,7 @@ from ._utils import (atomic_path, atomic_write_bytes, atomic_write_text, images_
 from .cells import cell_names, label_cells
 from .metrics import METRICS, distribution_metrics
 
-__all__ = ["BlockOutput", "BlockSource", "DatasetError", "allocate_counts", "interleave", "write_dataset",
+__all__ = ["BlockOutput", "BlockSource", "DatasetError", "allocate_counts", "interleave", "check_output", "write_dataset",
            "finalize_dataset", "merge_shards", "read_manifest", "dataset_mode"]
 
 SETTINGS = "settings.json"
@@ -174,6 +174,39 @@ def _png_bytes(img_u8: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def check_output(out_dir: str | Path, source: BlockSource, n: int, block_size: int = 250, shard: int = 0,
+                 num_shards: int = 1, save_latents: bool = False,
+                 extra_settings: Mapping[str, Any] | None = None) -> None:
+    """Every refusal :func:`write_dataset` would make before writing, without writing anything.
+
+    Raises:
+        ValueError / DatasetError: bad sizes or shard, a folder holding another dataset (other settings)
+        or other files, a source cap (e.g. the sampler's proposal streams), an invalid allocation.
+    """
+    _preflight(Path(out_dir), source, n, block_size, shard, num_shards, save_latents, extra_settings)
+
+
+def _preflight(out_dir: Path, source, n, block_size, shard, num_shards, save_latents, extra_settings):
+    """(settings as stored, slot schedule) after every check that comes before the first write."""
+    if n < 1 or block_size < 1:
+        raise ValueError(f"n and block_size must be positive, got n={n}, block_size={block_size}")
+    if not (0 <= shard < num_shards):
+        raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
+    settings = {**source.settings(), **dict(extra_settings or {}), "n": int(n), "block_size": int(block_size),
+                "save_latents": bool(save_latents)}
+    settings = json.loads(_json(settings))  # normalized as stored (tuples -> lists), so resumes compare equal
+    # a running statistic of the generator adapter, not a setting: the card reports it from the blocks
+    if isinstance(settings.get("generator"), dict):
+        settings["generator"].pop("clamped_pixel_share", None)
+    _check_settings(out_dir, settings)
+    # every refusal comes before the first write: the source's own caps, then the allocation
+    check = getattr(source, "check_blocks", None)
+    if check is not None:
+        check(n, block_size)
+    schedule = interleave(allocate_counts(n, source.slot_probs()))
+    return settings, schedule
+
+
 def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: int = 250, shard: int = 0,
                   num_shards: int = 1, save_latents: bool = False, show_progress: bool | None = None,
                   extra_settings: Mapping[str, Any] | None = None) -> dict:
@@ -197,24 +230,9 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
         dict with ``blocks_written``, ``blocks_skipped``, ``complete`` (all blocks of the dataset
         present in this folder; then the manifest and card were written), and the summed ``timings``.
     """
-    if n < 1 or block_size < 1:
-        raise ValueError(f"n and block_size must be positive, got n={n}, block_size={block_size}")
-    if not (0 <= shard < num_shards):
-        raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
     out_dir = Path(out_dir)
-    settings = {**source.settings(), **dict(extra_settings or {}), "n": int(n), "block_size": int(block_size),
-                "save_latents": bool(save_latents)}
-    settings = json.loads(_json(settings))  # normalized as stored (tuples -> lists), so resumes compare equal
-    # a running statistic of the generator adapter, not a setting: the card reports it from the blocks
-    if isinstance(settings.get("generator"), dict):
-        settings["generator"].pop("clamped_pixel_share", None)
+    settings, schedule = _preflight(out_dir, source, n, block_size, shard, num_shards, save_latents, extra_settings)
     gen = _source_generator(source)
-    _check_settings(out_dir, settings)
-    # every refusal comes before the first write: the source's own caps, then the allocation
-    check = getattr(source, "check_blocks", None)
-    if check is not None:
-        check(n, block_size)
-    schedule = interleave(allocate_counts(n, source.slot_probs()))
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (out_dir / SETTINGS).exists():
         atomic_write_text(out_dir / SETTINGS, json_dumps(settings, indent=2, sort_keys=True))

@@ -298,8 +298,12 @@ def test_every_planning_refusal_comes_before_the_first_write(work, tmp_path):
     ds = tmp_path / "ds"
     assert _invoke(*_sample_args(work, ds, "--n", 8, "--block-size", 4)).exit_code == 0
     before = _tree(ds, skip=())
-    r = _invoke(*_sample_args(work, ds, "--n", 8, "--block-size", 4, "--seed", 5))
+    (tmp_path / "far.yaml").write_text(UNREACHABLE)  # its plan warns (residual TV above tolerance)
+    r = _invoke(*_sample_args(work, ds, "--n", 8, "--block-size", 4, "--seed", 5, "--sharpness", 1,
+                              "--target", tmp_path / "far.yaml"))
     assert r.exit_code == 2 and "seed" in r.output
+    # ... with its reason alone: the planning warning waits until the folder accepts the run
+    assert [line for line in r.output.splitlines() if line.strip()] == [r.output.strip().splitlines()[-1]]
     assert _tree(ds, skip=()) == before
 
 
