@@ -320,7 +320,8 @@ def read_npz(path: str | os.PathLike[str], fmt: str, version: int, what: str, er
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic != b"PK\x03\x04":  # not a zip archive: never hand it to np.load (it would try unpickling)
-        raise error(f"{path} is not a latent-balance {what} file (expected an .npz archive written by latent-balance)")
+        raise error(f"{path} is corrupt or not a latent-balance {what} file (not an .npz archive; expected one "
+                    f"written by latent-balance)")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "meta" not in data.files:

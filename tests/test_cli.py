@@ -402,7 +402,8 @@ def test_a_file_that_is_not_a_model_is_refused_plainly(work, tmp_path):
     r = _invoke("sample", "--model", tmp_path / "target.yaml", "--labelers", work / "labelers.yaml",
                 "--n", 4, "--out", tmp_path / "x")
     assert r.exit_code == 2
-    assert "is not a latent-balance subgroup-model file" in r.output and "allow_pickle" not in r.output
+    assert "not a latent-balance subgroup-model file (not an .npz archive" in r.output
+    assert "allow_pickle" not in r.output
     assert not (tmp_path / "x").exists()
 
 
