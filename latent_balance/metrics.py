@@ -54,11 +54,14 @@ def wilson_interval(k, n, z: float = _Z95) -> tuple[np.ndarray, np.ndarray]:
 
 def kl_divergence(p, q) -> float:
     """KL(p || q) in nats for probability vectors; ``inf`` if p has mass where q has none."""
-    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
-    mask = p > 0
-    if np.any(q[mask] <= 0):
-        return math.inf
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+    return float(_kl_rows(np.asarray(p, np.float64)[None], np.asarray(q, np.float64))[0])
+
+
+def _kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p_b || q) in nats for each row of p [B, G] against q [G]; ``inf`` for rows with mass where q has none."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / np.where(q > 0, q, 1.0)), 0.0)
+    return np.where(((p > 0) & (q <= 0)).any(axis=1), math.inf, terms.sum(axis=1))
 
 
 def total_variation(p, q) -> float:
@@ -79,12 +82,8 @@ BAND_MEANING = (
 def _scalars_many(a: np.ndarray, q: np.ndarray) -> dict[str, np.ndarray]:
     """The four scalar metrics for each row of a [B, G] array of shares against q [G]."""
     pos = q > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0) / np.where(pos, q, 1.0)), 0.0)
-    kl = terms[:, pos].sum(axis=1)
-    kl = np.where((a[:, ~pos] > 0).any(axis=1), math.inf, kl)
     return {
-        "kl": kl,
+        "kl": _kl_rows(a, q),
         "tv": 0.5 * np.abs(a - q).sum(axis=1),
         "fairness_discrepancy_l2": np.linalg.norm(a - q, axis=1),
         "worst_cell_ratio": (a[:, pos] / q[pos]).min(axis=1) if pos.any() else np.full(len(a), math.nan),
