@@ -119,8 +119,6 @@ def _load_config(ctx: click.Context, param: click.Parameter, value):
 # ------------------------------------------------------------------------------------------------
 # Warnings and progress as the CLI shows them
 # ------------------------------------------------------------------------------------------------
-_STATE: dict = {}  # flags of the running command that decide whether a warning applies ("verify")
-
 # Library warnings name API arguments; from the CLI they name its flags instead.
 _API_TO_FLAG = [
     (re.compile(r"\bverify=True\b"), "--verify"),
@@ -135,19 +133,12 @@ _HINTS = [(("frechet_distance:", "mean_pairwise_lpips:"),
 _MAX_WARNING_CHARS = 600  # longer messages (e.g. compiler output) are cut; --verbose shows them whole
 
 
-def _warning_applies(message: str) -> bool:
-    """False for library warnings that the command's flags make moot."""
-    # matched mode, unreachable target: with --verify the counts are exact, so the warning about the
-    # distribution reached without verification (and its hint to verify) does not apply
-    if _STATE.get("verify") and "the target is outside what the latent model can reach" in message:
-        return False
-    return True
+def _warning_line(message: str, verbose: bool = False) -> str:
+    """One line for a library warning shown by the CLI (CLI flags for API arguments).
 
-
-def _warning_line(message: str, verbose: bool = False) -> str | None:
-    """One line for a library warning shown by the CLI (CLI flags for API arguments), or None to drop it."""
-    if not _warning_applies(message):
-        return None
+    Warnings that a setting makes moot are not raised by the library in the first place (e.g. the
+    sampler's reachability warning is not raised with verify, which makes counts exact).
+    """
     text = " ".join(str(message).split())
     for pattern, flag in _API_TO_FLAG:
         text = pattern.sub(flag, text)
@@ -166,18 +157,10 @@ def _install_warning_display(ctx: click.Context, verbose: bool) -> None:
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        text = _warning_line(str(message), verbose)
-        if text is not None:
-            click.echo(text, err=True)
+        click.echo(_warning_line(str(message), verbose), err=True)
 
     warnings.showwarning = show
     ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))
-
-
-def _remember(ctx: click.Context, param: click.Parameter, value):
-    """Option callback: record the flag's value for :func:`_warning_applies`."""
-    _STATE[param.name] = value
-    return value
 
 
 def _set_quiet(ctx: click.Context, param: click.Parameter, value):
@@ -344,7 +327,6 @@ def main(ctx: click.Context, verbose: bool, quiet: bool):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("latent_balance").setLevel(logging.DEBUG if verbose else logging.INFO)
     set_progress(not quiet)  # progress on stderr: a bar on a terminal, else a line every ~10 s
-    _STATE.clear()
     _install_warning_display(ctx, verbose)
 
 
@@ -553,7 +535,7 @@ def _cell_spec(cell: str, attributes) -> dict:
               help="matched: mixture weights over latent components so the labelled distribution matches the "
                    "target in expectation (warns with the closest reachable one); posterior: rejection in latent "
                    "space with the calibrated posterior P(cell | latent)^sharpness; natural: the unbalanced generator.")
-@click.option("--verify/--no-verify", default=None, callback=_remember,
+@click.option("--verify/--no-verify", default=None,
               help="Label every image and keep it only for a cell that needs it: exact counts. Default: on "
                    "when --cell asks for one subgroup or the target excludes cells (zero mass: no image may be "
                    "labelled in them), off otherwise. --no-verify: latent-only, the labelled share is predicted.")
@@ -748,7 +730,7 @@ def audit(ctx, dataset, generator_spec, attributes, target, n, natural_n, image_
 @click.option("--attributes", default="gender,age,smile", show_default=True)
 @click.option("--n", type=click.IntRange(min=1), default=1000, show_default=True, help="Images in the balanced dataset.")
 @click.option("--probes", "n_probes", type=click.IntRange(min=100), default=10000, show_default=True)
-@click.option("--verify/--no-verify", default=True, show_default=True, callback=_remember)
+@click.option("--verify/--no-verify", default=True, show_default=True)
 @click.option("--mode", type=click.Choice(["posterior", "matched"]), default="posterior", show_default=True)
 @click.option("--natural-n", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**20 - 1), default=0, show_default=True)
