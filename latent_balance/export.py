@@ -127,6 +127,8 @@ def interleave(counts) -> np.ndarray:
 _CLAMPED, _SYNTHESIZED = "clamped_pixel_values", "synthesized_pixel_values"
 # block stat a verifying source reports: synthesized candidates labelled in a zero-target cell and rejected
 EXCLUDED_REJECTED = "verify_rejected_in_excluded_cells"
+# slot names of a source whose slots are sampler components aimed at cells (matched mode): prefix + cell
+COMPONENT_PREFIX = "component:"
 
 
 def _source_generator(source):
@@ -414,7 +416,7 @@ def _intended_cell(row: dict) -> str:
     """The cell a row was generated for: its slot, without the ``component:`` prefix that matched mode
     puts on slots (a component is the acceptance rule aimed at the cell of the same name)."""
     cell = row["intended_cell"]
-    return cell[len("component:"):] if cell.startswith("component:") else cell
+    return cell[len(COMPONENT_PREFIX):] if cell.startswith(COMPONENT_PREFIX) else cell
 
 
 def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:

@@ -23,8 +23,10 @@ class BalancedSource:
         if sampler.labelers is None:
             raise ValueError("exporting a dataset needs labelers (every image's labels go in the manifest)")
         self.sampler = sampler
+        from ..export import COMPONENT_PREFIX  # export defines the source contract (lazily: no import at load)
+
         s = sampler
-        prefix = "component:" if (s.mode == "matched" and not s.verify) else ""
+        prefix = COMPONENT_PREFIX if (s.mode == "matched" and not s.verify) else ""
         self.slot_names = [prefix + cid for cid in s.space.ids]
         self.attributes = list(s.space.attributes)
         self.classes = {a: tuple(lab.classes) for a, lab in s.labelers.items()}
