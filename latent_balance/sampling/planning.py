@@ -144,7 +144,6 @@ class _PlanningMixin:
         """
         q, ids = self.q, self.space.ids
         base = self._evaluate(np.ones(len(q)), auto=True, mode="posterior")
-        base["pi"] = None
         valid = plan["weights"].sum() > 0 and bool(np.all(plan["usable"][plan["weights"] > 0]))
         chosen = plan
         if not valid or plan["predicted_tv"] > base["predicted_tv"]:
@@ -153,29 +152,28 @@ class _PlanningMixin:
                    f"{base['predicted_tv']:.4f}")
             warnings.warn(f"automatic sharpness: the matched plan is not predicted better than posterior "
                           f"sampling at sharpness 1 ({why}); using that", RuntimeWarning, stacklevel=4)
-            chosen = {**base, "auto": plan.get("auto")}
-            chosen["auto"] = {**(plan.get("auto") or {}), "fallback": "posterior, sharpness 1"}
+            chosen = {**base, "auto": {**(plan.get("auto") or {}), "fallback": "posterior, sharpness 1"}}
         natural = np.asarray(self.model.natural_["proportions"], np.float64)
         natural_tv = total_variation(natural, q)
         used = chosen["weights"] > 0
         thin = used & (chosen["ess"] < self.min_ess)
         n_probes = self.model.meta_.get("n_probes")
-        if thin.any() or chosen["predicted_tv"] >= natural_tv:
-            needed = None
-            if thin.any() and n_probes:
+        if not thin.any() and chosen["predicted_tv"] < natural_tv:
+            return chosen
+        needed = None
+        if thin.any():
+            least = float(chosen["ess"][thin].min())
+            detail = (f"components {[ids[g] for g in np.flatnonzero(thin)]} rest on {least:.1f} effective held-out "
+                      f"probes (min_ess={self.min_ess:g})")
+            if n_probes:
                 # effective held-out probes grow in proportion to the probe count (same split fraction)
-                needed = int(math.ceil(float(n_probes) * self.min_ess / max(float(chosen["ess"][thin].min()), 1e-9)))
-            detail = (f"components {[ids[g] for g in np.flatnonzero(thin)]} rest on "
-                      f"{float(chosen['ess'][thin].min()):.1f} effective held-out probes (min_ess={self.min_ess:g})"
-                      if thin.any() else
-                      f"the best plan's predicted TV to the target {chosen['predicted_tv']:.4f} is not below the "
+                needed = int(math.ceil(float(n_probes) * self.min_ess / max(least, 1e-9)))
+        else:
+            detail = (f"the best plan's predicted TV to the target {chosen['predicted_tv']:.4f} is not below the "
                       f"natural generator's {natural_tv:.4f}")
-            more = (f"build about {needed} probes (the model has {n_probes}), " if needed else "")
-            raise TooFewProbes(f"no latent-only plan is predicted to get closer to the target than the natural "
-                               f"generator: {detail}. {more.capitalize() if more else ''}"
-                               f"{'or use' if more else 'Use'} verify=True (--verify) for exact counts",
-                               probes_needed=needed)
-        return chosen
+        advice = (f"Build about {needed} probes (the model has {n_probes}), or use" if needed else "Use")
+        raise TooFewProbes(f"no latent-only plan is predicted to get closer to the target than the natural generator: "
+                           f"{detail}. {advice} verify=True (--verify) for exact counts", probes_needed=needed)
 
     def _evaluate(self, s: np.ndarray, auto: bool = False, mode: str | None = None) -> dict[str, Any]:
         """Predicted outcome of sharpness s (in `mode`, default the sampler's). Automatic choices only use
