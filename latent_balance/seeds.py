@@ -13,7 +13,13 @@ falls back to ``default_rng`` with one warning if a NumPy ever disagrees).
 
 Seed streams: probe sets use seeds ``[start, start + n)``; the sampler derives its proposal seeds
 from the user's seed with :func:`stream_seeds`, so its draws never collide with a probe set's
-first 2**30 seeds.
+first 2**30 seeds. A user seed has :data:`TOTAL_STREAMS` streams: the first :data:`MAX_STREAMS`
+(2**12) of 2**30 seeds each fill ``[2**30, 2**62 + 2**30)`` (the original layout, unchanged, so datasets
+written before the extension keep their latents), and 2**20 more of 2**21 seeds each fill
+``[3 * 2**61, 2**63)``.
+The sampler uses one stream per cell and block, so the extension lifts the cap on a dataset from
+``4,096 / cells`` blocks to ``(4,096 + 2**20) / cells`` blocks (ten million images over 300 cells fit
+with blocks of 3,000).
 
 Seed schemes. ``"pcg64"`` (above) is the default and the only scheme whose cost suits the sampler's
 proposal streams. ``"nvidia"`` reproduces the latents of NVIDIA's ``generate.py``
@@ -32,8 +38,12 @@ import numpy as np
 MAX_SEED = 2**63 - 1
 SEED_SCHEMES = ("pcg64", "nvidia")
 MAX_USER_SEED = 2**20
-MAX_STREAMS = 2**12
-STREAM_LENGTH = 2**30
+MAX_STREAMS = 2**12  # streams of the original layout, per user seed
+STREAM_LENGTH = 2**30  # seeds per original stream
+EXTRA_STREAMS = 2**20  # further streams per user seed, in [3 * 2**61, 2**63)
+EXTRA_STREAM_LENGTH = 2**21  # seeds per further stream
+TOTAL_STREAMS = MAX_STREAMS + EXTRA_STREAMS
+_EXTRA_BASE = 3 * 2**61
 
 
 def check_seeds(seeds) -> np.ndarray:
@@ -183,26 +193,40 @@ def _fast_path_ok() -> bool:
     return _FAST_OK
 
 
+def stream_length(stream: int) -> int:
+    """Number of seeds in proposal stream `stream` (0 <= stream < :data:`TOTAL_STREAMS`)."""
+    if not 0 <= stream < TOTAL_STREAMS:
+        raise ValueError(f"stream must be in [0, {TOTAL_STREAMS}), got {stream}")
+    return STREAM_LENGTH if stream < MAX_STREAMS else EXTRA_STREAM_LENGTH
+
+
 def stream_seeds(seed: int, stream: int, start: int, count: int) -> np.ndarray:
     """Seeds ``[start, start + count)`` of proposal stream `stream` for user seed `seed`.
 
-    Layout (int64): stream k of user seed s is the block of 2**30 seeds starting at
-    ``(1 + s * 2**12 + k) * 2**30``. Different user seeds (< 2**20) and streams (< 2**12 per seed)
-    never overlap, and none overlaps the seeds below 2**30 that probe sets and plain ``--seeds`` use.
+    Layout (int64): stream k < 2**12 of user seed s is the block of 2**30 seeds starting at
+    ``(1 + s * 2**12 + k) * 2**30``; stream k >= 2**12 is the block of 2**21 seeds starting at
+    ``3 * 2**61 + (s * 2**20 + k - 2**12) * 2**21``. Different user seeds (< 2**20) and streams never
+    overlap, and none overlaps the seeds below 2**30 that probe sets and plain ``--seeds`` use.
 
     Args:
         seed:   user seed, 0 <= seed < 2**20.
-        stream: stream index, 0 <= stream < 2**12 (e.g. one per cell, or per cell and block).
+        stream: stream index, 0 <= stream < :data:`TOTAL_STREAMS` (e.g. one per cell and block).
         start:  first index within the stream.
-        count:  number of seeds; start + count <= 2**30.
+        count:  number of seeds; start + count <= :func:`stream_length` (2**30, or 2**21 for k >= 2**12).
 
     Returns:
         int64 array [count].
+
+    Raises:
+        ValueError: an argument out of range.
     """
     if seed < 0 or stream < 0 or start < 0 or count < 0:
         raise ValueError("seed, stream, start and count must be non-negative")
-    if seed >= MAX_USER_SEED or stream >= MAX_STREAMS or start + count > STREAM_LENGTH:
-        raise ValueError(f"stream seeds out of range: need seed < 2**20, stream < 2**12, start + count <= 2**30 "
-                         f"(got seed={seed}, stream={stream}, start+count={start + count})")
-    base = (1 + seed * MAX_STREAMS + stream) * STREAM_LENGTH
+    if seed >= MAX_USER_SEED or stream >= TOTAL_STREAMS or start + count > stream_length(stream):
+        raise ValueError(f"stream seeds out of range: need seed < 2**20, stream < {TOTAL_STREAMS}, start + count <= "
+                         f"the stream's length (got seed={seed}, stream={stream}, start+count={start + count})")
+    if stream < MAX_STREAMS:
+        base = (1 + seed * MAX_STREAMS + stream) * STREAM_LENGTH
+    else:
+        base = _EXTRA_BASE + (seed * EXTRA_STREAMS + stream - MAX_STREAMS) * EXTRA_STREAM_LENGTH
     return np.arange(base + start, base + start + count, dtype=np.int64)

@@ -276,12 +276,12 @@ def test_excluded_cells_are_verified_by_default(work, tmp_path):
 def test_every_planning_refusal_comes_before_the_first_write(work, tmp_path):
     """Issue 20.2: caps, budgets, unreachable or unplannable targets and changed settings exit 2 and leave
     the output folder absent (new folder) or byte-identical (existing dataset)."""
-    # the stream cap: 4 cells and a seed's 4,096 proposal streams allow 1,024 blocks; 1,100 blocks of one
-    # image are refused before anything is written, with a block size that fits
+    # the stream cap: 4 cells and a seed's 4,096 + 2**20 proposal streams allow 263,168 blocks; 263,200
+    # blocks of one image are refused before anything is written, with a block size that fits
     out = tmp_path / "cap"
-    r = _invoke(*_sample_args(work, out, "--n", 1100, "--block-size", 1, "--sharpness", "1"))
+    r = _invoke(*_sample_args(work, out, "--n", 263200, "--block-size", 1, "--sharpness", "1"))
     assert r.exit_code == 2, r.output
-    assert "at most 1024 blocks" in r.output and "at least 2" in r.output
+    assert "at most 263168 blocks" in r.output and "at least 2" in r.output
     assert not out.exists()
     # a verify budget the plan cannot meet, and an unplannable latent-only request (no component rests on
     # enough held-out probes for a 100%-one-cell target at automatic sharpness): nothing written

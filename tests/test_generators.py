@@ -22,6 +22,7 @@ def test_fast_seeding_equals_one_default_rng_per_seed():
     rng = np.random.default_rng(123)
     s = np.concatenate([np.arange(0, 300), rng.integers(0, 2**32, 300), rng.integers(2**32, 2**63 - 1, 300),
                         stream_seeds(5, 3, 0, 100), stream_seeds(2**20 - 1, 2**12 - 1, 2**30 - 50, 50),
+                        stream_seeds(7, 5000, 0, 50), stream_seeds(2**20 - 1, 2**12 + 2**20 - 1, 2**21 - 50, 50),
                         [2**32 - 1, 2**32, 2**32 + 1, 2**63 - 1]]).astype(np.int64)
     ref = np.stack([np.random.default_rng(int(x)).standard_normal(100) for x in s]).astype(np.float32)
     np.testing.assert_array_equal(seeds_mod._z_fast(s, 100), ref)
@@ -40,6 +41,26 @@ def test_seed_validation():
         check_seeds([0.5])
     with pytest.raises(ValueError, match="1-D"):
         check_seeds(np.zeros((2, 2), dtype=int))
+
+
+def test_stream_layout_extension():
+    """Issue 19: streams past the first 2**12 of a user seed start at 3 * 2**61, after the original layout's
+    last seed (2**62 + 2**30 - 1), hold 2**21 seeds each and end at the int64 maximum."""
+    from latent_balance.seeds import TOTAL_STREAMS, stream_length
+
+    last_original = stream_seeds(2**20 - 1, 2**12 - 1, 2**30 - 1, 1)[0]
+    assert last_original == 2**62 + 2**30 - 1
+    first_extra = stream_seeds(0, 2**12, 0, 1)[0]
+    assert first_extra == 3 * 2**61 > last_original
+    assert stream_seeds(2**20 - 1, TOTAL_STREAMS - 1, 2**21 - 1, 1)[0] == 2**63 - 1
+    # consecutive further streams and user seeds tile the region without gaps or overlaps
+    assert stream_seeds(3, 2**12 + 1, 0, 1)[0] - stream_seeds(3, 2**12, 0, 1)[0] == 2**21
+    assert stream_seeds(4, 2**12, 0, 1)[0] - stream_seeds(3, TOTAL_STREAMS - 1, 0, 1)[0] == 2**21
+    assert stream_length(2**12 - 1) == 2**30 and stream_length(2**12) == 2**21
+    with pytest.raises(ValueError, match="out of range"):
+        stream_seeds(0, 2**12, 2**21 - 5, 6)
+    with pytest.raises(ValueError, match="out of range"):
+        stream_seeds(0, TOTAL_STREAMS, 0, 1)
 
 
 def test_stream_seeds_disjoint():

@@ -230,9 +230,31 @@ def test_determinism_batch_sizes_and_blocks(sharp):
     streams = (a.seeds // base - 1) - 11 * 4096   # stream index of each seed
     block_of = np.repeat([0, 1, 2], [300, 300, 100])
     np.testing.assert_array_equal(streams, block_of * 8 + a.components)
-    # too many blocks for the stream layout: a clear error
-    with pytest.raises(ValueError, match="a seed has 4096: at most 512 blocks"):
-        s.sample_block(512, s.schedule(None, 512))
+    # past the first 4,096 streams (block 512 at 8 cells) the streams of 2**21 seeds from 3 * 2**61 on
+    # (issue 19: the size cap lifted without moving the latents of blocks below it, pinned above)
+    blk = s.sample_block(600, s.schedule(None, 600))
+    extra = (blk.seeds - 3 * 2**61) // 2**21 - 11 * 2**20  # index among the further streams
+    np.testing.assert_array_equal(extra, 600 * 8 + blk.components - 4096)
+    assert blk.seeds.min() >= 3 * 2**61 and np.intersect1d(blk.seeds, a.seeds).size == 0
+    np.testing.assert_array_equal(w.generator.to_latent(w.generator.sample_z(blk.seeds)).numpy(), blk.latents)
+    # too many blocks for the stream layout: a clear error naming the cap
+    with pytest.raises(ValueError, match="a seed has 1052672: at most 131584 blocks"):
+        s.sample_block(131584, s.schedule(None, 131584))
+    # blocks past the first 4,096 streams whose proposals could outrun a stream of 2**21 seeds: refused
+    with pytest.raises(ValueError, match="hold 2097152 seeds each"):
+        s._check_blocks(600, block_size=10**8)
+
+
+def test_exhausted_proposal_stream_is_a_budget_error(sharp, monkeypatch):
+    """A block that uses up its proposal stream stops with BudgetError naming the cell, not a range error."""
+    from latent_balance.sampling import streams as streams_mod
+
+    w, model = sharp
+    s = BalancedSampler(w.generator, model, SKEWED, seed=11, block_size=300, proposal_batch=64)
+    s.sample_block(0, s.schedule(300, 0))  # fits in the real streams
+    monkeypatch.setattr(streams_mod, "stream_length", lambda stream: 40)
+    with pytest.raises(BudgetError, match="used all 40 seeds of its proposal stream"):
+        s.sample_block(0, s.schedule(300, 0))
 
 
 def test_verify_deterministic_across_batch_sizes(noisy):

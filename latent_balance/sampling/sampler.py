@@ -8,6 +8,7 @@ The method is described in :mod:`latent_balance.sampling`.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from .._utils import logger
-from ..seeds import MAX_STREAMS, MAX_USER_SEED
+from ..seeds import EXTRA_STREAM_LENGTH, MAX_STREAMS, MAX_USER_SEED, TOTAL_STREAMS
 from ..subgroups import CellSpace, SubgroupModel
 from ..targets import Target
 from .allocation import _AllocationMixin
@@ -223,17 +224,34 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
     def _check_blocks(self, last_block: int, n: int | None = None, block_size: int | None = None) -> None:
         """Refuse block indices beyond the seed's proposal streams (one stream per cell and block).
 
+        Blocks whose streams lie past the first 4,096 use streams of 2**21 seeds
+        (:mod:`latent_balance.seeds`); such blocks are refused too when a block could need more proposals
+        of one component than that: ``block_size / acceptance`` (times the predicted synthesis calls per
+        kept image with verify), a bound that assumes all of a block's outputs come from that component.
+
         Raises:
             ValueError: naming the cap and, when `n` is given, the smallest block size that fits.
         """
         k = len(self.space)
-        if (last_block + 1) * k > MAX_STREAMS:
-            cap = MAX_STREAMS // k
-            size = self.block_size if block_size is None else int(block_size)
+        size = self.block_size if block_size is None else int(block_size)
+        if (last_block + 1) * k > TOTAL_STREAMS:
+            cap = TOTAL_STREAMS // k
             fix = (f"use a block size of at least {-(-int(n) // cap)} (block_size / --block-size) for {n} outputs"
                    if n is not None else "use a larger block size")
             raise ValueError(f"{last_block + 1} blocks of {size} outputs need {(last_block + 1) * k} proposal streams "
-                             f"({k} cells x blocks), but a seed has {MAX_STREAMS}: at most {cap} blocks; {fix}")
+                             f"({k} cells x blocks), but a seed has {TOTAL_STREAMS}: at most {cap} blocks; {fix}")
+        if (last_block + 1) * k > MAX_STREAMS:
+            acc = np.asarray(self.plan_["acceptance"], np.float64)
+            used = np.asarray(self.plan_["weights"], np.float64) > 0  # components proposals are drawn from
+            rate = float(acc[used & (acc > 0)].min()) if np.any(used & (acc > 0)) else 0.0
+            cost = self.plan_.get("verify_cost") if self.verify else 1.0
+            need = size * (cost if cost and math.isfinite(cost) else float(self.max_synthesis_per_image)) / max(rate, 1e-300)
+            if need > EXTRA_STREAM_LENGTH:
+                fit = max(1, int(EXTRA_STREAM_LENGTH * max(rate, 1e-300) / (need / size)))
+                raise ValueError(f"{last_block + 1} blocks of {size} outputs use proposal streams beyond the first "
+                                 f"{MAX_STREAMS}, which hold {EXTRA_STREAM_LENGTH} seeds each, but a block may need up "
+                                 f"to {need:.3g} proposals of one component (acceptance rate {rate:.3g}); use a block "
+                                 f"size of at most {fit}, or fewer outputs")
 
     def sample_block(self, block: int, slots, images: bool = False, progress=None) -> SampleResult:
         """One block: outputs for the given slot kinds, reproducible from (settings, seed, block).

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..seeds import stream_seeds
+from ..seeds import stream_length, stream_seeds
 from .errors import BudgetError
 
 if TYPE_CHECKING:
@@ -55,7 +55,14 @@ class _Streams:
         while have < count:
             missing = count - have
             rate = max(float(self.rate[g]), 1e-9)
-            size = int(min(s.proposal_batch, max(64, math.ceil(1.2 * missing / rate) + 16)))
+            size = int(min(s.proposal_batch, max(64, math.ceil(1.2 * missing / rate) + 16),
+                           stream_length(stream) - self.next[g]))
+            if size <= 0:
+                cid = s.space.ids[g]
+                raise BudgetError(f"cell {cid!r}: block {self.block} used all {stream_length(stream)} seeds of its "
+                                  f"proposal stream for {have} of the {int(self.requested[g])} accepted latents "
+                                  f"needed; use a smaller block size", cell=cid,
+                                  achieved={cid: int(self.requested[g] - count + have)})
             t0 = time.perf_counter()
             seeds = stream_seeds(s.seed, stream, int(self.next[g]), size)
             self.next[g] += size
