@@ -28,6 +28,7 @@ MODELS = [
 ]
 EVAL = ["fairlearn>=0.10"]  # `latent-balance evaluate`: disparity metrics of a model under test
 SHARDS = ["webdataset>=0.2.90"]  # tar-shard dataset output, readable by webdataset
+RAY = ["ray>=2.9"]  # --engine ray: blocks and probes produced by Ray workers
 TEST = ["pytest>=7.4", "markdown-it-py>=3.0"]  # markdown-it-py: the tests parse the dataset card
 
 setup(
@@ -47,7 +48,7 @@ setup(
     },
     include_package_data=True,
     install_requires=CORE,
-    extras_require={"models": MODELS, "eval": EVAL, "shards": SHARDS, "test": TEST,
-                    "all": MODELS + EVAL + SHARDS + TEST},
+    extras_require={"models": MODELS, "eval": EVAL, "shards": SHARDS, "ray": RAY, "test": TEST,
+                    "all": MODELS + EVAL + SHARDS + RAY + TEST},
     entry_points={"console_scripts": ["latent-balance=latent_balance.cli:main"]},
 )

@@ -9,6 +9,7 @@ Public API (everything else is private):
   :class:`BalancedDataset`;
 * datasets and audits: :func:`write_dataset`, :func:`merge_shards`, :func:`audit_dataset`,
   :func:`audit_generator`;
+* the Ray engine (needs ``latent-balance[ray]``): :func:`write_dataset_ray`, :func:`build_probes_ray`;
 * progress output on stderr: :func:`set_progress`.
 
 Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 runtime in ``stylegan_ops``.
@@ -17,6 +18,7 @@ Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 run
 from ._utils import set_progress
 from .audit import audit_dataset, audit_generator
 from .boundaries import BoundaryFileError, BoundarySet
+from .distributed import build_probes_ray, write_dataset_ray
 from .export import DatasetError, merge_shards, write_dataset
 from .generators import (
     CallableGenerator,
@@ -61,8 +63,10 @@ __all__ = [
     "audit_generator",
     "available_generators",
     "build_probes",
+    "build_probes_ray",
     "load_generator",
     "merge_shards",
     "set_progress",
     "write_dataset",
+    "write_dataset_ray",
 ]

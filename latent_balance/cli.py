@@ -262,6 +262,60 @@ def seed_scheme_option(f):
                              "(np.random.RandomState(seed).randn(z_dim), the seeds of NVIDIA's generate.py).")(f)
 
 
+def engine_options(f):
+    f = click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+                     help="--engine ray: GPUs reserved per worker (default 0: CPU workers).")(f)
+    f = click.option("--num-workers", type=click.IntRange(min=1), default=None,
+                     help="--engine ray: workers (default: one per CPU of the cluster, or per --gpus-per-worker "
+                          "GPUs).")(f)
+    f = click.option("--address", default=None,
+                     help="--engine ray: address of a running Ray cluster (default: a new local one).")(f)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="local: this process; ray: Ray workers on this machine or a cluster, the same "
+                             "output as local (needs latent-balance[ray]; see the README).")(f)
+
+
+def _engine(engine, address, num_workers, gpus_per_worker, device, shards: int = 1) -> tuple[dict, str | None]:
+    """(Ray options, device) for --engine; the device is fixed for Ray so that driver and workers agree."""
+    given = [o for o, v in (("--address", address), ("--num-workers", num_workers),
+                            ("--gpus-per-worker", gpus_per_worker)) if v is not None]
+    if engine != "ray":
+        if given:
+            raise InputError(f"{', '.join(given)} apply only with --engine ray")
+        return {}, device
+    if shards > 1:
+        raise InputError("--engine ray spreads all blocks over its workers; --shard/--num-shards do not apply")
+    gpus = float(gpus_per_worker or 0.0)
+    return ({"address": address, "num_workers": num_workers, "gpus_per_worker": gpus},
+            device or ("cuda" if gpus > 0 else "cpu"))
+
+
+def _abs_if_file(value):
+    """A path option made absolute when it names an existing file (engine workers may run elsewhere)."""
+    return str(Path(value).resolve()) if isinstance(value, str) and Path(value).is_file() else value
+
+
+def _rebuild_sample_source(p: dict):
+    """`sample`'s block source, built again in an engine worker from the driver's resolved options."""
+    from .sampling import BalancedSource
+    from .sources import NaturalSource
+    from .subgroups import SubgroupModel
+
+    ctx = click.Context(main)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the driver has shown the planning warnings
+        model = SubgroupModel.load(p["model"])
+        gen = _generator(p["generator"], p["truncation_psi"], p["device"], p["class_index"], p["seed_scheme"])
+        labs = _labelers(p["attributes"], p["labelers_spec"])
+        if p["mode"] == "natural":
+            return NaturalSource(gen, labs, attributes=list(model.space_.attributes), target=p["natural_target"],
+                                 seed=p["seed"], batch_size=p["batch_size"])
+        return BalancedSource(_sampler(ctx, gen, model, p["target"], p["mode"], p["verify"], labs, p["sharpness"],
+                                       p["threshold"], p["seed"], p["batch_size"], p["block_size"], cell=p["cell"],
+                                       max_sharpness=p["max_sharpness"],
+                                       max_synthesis_per_image=p["max_synthesis_per_image"]))
+
+
 def _model_file(model_path: str) -> str:
     """`--model`: a file, or the name of a built-in generator that ships a fitted model."""
     from .generators import _packaged_model_path
@@ -347,14 +401,28 @@ def main(ctx: click.Context, verbose: bool, quiet: bool):
 @class_option
 @seed_scheme_option
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@engine_options
 @click.pass_context
 def probe(ctx, generator_spec, attributes, labelers_spec, n, out, start, batch_size, truncation_psi, class_index,
-          seed_scheme, device):
+          seed_scheme, device, engine, address, num_workers, gpus_per_worker):
     """Sample and label probe latents (the data boundaries are fitted on)."""
+    import functools
+
     from .probes import build_probes
 
     out = Path(out)
     _check_writable_target(out)
+    ray_opts, device = _engine(engine, address, num_workers, gpus_per_worker, device)
+    if ray_opts:
+        from .distributed import build_probes_ray
+
+        make_gen = functools.partial(_generator, _abs_if_file(generator_spec), truncation_psi, device, class_index,
+                                     seed_scheme)
+        make_labs = functools.partial(_labelers, attributes, _abs_if_file(labelers_spec))
+        ps = _run(ctx, build_probes_ray, make_gen, make_labs, n, path=out, start=start, batch_size=batch_size,
+                  **ray_opts)
+        click.echo(f"{len(ps)} probes in {out} ({', '.join(ps.attributes)})")
+        return
     gen = _run(ctx, _generator, generator_spec, truncation_psi, device, class_index, seed_scheme)
     labs = _run(ctx, _labelers, attributes, labelers_spec)
     ps = _run(ctx, build_probes, gen, labs, n, path=out, start=start, batch_size=batch_size)
@@ -561,10 +629,11 @@ def _cell_spec(cell: str, attributes) -> dict:
 @seed_scheme_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@engine_options
 @click.pass_context
 def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
            max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi,
-           class_index, seed_scheme, batch_size, device):
+           class_index, seed_scheme, batch_size, device, engine, address, num_workers, gpus_per_worker):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
     from .export import check_output, write_dataset
     from .sampling import BalancedSource
@@ -581,6 +650,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         except ValueError:
             raise InputError(f"--sharpness must be a positive number or 'auto', got {sharpness!r}") from None
     _check_writable_target(out)
+    ray_opts, device = _engine(engine, address, num_workers, gpus_per_worker, device, shards=num_shards)
     model = _run(ctx, SubgroupModel.load, _model_file(model_path))
     if generator_spec is None:
         from .generators import _builtin_name_of
@@ -651,8 +721,24 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         elif not verify and (cell or np.any(sampler.q == 0)):
             click.echo(f"verify: off (--no-verify); {_precision(sampler):.0%} of the images are predicted to be "
                        f"labelled in the requested cells", err=True)
-    res = _run(ctx, write_dataset, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
-               save_latents=save_latents, extra_settings=extra)
+    if ray_opts:
+        import functools
+
+        from .distributed import write_dataset_ray
+
+        recipe = {"model": str(Path(_model_file(model_path)).resolve()), "generator": _abs_if_file(generator_spec),
+                  "truncation_psi": truncation_psi, "device": device, "class_index": class_index,
+                  "seed_scheme": seed_scheme, "attributes": None if labelers_spec else ",".join(lab_spec),
+                  "labelers_spec": _abs_if_file(labelers_spec), "mode": mode, "target": _abs_if_file(target),
+                  "verify": verify, "cell": cell, "sharpness": sharpness, "threshold": threshold, "seed": seed,
+                  "batch_size": batch_size, "block_size": block_size, "max_sharpness": max_sharpness,
+                  "max_synthesis_per_image": max_synthesis_per_image,
+                  "natural_target": source.target() if mode == "natural" else None}
+        res = _run(ctx, write_dataset_ray, out, functools.partial(_rebuild_sample_source, recipe), n,
+                   block_size=block_size, source=source, save_latents=save_latents, extra_settings=extra, **ray_opts)
+    else:
+        res = _run(ctx, write_dataset, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
+                   save_latents=save_latents, extra_settings=extra)
     done = "complete" if res["complete"] else f"shard {shard}/{num_shards} written; merge the shards when all are done"
     click.echo(f"{out}: {res['blocks_written']} blocks written, {res['blocks_skipped']} already there; {done}")
     if res["complete"]:

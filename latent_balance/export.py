@@ -211,7 +211,8 @@ def _preflight(out_dir: Path, source, n, block_size, shard, num_shards, save_lat
 
 def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: int = 250, shard: int = 0,
                   num_shards: int = 1, save_latents: bool = False, show_progress: bool | None = None,
-                  extra_settings: Mapping[str, Any] | None = None) -> dict:
+                  extra_settings: Mapping[str, Any] | None = None, blocks: Sequence[int] | None = None,
+                  finalize: bool = True) -> dict:
     """Write (or resume) a dataset of `n` images from `source` into `out_dir`.
 
     Args:
@@ -227,6 +228,10 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
                       :class:`BlockSource`).
         extra_settings: more JSON settings recorded in ``settings.json`` (e.g. how to reload the
                       generator and labelers: ``generator_spec``, ``labelers_spec``).
+        blocks:       write only these block indices (of the shard's blocks); None: all. Engines that spread
+                      blocks over workers (:mod:`latent_balance.distributed`) call this per block.
+        finalize:     write the manifest and card when the folder is complete (engines do that once, on
+                      the driver).
 
     Returns:
         dict with ``blocks_written``, ``blocks_skipped``, ``complete`` (all blocks of the dataset
@@ -242,6 +247,12 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
         atomic_write_text(out_dir / "shard.json", _json({"shard": shard, "num_shards": num_shards}))
     ranges = _block_ranges(n, block_size)
     mine = [b for b in range(len(ranges)) if b % num_shards == shard]
+    if blocks is not None:
+        wanted = {int(b) for b in blocks}
+        if not wanted <= set(mine):
+            raise ValueError(f"blocks {sorted(wanted - set(mine))[:5]} are not blocks of this dataset/shard "
+                             f"(0 .. {len(ranges) - 1})")
+        mine = [b for b in mine if b in wanted]
     written = skipped = 0
     timings: dict[str, float] = {}
     row_info = {**source.row_info(), "mode": dataset_mode(settings)}  # the card states the same mode
@@ -298,7 +309,7 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
             written += 1
         drain()
     complete = all((out_dir / "blocks" / f"{b:05d}.json").exists() for b in range(len(ranges)))
-    if complete:
+    if complete and finalize:
         finalize_dataset(out_dir)
     return {"blocks_written": written, "blocks_skipped": skipped, "complete": complete, "timings": timings}
 

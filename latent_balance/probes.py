@@ -165,8 +165,24 @@ def _check_compatible(existing: ProbeSet, generator, lab_meta: dict, path: Path)
                                  f"uses {info['id']} {info['classes']}; use another probe file")
 
 
+def _probe_batch(generator, labelers: Sequence, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One batch of probes: (z [B, z_dim], latents [B, D], attribute -> probabilities [B, C])."""
+    z = generator.sample_z(seeds)
+    lat = generator.to_latent(z)
+    imgs = generator.synthesize(lat)
+    return z.cpu().numpy(), lat.cpu().numpy(), {lab.name: lab(imgs) for lab in labelers}
+
+
+def _local_batches(generator, labelers: Sequence, todo: np.ndarray, batch_size: int):
+    """The single-process engine: (seeds, z, latents, probs, None) per batch of `todo`, in order."""
+    for i in range(0, len(todo), batch_size):
+        seeds = todo[i : i + batch_size]
+        yield (seeds, *_probe_batch(generator, labelers, seeds), None)
+
+
 def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None = None, start: int = 0,
-                 batch_size: int = 256, checkpoint_seconds: float = 60.0, show_progress: bool | None = None) -> ProbeSet:
+                 batch_size: int = 256, checkpoint_seconds: float = 60.0, show_progress: bool | None = None,
+                 _batches=None) -> ProbeSet:
     """Draw, map, synthesize and label `n` probes (seeds ``start .. start + n - 1``).
 
     Args:
@@ -182,6 +198,10 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
         batch_size: images per synthesis/labelling batch.
         show_progress: progress on stderr per batch (a bar on a terminal, else a line every ~10 s; see
                     :func:`latent_balance._utils.progress`); default: on unless turned off (``--quiet``).
+        _batches:   engine hook (private): ``_batches(todo, batch_size)`` yields ``(seeds, z, latents, probs,
+                    clamp)`` for consecutive pieces of `todo`, in order, each piece whole batches of
+                    `batch_size`; `clamp` is ``(clamped, synthesized)`` pixel values counted elsewhere (Ray
+                    workers), or None when the generator here counted them. Default: this process.
 
     Returns:
         The :class:`ProbeSet` with exactly the seeds ``start .. start + n - 1`` (a file holding more
@@ -212,6 +232,7 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
     counts = getattr(generator, "clamp_counts", None)
     start_counts = tuple(counts) if isinstance(counts, tuple) else None
     base = dict(clamp)
+    remote = [0, 0]  # pixel values counted by other processes (engine workers)
 
     def record_clamp() -> None:
         """meta['clamp'] / generator clamped_pixel_share: the share over all synthesis for this file."""
@@ -219,8 +240,8 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
         if start_counts is None or not isinstance(now, tuple):
             meta["generator"].pop("clamped_pixel_share", None)
             return
-        c = {"clamped": base["clamped"] + now[0] - start_counts[0],
-             "synthesized": base["synthesized"] + now[1] - start_counts[1]}
+        c = {"clamped": base["clamped"] + now[0] - start_counts[0] + remote[0],
+             "synthesized": base["synthesized"] + now[1] - start_counts[1] + remote[1]}
         meta["clamp"] = c
         meta["generator"]["clamped_pixel_share"] = c["clamped"] / c["synthesized"] if c["synthesized"] else None
 
@@ -265,17 +286,17 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
             return ProbeSet(np.concatenate(parts["seeds"]), np.concatenate(parts["z"]), np.concatenate(parts["latents"]),
                             {a: np.concatenate(parts[a]) for a in cur.attributes}, classes, meta)
 
+        batches = (_batches or (lambda t, b: _local_batches(generator, labelers, t, b)))(todo, batch_size)
         with progress(total=len(todo), desc="probes", unit="images", enabled=show_progress) as bar:
-            for i in range(0, len(todo), batch_size):
-                seeds = todo[i : i + batch_size]
-                z = generator.sample_z(seeds)
-                lat = generator.to_latent(z)
-                imgs = generator.synthesize(lat)
+            for seeds, z, lat, probs, counted in batches:
                 parts["seeds"].append(seeds)
-                parts["z"].append(z.cpu().numpy())
-                parts["latents"].append(lat.cpu().numpy())
+                parts["z"].append(z)
+                parts["latents"].append(lat)
                 for a in cur.attributes:
-                    parts[a].append(all_labelers[a](imgs))
+                    parts[a].append(probs[a])
+                if counted is not None:
+                    remote[0] += int(counted[0])
+                    remote[1] += int(counted[1])
                 if path is not None and time.monotonic() - last_save > checkpoint_seconds:
                     snapshot().save(path)
                     last_save = time.monotonic()
