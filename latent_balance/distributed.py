@@ -190,13 +190,16 @@ def write_dataset_ray(out_dir: str | Path, make_source: Callable[[], Any], n: in
             workers = _check_workers(num_workers, gpus_per_worker, len(todo), ray)
 
             units = [(str(out_dir), int(n), int(block_size), b, dict(write_kwargs)) for b in todo]
+            finished = 0
             with progress(total=sum(ranges[b][1] - ranges[b][0] for b in todo), desc=f"dataset (ray, {workers} "
-                          f"workers)", unit="images", enabled=show_progress) as bar:
+                          f"workers, 0/{len(todo)} blocks)", unit="images", enabled=show_progress) as bar:
                 for idx, result in _dispatch(ray, _DatasetWorker, (make_source,), workers, gpus_per_worker,
                                              max_retries, units, "write"):
                     for k, v in result["timings"].items():
                         timings[k] = timings.get(k, 0.0) + v
                     b = todo[idx]
+                    finished += 1
+                    bar.desc = f"dataset (ray, {workers} workers, {finished}/{len(todo)} blocks)"
                     bar.update(ranges[b][1] - ranges[b][0])
     complete = all((out_dir / "blocks" / f"{b:05d}.json").exists() for b in range(len(ranges)))
     if complete:
