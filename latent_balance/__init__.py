@@ -9,6 +9,8 @@ Public API (everything else is private):
   :class:`BalancedDataset`;
 * datasets and audits: :func:`write_dataset`, :func:`merge_shards`, :func:`audit_dataset`,
   :func:`audit_generator`;
+* testing other models on a dataset: :func:`evaluate_dataset` (classifiers, counterfactual pairs,
+  image-to-image systems), :class:`EvaluationError`;
 * progress output on stderr: :func:`set_progress`.
 
 Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 runtime in ``stylegan_ops``.
@@ -17,6 +19,7 @@ Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 run
 from ._utils import set_progress
 from .audit import audit_dataset, audit_generator
 from .boundaries import BoundaryFileError, BoundarySet
+from .evaluate import EvaluationError, evaluate_dataset
 from .export import DatasetError, merge_shards, write_dataset
 from .generators import (
     CallableGenerator,
@@ -43,6 +46,7 @@ __all__ = [
     "BudgetError",
     "CellSpace",
     "DatasetError",
+    "EvaluationError",
     "ProbeFileError",
     "SamplingError",
     "SubgroupFileError",
@@ -61,6 +65,7 @@ __all__ = [
     "audit_generator",
     "available_generators",
     "build_probes",
+    "evaluate_dataset",
     "load_generator",
     "merge_shards",
     "set_progress",
