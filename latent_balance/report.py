@@ -264,7 +264,10 @@ def write_evaluation_report(result: dict, out_dir: str | Path, sheets: Mapping[s
         agreement = noise.get("agreement")
         floor_text = (f"Floor: what a fair classifier that reproduces our labels up to our labeler's own disagreement "
                       f"(agreement {agreement:.3f}, {e(str(noise.get('source')))}) shows on this dataset, 95th "
-                      f"percentile of {st['n_boot']} draws (5th for the ratio)." if agreement is not None else
+                      f"percentile of {st['n_boot']} draws (5th for the ratio). Such a classifier's accuracy "
+                      f"against these labels is about {agreement:.3f} in every group. The bootstrap interval is the "
+                      f"plug-in measure's spread (biased upward near 0); compare the value with the floor."
+                      if agreement is not None else
                       f"No label-noise floor: {e(str(noise.get('reason')))}.")
         body.append("<h3>Between groups (fairlearn)</h3><table><tr><th>measure</th><th>value</th><th>95% bootstrap</th>"
                     "<th>label-noise floor</th><th>beyond floor</th></tr>" + "".join(rows) + f"</table><p>{floor_text}</p>")
