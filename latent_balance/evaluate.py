@@ -558,6 +558,8 @@ def evaluate_dataset(dataset_dir, classifier=None, task: str | None = None, *, g
         raise EvaluationError(f"threshold must be in (0, 1), got {threshold}")
     if int(batch_size) < 1:
         raise EvaluationError(f"batch_size must be positive, got {batch_size}")
+    if classifier is not None:
+        _fairlearn()  # missing fairlearn is said before any work
     task_attr, pos = _parse_task(task, classes) if task is not None else (None, None)
     default_groups = [a for a in settings.get("target_attributes", list(classes)) if a != task_attr]
     group_attrs = _check_attrs("groups", default_groups if groups is None else groups, classes)

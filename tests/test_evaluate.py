@@ -119,7 +119,7 @@ def test_end_to_end_known_answers_floor_and_report(tmp_path):
     clf = Counting()
     # agreement 1: the noise-only classifier reproduces the labels exactly, whose positive rate (0.5) and
     # TPR / FPR (1 / 0) are equal in both groups, so every floor draw gives difference 0 and ratio 1
-    res = evaluate_dataset(ds, clf, "t=pos", label_agreement={"t": 1.0}, n_boot=30, seed=1, show_progress=False)
+    res = evaluate_dataset(ds, clf, "t=pos", label_agreement={"t": 1.0}, n_boot=10, seed=1, show_progress=False)
     d = res["classifier"]["disparities"]
     for k, v in EXPECTED.items():
         assert d[k]["value"] == pytest.approx(v, abs=1e-12)
@@ -134,10 +134,10 @@ def test_end_to_end_known_answers_floor_and_report(tmp_path):
     saved = json.loads((ds / "evaluation" / "evaluation.json").read_text())
     assert saved["classifier"]["disparities"] == json.loads(json.dumps(d))
     # the same seed gives the same intervals; the labels' own noise gives a positive floor
-    again = evaluate_dataset(ds, Counting(), "t=pos", label_agreement={"t": 1.0}, n_boot=30, seed=1,
+    again = evaluate_dataset(ds, Counting(), "t=pos", label_agreement={"t": 1.0}, n_boot=10, seed=1,
                              report_dir=False, show_progress=False)
     assert again["classifier"]["disparities"] == d
-    noisy = evaluate_dataset(ds, Counting(), "t=pos", label_agreement={"t": 0.8}, n_boot=30, seed=1,
+    noisy = evaluate_dataset(ds, Counting(), "t=pos", label_agreement={"t": 0.8}, n_boot=10, seed=1,
                              report_dir=False, show_progress=False)
     assert noisy["classifier"]["disparities"]["equalized_odds_difference"]["floor"] > 0
     # labels from a labeler without published figures: no floor, and it says why
@@ -161,6 +161,17 @@ def test_bad_requests_are_refused_before_the_classifier_runs(tmp_path, kwargs, m
     with pytest.raises(EvaluationError, match=message):
         evaluate_dataset(ds, clf, show_progress=False, **kwargs)
     assert clf.seen == 0 and not (ds / "evaluation").exists()
+
+
+def test_missing_fairlearn_is_said_before_any_work(tmp_path, monkeypatch):
+    import sys
+
+    ds = _write_dataset(tmp_path / "ds")
+    monkeypatch.setitem(sys.modules, "fairlearn.metrics", None)  # import fails as if not installed
+    clf = Counting()
+    with pytest.raises(ImportError, match=r"pip install 'latent-balance\[eval\]'"):
+        evaluate_dataset(ds, clf, "t=pos", show_progress=False)
+    assert clf.seen == 0
 
 
 @pytest.mark.parametrize("out, message", [
