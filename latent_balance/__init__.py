@@ -10,6 +10,8 @@ Public API (everything else is private):
 * datasets and audits: :func:`write_dataset`, :func:`merge_shards`, :func:`audit_dataset`,
   :func:`audit_generator`;
 * the Ray engine (needs ``latent-balance[ray]``): :func:`write_dataset_ray`, :func:`build_probes_ray`;
+* testing other models on a dataset: :func:`evaluate_dataset` (classifiers, counterfactual pairs,
+  image-to-image systems), :class:`EvaluationError`;
 * progress output on stderr: :func:`set_progress`.
 
 Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 runtime in ``stylegan_ops``.
@@ -19,6 +21,7 @@ from ._utils import set_progress
 from .audit import audit_dataset, audit_generator
 from .boundaries import BoundaryFileError, BoundarySet
 from .distributed import build_probes_ray, write_dataset_ray
+from .evaluate import EvaluationError, evaluate_dataset
 from .export import DatasetError, merge_shards, write_dataset
 from .generators import (
     CallableGenerator,
@@ -45,6 +48,7 @@ __all__ = [
     "BudgetError",
     "CellSpace",
     "DatasetError",
+    "EvaluationError",
     "ProbeFileError",
     "SamplingError",
     "SubgroupFileError",
@@ -64,6 +68,7 @@ __all__ = [
     "available_generators",
     "build_probes",
     "build_probes_ray",
+    "evaluate_dataset",
     "load_generator",
     "merge_shards",
     "set_progress",

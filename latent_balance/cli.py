@@ -36,6 +36,10 @@ EXAMPLES = {
                "  latent-balance sample --model model.npz --target target.yaml --n 10000 --out part0/ --shard 0 --num-shards 4"),
     "audit": "latent-balance audit dataset/ --natural-n 1000\n\n  latent-balance audit --generator dcgan-faces --attributes gender,age,smile --n 2000 --report-dir natural/",
     "demo": "latent-balance demo --out demo/",
+    "evaluate": ("latent-balance evaluate dataset/ --classifier mypkg.models:classify --task smile=smiling\n\n"
+                 "  latent-balance evaluate dataset/ --classifier model.onnx --task smile=smiling --counterfactual gender "
+                 "--model model.npz\n\n"
+                 "  latent-balance evaluate dataset/ --system mypkg.sr:upscale"),
 }
 
 
@@ -836,6 +840,106 @@ def demo(ctx, out, generator_spec, attributes, n, n_probes, verify, mode, natura
         click.echo(f"natural generator ({natural_n} images): {_metrics_line(nat)}")
     click.echo("cost: " + ", ".join(f"{k} {v:.2f}" for k, v in s["cost"].items()))
     click.echo(f"report: {s['report']}; seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in s["seconds"].items()))
+
+
+@main.command(epilog="Examples:\n\n  " + EXAMPLES["evaluate"])
+@config_option
+@quiet_option
+@click.argument("dataset", type=click.Path(file_okay=False))
+@click.option("--classifier", default=None,
+              help="Classifier under test: MODULE:NAME, path/to/file.py:NAME or a .onnx file. Called with float32 "
+                   "images [N, 3, H, W] in [-1, 1]; returns P(positive) [N] or class probabilities [N, C].")
+@click.option("--task", default=None, help="ATTRIBUTE=CLASS (positive class) the classifier predicts, e.g. smile=smiling.")
+@click.option("--groups", default=None,
+              help="Attributes whose cells are the groups (default: the dataset's target attributes but the task's).")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
+              help="Predicted positive when P >= threshold.")
+@click.option("--counterfactual", default=None,
+              help="Attribute to flip in counterfactual pairs (needs --model; the generator is the dataset's).")
+@click.option("--model", "model_path", default=None,
+              help="With --counterfactual: the fitted model (.npz from `fit`, or a built-in generator's name).")
+@click.option("--generator", "generator_spec", default=None,
+              help="With --counterfactual: the dataset's generator (default: as its settings record).")
+@click.option("--system", default=None, help="Image-to-image system under test (MODULE:NAME or file.py:NAME).")
+@click.option("--label-agreement", default=None,
+              help="ATTR=AGREEMENT,...: our labeler's self-agreement for the label-noise floor, overriding the "
+                   "published figures (needed for labelers other than the built-in ones).")
+@click.option("--n-boot", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Bootstrap replicates and label-noise draws (~0.1 s each).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Where evaluation.html / evaluation.json go (default DATASET/evaluation).")
+@click.option("--device", default=None)
+@click.pass_context
+def evaluate(ctx, dataset, classifier, task, groups, threshold, counterfactual, model_path, generator_spec, system,
+             label_agreement, n_boot, seed, batch_size, report_dir, device):
+    """Test another model on a dataset: a classifier per subgroup, counterfactual pairs, an image-to-image system."""
+    from .evaluate import evaluate_dataset
+
+    if not Path(dataset).is_dir():
+        raise InputError(f"dataset folder {dataset} does not exist")
+    if (model_path or generator_spec) and not counterfactual:
+        raise InputError("--model and --generator are used with --counterfactual")
+    agreement = {}
+    for item in _csv(label_agreement):
+        name, sep, value = item.partition("=")
+        try:
+            agreement[name.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"--label-agreement takes ATTR=NUMBER pairs, got {item!r}") from None
+    gen = model = None
+    if counterfactual:
+        if not model_path:
+            raise InputError("--counterfactual needs --model (the model fitted on the dataset's generator)")
+        from .subgroups import SubgroupModel
+
+        model = _run(ctx, SubgroupModel.load, _model_file(model_path))
+        if generator_spec is None:
+            settings = json.loads((Path(dataset) / "settings.json").read_text()) \
+                if (Path(dataset) / "settings.json").exists() else {}
+            spec = settings.get("generator_spec")
+            if spec is None:
+                raise InputError(f"{dataset} does not record its generator; give --generator")
+            kw = spec.get("kwargs", {})
+            gen = _run(ctx, _generator, spec["name"], kw.get("truncation_psi"), device, kw.get("class_index"),
+                       kw.get("seed_scheme"))
+        else:
+            gen = _run(ctx, _generator, generator_spec, None, device)
+    if report_dir:
+        _check_writable_target(Path(report_dir))
+    res = _run(ctx, evaluate_dataset, dataset, classifier, task, groups=_csv(groups) or None, threshold=threshold,
+               counterfactual=counterfactual, generator=gen, model=model, system=system,
+               label_agreement=agreement or None, n_boot=n_boot, seed=seed, batch_size=batch_size,
+               report_dir=report_dir, device=device)
+    clf = res.get("classifier")
+    if clf:
+        o = clf["overall"]
+        click.echo(f"classifier {res['settings']['classifier']} on {res['n']} images, task {res['settings']['task']}: "
+                   f"accuracy {o['accuracy']:.3f}, positive rate {o['positive_rate']:.3f}, "
+                   f"groups {' x '.join(clf['groups']['attributes'])}")
+        for k, d in clf["disparities"].items():
+            if d["value"] is None:
+                click.echo(f"  {k.replace('_', ' ')}: undefined ({d.get('reason')})")
+                continue
+            floor = "no floor" if d["floor"] is None else f"label-noise floor {d['floor']:.3f}" + (
+                ", beyond it" if d["beyond_floor"] else ", within it")
+            click.echo(f"  {k.replace('_', ' ')} {d['value']:.3f} [95% {d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]; {floor}")
+    cf = res.get("counterfactual")
+    if cf:
+        o = cf["overall"]
+        flip = o["prediction_flip_clean"]["rate"]
+        click.echo(f"counterfactual {cf['attribute']}: edit success {o['edit_success']['rate']:.3f}, clean pairs "
+                   f"{o['clean']['rate']:.3f}, LPIPS {o['lpips']['mean']:.3f}; prediction flips {o['prediction_flip']['rate']:.3f}"
+                   f" (clean pairs {'n/a' if flip is None else f'{flip:.3f}'}), mean |change of P| "
+                   f"{o['mean_abs_change']['mean']:.3f}")
+    sy = res.get("system")
+    if sy:
+        o = sy["overall"]
+        click.echo(f"system {res['settings']['system']}: labels kept " + ", ".join(
+            f"{a} {r['rate']:.3f} (largest gap between cells {sy['kept_gap'][a]:.3f})" for a, r in o["kept"].items())
+            + f"; LPIPS to input {o['lpips_to_input']['mean']:.3f}")
+    click.echo(f"report: {res['report']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

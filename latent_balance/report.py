@@ -20,9 +20,12 @@ import numpy as np
 
 from ._utils import atomic_write_bytes, atomic_write_text, images_to_uint8, json_dumps
 
-__all__ = ["contact_sheet", "write_report"]
+__all__ = ["contact_sheet", "write_evaluation_report", "write_report"]
 
-_COLORS = {"achieved": "#2b6cb0", "target": "#38a169", "natural": "#a0aec0"}
+_COLORS = {"achieved": "#2b6cb0", "target": "#38a169", "natural": "#a0aec0",
+           # evaluation charts (write_evaluation_report)
+           "accuracy": "#2b6cb0", "TPR": "#38a169", "FPR": "#e53e3e", "positive rate": "#d69e2e",
+           "flip (all)": "#e53e3e", "flip (clean)": "#2b6cb0", "edit success": "#38a169", "LPIPS": "#805ad5"}
 
 
 def contact_sheet(images, ncol: int = 8, pad: int = 2) -> bytes:
@@ -200,5 +203,131 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
             "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}"
             "img{image-rendering:pixelated;max-width:100%}</style></head><body>" + "".join(body) + "</body></html>")
     path = out_dir / "report.html"
+    atomic_write_text(path, page)
+    return path
+
+
+def _ci(v) -> str:
+    return "" if not v else f"[{_fmt(v[0], 3)}, {_fmt(v[1], 3)}]"
+
+
+def _rate_cell(r) -> str:
+    return f"{_fmt(r['rate'], 3)} {_ci(r['ci95'])}" if r and r.get("rate") is not None else "n/a"
+
+
+def write_evaluation_report(result: dict, out_dir: str | Path, sheets: Mapping[str, bytes] | None = None,
+                            title: str = "latent-balance evaluation") -> Path:
+    """Write ``evaluation.json`` and ``evaluation.html`` (charts inline) for :func:`latent_balance.evaluate.evaluate_dataset`.
+
+    Args:
+        result:  the evaluation dict (sections ``classifier``, ``counterfactual``, ``system`` as present).
+        out_dir: folder (created).
+        sheets:  ``"counterfactual"`` / ``"system"`` -> PNG bytes (pairs: originals over edits; system:
+                 inputs over outputs), shown inline.
+        title:   page title.
+
+    Returns:
+        Path of ``evaluation.html``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "evaluation.json", json_dumps(result, indent=2, sort_keys=True))
+    e = html.escape
+    st = result["settings"]
+    body = [f"<h1>{e(title)}</h1><p>{result['n']} images of {e(str(result['dataset']))} (generator "
+            f"{e(str(st.get('generator')))}, {e(str(st.get('dataset_mode')))}); reference labels are our labelers'. "
+            f"Seed {st['seed']}, {st['n_boot']} bootstrap replicates.</p>"]
+    clf = result.get("classifier")
+    if clf:
+        noise = clf["label_noise"]
+        groups = clf["per_group"]
+        body.append(f"<h2>Classifier {e(st['classifier'])}: task {e(st['task'])}</h2>"
+                    f"<p>Groups: cells over {e(' x '.join(clf['groups']['attributes']))}; predicted positive when "
+                    f"P >= {clf['threshold']}.</p>")
+        rows = []
+        for g, r in list(groups.items()) + [("overall", clf["overall"])]:
+            rows.append(f"<tr><td>{e(g)}</td><td>{r['n']}</td><td>{_fmt(r['base_rate'], 3)}</td>"
+                        f"<td>{_fmt(r['accuracy'], 3)}</td><td>{_fmt(r['tpr'], 3)}</td><td>{_fmt(r['fpr'], 3)}</td>"
+                        f"<td>{_fmt(r['positive_rate'], 3)}</td><td>{_fmt(r['brier'], 3)}</td><td>{_fmt(r['ece'], 3)}</td></tr>")
+        body.append("<table><tr><th>group</th><th>n</th><th>label base rate</th><th>accuracy</th><th>TPR</th>"
+                    "<th>FPR</th><th>positive rate</th><th>Brier</th><th>ECE</th></tr>" + "".join(rows) + "</table>")
+        names = list(groups)
+        body.append(_bar_chart("Per group", names, {
+            "accuracy": [groups[g]["accuracy"] for g in names],
+            "TPR": [groups[g]["tpr"] or 0.0 for g in names], "FPR": [groups[g]["fpr"] or 0.0 for g in names],
+            "positive rate": [groups[g]["positive_rate"] for g in names]}))
+        rows = []
+        for k, d in clf["disparities"].items():
+            beyond = {True: "yes", False: "no", None: "n/a"}[d.get("beyond_floor")]
+            rows.append(f"<tr><td>{e(k.replace('_', ' '))}</td><td>{_fmt(d['value'], 3)}</td><td>{_ci(d['ci95'])}</td>"
+                        f"<td>{_fmt(d['floor'], 3)}</td><td>{beyond}</td></tr>")
+        agreement = noise.get("agreement")
+        floor_text = (f"Floor: what a fair classifier that reproduces our labels up to our labeler's own disagreement "
+                      f"(agreement {agreement:.3f}, {e(str(noise.get('source')))}) shows on this dataset, 95th "
+                      f"percentile of {st['n_boot']} draws (5th for the ratio). Such a classifier's accuracy "
+                      f"against these labels is about {agreement:.3f} in every group. The bootstrap interval is the "
+                      f"plug-in measure's spread (biased upward near 0); compare the value with the floor."
+                      if agreement is not None else
+                      f"No label-noise floor: {e(str(noise.get('reason')))}.")
+        body.append("<h3>Between groups (fairlearn)</h3><table><tr><th>measure</th><th>value</th><th>95% bootstrap</th>"
+                    "<th>label-noise floor</th><th>beyond floor</th></tr>" + "".join(rows) + f"</table><p>{floor_text}</p>")
+    cf = result.get("counterfactual")
+    if cf:
+        body.append(f"<h2>Counterfactual pairs: {e(cf['attribute'])} flipped, {e(', '.join(cf['held_fixed']))} held</h2>"
+                    f"<p>{e(cf['method'])}. Task {e(cf['task'])}.</p>")
+        rows = []
+        parts = list(cf["by_direction"].items()) + [("overall", cf["overall"])]
+        for name, r in parts:
+            kept = "; ".join(f"{e(a)} {_rate_cell(v)}" for a, v in r["others_kept"].items())
+            rows.append(f"<tr><td>{e(name)}</td><td>{r['n']}</td><td>{_rate_cell(r['edit_success'])}</td><td>{kept}</td>"
+                        f"<td>{_rate_cell(r['clean'])}</td><td>{_fmt(r['lpips']['mean'], 3)}</td>"
+                        f"<td>{_rate_cell(r['prediction_flip'])}</td><td>{_rate_cell(r['prediction_flip_clean'])}</td>"
+                        f"<td>{_fmt(r['mean_abs_change']['mean'], 3)}</td><td>{_fmt(r['mean_change']['mean'], 3)}</td></tr>")
+        body.append("<table><tr><th>direction</th><th>pairs</th><th>edit success</th><th>other labels kept</th>"
+                    "<th>clean pairs</th><th>LPIPS pair</th><th>prediction flips</th><th>flips, clean pairs</th>"
+                    "<th>mean |change of P|</th><th>mean change of P</th></tr>" + "".join(rows) + "</table>")
+        labels = [n for n, _ in parts]
+        body.append(_bar_chart("Counterfactual pairs", labels, {
+            "edit success": [r["edit_success"]["rate"] or 0.0 for _, r in parts],
+            "flip (all)": [r["prediction_flip"]["rate"] or 0.0 for _, r in parts],
+            "flip (clean)": [r["prediction_flip_clean"]["rate"] or 0.0 for _, r in parts],
+            "LPIPS": [r["lpips"]["mean"] or 0.0 for _, r in parts]}))
+        ref = cf["reference"]
+        if ref.get("labeler_mirror_agreement") is not None:
+            body.append(f"<p>Reference: our task labeler's mirror agreement {ref['labeler_mirror_agreement']:.3f}; "
+                        f"{e(ref['meaning'])}.</p>")
+    sy = result.get("system")
+    if sy:
+        body.append(f"<h2>Image-to-image system {e(st['system'])}</h2><p>Per cell: how often each attribute's label "
+                    "survives the system (label on the output = the dataset's label), and LPIPS from input to output"
+                    + (" (outputs resized to the input size)" if sy.get("output_resized_to_input") else "") + ".</p>")
+        attrs = list(sy["overall"]["kept"])
+        rows = []
+        for name, r in list(sy["per_cell"].items()) + [("overall", sy["overall"])]:
+            rows.append(f"<tr><td>{e(name)}</td><td>{r['n']}</td>" + "".join(f"<td>{_rate_cell(r['kept'][a])}</td>" for a in attrs)
+                        + f"<td>{_fmt(r['lpips_to_input']['mean'], 3)}</td></tr>")
+        rows.append("<tr><td>largest gap between cells</td><td></td>" + "".join(f"<td>{_fmt(sy['kept_gap'][a], 3)}</td>" for a in attrs)
+                    + f"<td>{_fmt(sy['lpips_gap'], 3)}</td></tr>")
+        rows.append("<tr><td>reference: labeler mirror agreement</td><td></td>"
+                    + "".join(f"<td>{_fmt(sy['reference'][a], 3)}</td>" for a in attrs) + "<td></td></tr>")
+        body.append("<table><tr><th>cell</th><th>n</th>" + "".join(f"<th>{e(a)} kept</th>" for a in attrs)
+                    + "<th>LPIPS to input</th></tr>" + "".join(rows) + "</table>")
+        cells = list(sy["per_cell"])
+        series = {f"{a} kept": [sy["per_cell"][c]["kept"][a]["rate"] or 0.0 for c in cells] for a in attrs}
+        series["LPIPS"] = [sy["per_cell"][c]["lpips_to_input"]["mean"] or 0.0 for c in cells]
+        body.append(_bar_chart("System: labels kept and LPIPS per cell", cells, series))
+    for key, caption in (("counterfactual", "originals (top) and edits (bottom), largest classifier changes first"),
+                         ("system", "inputs (top) and outputs (bottom), one per cell")):
+        png = (sheets or {}).get(key)
+        if png:
+            body.append(f"<h3>{e(key)}: {e(caption)}</h3><img alt='{e(key)}' src='data:image/png;base64,"
+                        f"{base64.b64encode(png).decode()}'/>")
+    body.append("<h2>Settings</h2><pre>" + e(json_dumps(st, indent=2, sort_keys=True)) + "</pre>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#1a202c}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd5e0;padding:3px 8px;"
+            "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}"
+            "img{image-rendering:pixelated;max-width:100%}</style></head><body>" + "".join(body) + "</body></html>")
+    path = out_dir / "evaluation.html"
     atomic_write_text(path, page)
     return path
