@@ -57,9 +57,20 @@ def _smile(**options):
     return SmileLabeler(**options)
 
 
+def _age_group(**options):
+    from .groups import AgeGroupLabeler
+    return AgeGroupLabeler(**options)
+
+
+def _expression(**options):
+    from .groups import ExpressionLabeler
+    return ExpressionLabeler(**options)
+
+
 def _allowed_options(name: str) -> set[str] | None:
     from .agegender import AgeLabeler, GenderLabeler
     from .faces import FaceAligner
+    from .groups import AgeGroupLabeler, ExpressionLabeler
     from .smile import SmileLabeler
 
     def params(obj) -> set[str]:
@@ -68,10 +79,12 @@ def _allowed_options(name: str) -> set[str] | None:
 
     aligner = params(FaceAligner)
     return {"gender": params(GenderLabeler) | aligner, "age": params(AgeLabeler) | aligner,
-            "smile": params(SmileLabeler)}.get(name)
+            "smile": params(SmileLabeler), "age_group": params(AgeGroupLabeler) | aligner,
+            "expression": params(ExpressionLabeler)}.get(name)
 
 
-_REGISTRY: dict[str, Callable[..., Any]] = {"gender": _gender, "age": _age, "smile": _smile}
+_REGISTRY: dict[str, Callable[..., Any]] = {"gender": _gender, "age": _age, "smile": _smile,
+                                            "age_group": _age_group, "expression": _expression}
 
 
 def available_labelers() -> list[str]:
@@ -91,7 +104,9 @@ def get_labeler(name: str, **options):
 
     Args:
         name:      ``'gender'`` (female/male), ``'age'`` (young/old; option ``threshold``, default 35),
-                   ``'smile'`` (not_smiling/smiling), or a name added with :func:`register_labeler`.
+                   ``'smile'`` (not_smiling/smiling), ``'age_group'`` (0-19/20-39/40-59/60+; option
+                   ``edges``, default [20, 40, 60]), ``'expression'`` (the 7 FER2013 emotions), or a
+                   name added with :func:`register_labeler`.
         **options: keyword arguments of the labeler's class (e.g. ``threshold=40``, ``work_size=256``).
 
     Raises:
