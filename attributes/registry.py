@@ -67,10 +67,16 @@ def _expression(**options):
     return ExpressionLabeler(**options)
 
 
+def _skin_tone(**options):
+    from .skin import SkinToneLabeler
+    return SkinToneLabeler(**options)
+
+
 def _allowed_options(name: str) -> set[str] | None:
     from .agegender import AgeLabeler, GenderLabeler
     from .faces import FaceAligner
     from .groups import AgeGroupLabeler, ExpressionLabeler
+    from .skin import SkinToneLabeler
     from .smile import SmileLabeler
 
     def params(obj) -> set[str]:
@@ -80,11 +86,12 @@ def _allowed_options(name: str) -> set[str] | None:
     aligner = params(FaceAligner)
     return {"gender": params(GenderLabeler) | aligner, "age": params(AgeLabeler) | aligner,
             "smile": params(SmileLabeler), "age_group": params(AgeGroupLabeler) | aligner,
-            "expression": params(ExpressionLabeler)}.get(name)
+            "expression": params(ExpressionLabeler), "skin_tone": params(SkinToneLabeler) | aligner}.get(name)
 
 
 _REGISTRY: dict[str, Callable[..., Any]] = {"gender": _gender, "age": _age, "smile": _smile,
-                                            "age_group": _age_group, "expression": _expression}
+                                            "age_group": _age_group, "expression": _expression,
+                                            "skin_tone": _skin_tone}
 
 
 def available_labelers() -> list[str]:
@@ -105,7 +112,8 @@ def get_labeler(name: str, **options):
     Args:
         name:      ``'gender'`` (female/male), ``'age'`` (young/old; option ``threshold``, default 35),
                    ``'smile'`` (not_smiling/smiling), ``'age_group'`` (0-19/20-39/40-59/60+; option
-                   ``edges``, default [20, 40, 60]), ``'expression'`` (the 7 FER2013 emotions), or a
+                   ``edges``, default [20, 40, 60]), ``'expression'`` (the 7 FER2013 emotions), ``'skin_tone'`` (the six
+                   ITA categories, very_light ... dark), or a
                    name added with :func:`register_labeler`.
         **options: keyword arguments of the labeler's class (e.g. ``threshold=40``, ``work_size=256``).
 

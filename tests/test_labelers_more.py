@@ -6,6 +6,7 @@ colours, and synthetic images whose colour / geometry is known by construction.
 """
 
 import numpy as np
+import torch
 import pytest
 import yaml
 
@@ -79,3 +80,76 @@ def test_expression_is_the_seven_emotions_of_the_smile_network(images):
     # batch independence (the network runs fixed micro-batches)
     np.testing.assert_array_equal(ex(images[5:9]), p[5:9])
     assert ex.id.startswith("expression:") and ex.id != smile.id
+
+
+# -- skin_tone --------------------------------------------------------------------------------------
+def test_srgb_to_lab_matches_published_values():
+    from attributes.skin import srgb_to_lab
+
+    # CIE L*a*b* (D65, 2 degree) of the sRGB primaries and greys as published in Bruce Lindbloom's
+    # colour calculator / the sRGB literature. Our matrix is IEC 61966-2-1's 4-decimal one, the
+    # published values come from the matrix derived from the chromaticities: they differ by ~1e-4
+    # relative in XYZ, i.e. up to ~0.03 in L*a*b*; 0.06 allows twice that.
+    rgb = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0], [0.5, 0.5, 0.5]])
+    ref = np.array([[53.2408, 80.0925, 67.2032], [87.7347, -86.1827, 83.1793], [32.2970, 79.1875, -107.8602],
+                    [100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [53.3890, 0.0, 0.0]])
+    np.testing.assert_allclose(srgb_to_lab(rgb), ref, atol=0.06, rtol=0)
+    # every grey is exactly neutral (a* = b* = 0), and L* rises with the grey level
+    grey = srgb_to_lab(np.repeat(np.linspace(0, 1, 11)[:, None], 3, axis=1))
+    np.testing.assert_allclose(grey[:, 1:], 0, atol=1e-9)
+    assert np.all(np.diff(grey[:, 0]) > 0)
+    with pytest.raises(ValueError, match=r"\[\.\.\., 3\]"):
+        srgb_to_lab(np.zeros((4, 2)))
+
+
+def test_ita_categories_follow_del_bino_bounds():
+    from attributes.skin import ITA_CATEGORIES, ita_category, ita_degrees
+
+    ita = np.array([80, 55.01, 55, 41.01, 41, 28.01, 28, 10.01, 10, -29.99, -30, -80, np.nan])
+    names = [ITA_CATEGORIES[i] if i >= 0 else None for i in ita_category(ita)]
+    assert names == ["very_light", "very_light", "light", "light", "intermediate", "intermediate", "tan", "tan",
+                     "brown", "brown", "dark", "dark", None]
+    # ITA = arctan((L* - 50) / b*): L* = 50 + b* gives exactly 45 degrees; L* < 50 gives negative angles
+    assert ita_degrees(70.0, 20.0) == pytest.approx(45.0)
+    assert ita_degrees(40.0, 10.0) == pytest.approx(-45.0)
+
+
+def test_skin_tone_reads_exactly_the_patch_pixels(images):
+    from attributes.faces import FaceAligner
+    from attributes.skin import ITA_CATEGORIES, SkinToneLabeler, _patch_mask, ita_category, ita_degrees, srgb_to_lab
+
+    # fixed_crop: the landmarks are the mean landmarks whatever the content, so painting does not move them
+    lab = SkinToneLabeler(aligner=FaceAligner(fixed_crop=True))
+    pts, _ = lab.aligner.landmarks(images[:4])
+    mask = _patch_mask(pts, 64, 64)
+    assert mask[0].sum() > 50 and (mask == mask[0]).all()
+    skin, other = np.array([224, 172, 140]), np.array([40, 90, 200])  # a light skin colour (ITA 45.6); blue elsewhere
+    u8 = np.where(mask[..., None], skin, other).astype(np.float32)
+    x = torch.from_numpy(u8).permute(0, 3, 1, 2) / 127.5 - 1
+    L, _, b = srgb_to_lab(skin / 255.0)
+    np.testing.assert_allclose(lab.ita(x), ita_degrees(L, b), atol=1e-9)
+    p = lab(x)
+    assert (p.argmax(1) == ita_category(ita_degrees(L, b))).all() and ITA_CATEGORIES[p[0].argmax()] == "light"
+    # the median ignores a minority of outliers inside the patches (e.g. a strand of hair)
+    u8[0][mask[0] & (np.cumsum(mask[0]).reshape(64, 64) % 5 == 0)] = [20, 10, 5]
+    x = torch.from_numpy(u8).permute(0, 3, 1, 2) / 127.5 - 1
+    np.testing.assert_allclose(lab.ita(x)[0], ita_degrees(L, b), atol=1e-9)
+
+
+def test_skin_tone_on_faces_ids_and_darker_images(images):
+    from attributes.faces import FaceAligner
+    from attributes.skin import SkinToneLabeler
+
+    lab = get_labeler("skin_tone")
+    p = lab(images)
+    assert p.shape == (24, 6) and set(np.unique(p)) <= {0.0, 1.0}
+    assert len(set(p.argmax(1))) >= 3  # the fixture's faces are not all one tone
+    assert lab.id.startswith("skin_tone:") and lab.aligner.id in lab.id
+    # darkening every face (bytes times 0.7) lowers L* (and scales b*), so the ITA of every face drops:
+    # with L* < 50 the angle moves towards -90 as |b*| shrinks too. Fixed landmarks (fixed_crop), so
+    # that the patches stay where they were.
+    fixed = SkinToneLabeler(aligner=FaceAligner(fixed_crop=True))
+    # (only where b* > 0, |ITA| < 90: with a blue cast, b* < 0, the angle lies beyond -90 and rises instead)
+    ita, darker = fixed.ita(images), fixed.ita((images + 1) * 0.7 - 1)
+    yellow = np.abs(ita) < 90
+    assert yellow.sum() >= 20 and (darker[yellow] < ita[yellow]).all()
