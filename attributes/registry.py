@@ -72,10 +72,16 @@ def _skin_tone(**options):
     return SkinToneLabeler(**options)
 
 
+def _head_pose(**options):
+    from .pose import HeadPoseLabeler
+    return HeadPoseLabeler(**options)
+
+
 def _allowed_options(name: str) -> set[str] | None:
     from .agegender import AgeLabeler, GenderLabeler
     from .faces import FaceAligner
     from .groups import AgeGroupLabeler, ExpressionLabeler
+    from .pose import HeadPoseLabeler
     from .skin import SkinToneLabeler
     from .smile import SmileLabeler
 
@@ -86,12 +92,13 @@ def _allowed_options(name: str) -> set[str] | None:
     aligner = params(FaceAligner)
     return {"gender": params(GenderLabeler) | aligner, "age": params(AgeLabeler) | aligner,
             "smile": params(SmileLabeler), "age_group": params(AgeGroupLabeler) | aligner,
-            "expression": params(ExpressionLabeler), "skin_tone": params(SkinToneLabeler) | aligner}.get(name)
+            "expression": params(ExpressionLabeler), "skin_tone": params(SkinToneLabeler) | aligner,
+            "head_pose": params(HeadPoseLabeler) | aligner}.get(name)
 
 
 _REGISTRY: dict[str, Callable[..., Any]] = {"gender": _gender, "age": _age, "smile": _smile,
                                             "age_group": _age_group, "expression": _expression,
-                                            "skin_tone": _skin_tone}
+                                            "skin_tone": _skin_tone, "head_pose": _head_pose}
 
 
 def available_labelers() -> list[str]:
@@ -113,7 +120,8 @@ def get_labeler(name: str, **options):
         name:      ``'gender'`` (female/male), ``'age'`` (young/old; option ``threshold``, default 35),
                    ``'smile'`` (not_smiling/smiling), ``'age_group'`` (0-19/20-39/40-59/60+; option
                    ``edges``, default [20, 40, 60]), ``'expression'`` (the 7 FER2013 emotions), ``'skin_tone'`` (the six
-                   ITA categories, very_light ... dark), or a
+                   ITA categories, very_light ... dark), ``'head_pose'`` (frontal/turned_left/
+                   turned_right; option ``threshold`` in degrees, default 15), or a
                    name added with :func:`register_labeler`.
         **options: keyword arguments of the labeler's class (e.g. ``threshold=40``, ``work_size=256``).
 

@@ -153,3 +153,54 @@ def test_skin_tone_on_faces_ids_and_darker_images(images):
     ita, darker = fixed.ita(images), fixed.ita((images + 1) * 0.7 - 1)
     yellow = np.abs(ita) < 90
     assert yellow.sum() >= 20 and (darker[yellow] < ita[yellow]).all()
+
+
+# -- head_pose --------------------------------------------------------------------------------------
+def _project_head(yaw_deg, roll_deg, depth, scale=40.0, shift=(30.0, 20.0)):
+    """dlib 5-point landmarks of a symmetric 3D head (eye corners at z=0, nose base `depth` eye-centre
+    distances in front), turned by `yaw_deg` about the vertical axis, projected orthographically and
+    then rolled in the image plane. Units: eye-centre distance 1 (image x right, y down, z to camera)."""
+    pts3 = np.array([[0.72, 0, -0.1], [0.28, 0, 0.1],      # image-right eye: outer, inner corner (centre x=0.5)
+                     [-0.72, 0, -0.1], [-0.28, 0, 0.1],    # image-left eye
+                     [0.0, 0.8, depth]])                   # nose base, on the symmetry plane
+    t = np.radians(yaw_deg)
+    x = pts3[:, 0] * np.cos(t) + pts3[:, 2] * np.sin(t)    # rotation about y, orthographic projection
+    y = pts3[:, 1]
+    c, s = np.cos(np.radians(roll_deg)), np.sin(np.radians(roll_deg))
+    return np.stack([c * x - s * y, s * x + c * y], axis=1) * scale + np.array(shift)
+
+
+def test_yaw_from_landmarks_recovers_the_projected_angle():
+    from attributes.pose import yaw_from_landmarks
+
+    # eye corners at depths -0.1 / +0.1 average to 0, so the eye centres sit at depth 0 as the model assumes
+    for depth in (0.3, 0.4):
+        for yaw in (-50, -20, -5, 0, 12, 35):
+            for roll in (-20, 0, 15):
+                got = yaw_from_landmarks(_project_head(yaw, roll, depth)[None], depth=depth)[0]
+                assert got == pytest.approx(yaw, abs=1e-9)
+    # the yaw sign does not depend on the depth constant; the size of the angle does
+    p = _project_head(20, 0, 0.4)[None]
+    assert yaw_from_landmarks(p, 0.3)[0] > yaw_from_landmarks(p, 0.4)[0] > 0
+    with pytest.raises(ValueError, match=r"\[N, 5, 2\]"):
+        yaw_from_landmarks(np.zeros((3, 68, 2)))
+
+
+def test_head_pose_classes_thresholds_and_mirror(images, tmp_path):
+    (hp,) = load_labelers({"labelers": [{"name": "head_pose", "classes": ["frontal", "turned_left", "turned_right"],
+                                         "options": {"threshold": 15}}]})
+    yaw = hp.yaw(images)
+    p = hp(images)
+    expect = np.where(np.abs(yaw) <= 15, 0, np.where(yaw > 0, 2, 1))
+    np.testing.assert_array_equal(p.argmax(1), expect)
+    assert set(expect) == {0, 1, 2}  # the fixture has frontal and both turned directions
+    # a mirrored face is turned the other way: it may become frontal (landmark noise), but a face
+    # turned left must never be called turned left again in the mirror image
+    pm = hp(images.flip(-1)).argmax(1)
+    assert not np.any((expect == 1) & (pm == 1)) and not np.any((expect == 2) & (pm == 2))
+    assert np.corrcoef(yaw, hp.yaw(images.flip(-1)))[0, 1] < -0.8
+    wide = get_labeler("head_pose", threshold=30)
+    assert wide.id != hp.id and (wide(images).argmax(1) == 0).sum() >= (expect == 0).sum()
+    for bad in (0, 90, -5):
+        with pytest.raises(ValueError, match=r"threshold must be a yaw in degrees in \(0, 90\)"):
+            get_labeler("head_pose", threshold=bad)
