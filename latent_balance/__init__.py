@@ -9,6 +9,8 @@ Public API (everything else is private):
   :class:`BalancedDataset`;
 * datasets and audits: :func:`write_dataset`, :func:`merge_shards`, :func:`audit_dataset`,
   :func:`audit_generator`;
+* labelers made from examples: :func:`make_labeler`, :func:`load_labeler` (importing the package
+  lets labeler specs name ``.labeler`` files);
 * progress output on stderr: :func:`set_progress`.
 
 Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 runtime in ``stylegan_ops``.
@@ -17,6 +19,7 @@ Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 run
 from ._utils import set_progress
 from .audit import audit_dataset, audit_generator
 from .boundaries import BoundaryFileError, BoundarySet
+from .example_labelers import ExamplesError, load_labeler, make_labeler
 from .export import DatasetError, merge_shards, write_dataset
 from .generators import (
     CallableGenerator,
@@ -35,6 +38,9 @@ from .targets import Target, TargetError
 __version__ = "0.1.0"
 
 __all__ = [
+    "ExamplesError",
+    "load_labeler",
+    "make_labeler",
     "BalancedDataset",
     "BalancedSampler",
     "BalancedSource",
