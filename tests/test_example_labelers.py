@@ -207,3 +207,12 @@ def test_user_made_labeler_balances_the_dcgan(made, faces):
                          labelers=[lab], seed=4, max_synthesis_per_image=30)
     rv = sv.sample(24, images=True)
     assert (lab(rv.images).argmax(1) == 0).sum() == 18
+
+
+def test_cli_attributes_take_a_labeler_file(made):
+    """``--attributes gender,lighting.labeler`` (as probe/sample/audit parse it) loads the file."""
+    from latent_balance.cli import _labelers
+
+    lab, out = made
+    gender, light = _labelers(f"gender,{out}", None)
+    assert gender.name == "gender" and light.id == lab.id
