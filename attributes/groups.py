@@ -86,7 +86,7 @@ class AgeGroupLabeler(Labeler):
         self.id = "age_group:" + base[0].split(":", 1)[1] + "|groups" + ",".join(map(str, self.edges)) + "|" + base[2]
 
     def _predict(self, images: torch.Tensor) -> np.ndarray:
-        p = self._age._raw(images)
+        p = self._age.age_distribution(images)  # the public 81-way output (no private coupling to agegender)
         out = np.zeros((p.shape[0], len(self.classes)))
         np.add.at(out.T, self._group, p.T)
         return out
