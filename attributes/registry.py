@@ -22,6 +22,8 @@ Spec format (YAML)::
       - name: glasses                      # a user's own labeler
         classes: [no, yes]
         function: my_package.labelers:glasses_probs
+      - name: hair                         # a labeler made from examples (latent-balance make-labeler);
+        path: hair.labeler                 # relative paths: from the YAML file's folder
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ import numpy as np
 
 from .base import FunctionLabeler, check_images, check_probs
 
-__all__ = ["available_labelers", "get_labeler", "register_labeler", "load_labelers", "label_images",
-           "check_labeler", "DEFAULT_SPEC"]
+__all__ = ["available_labelers", "get_labeler", "register_labeler", "register_file_loader", "load_labelers",
+           "label_images", "check_labeler", "DEFAULT_SPEC"]
 
 #: The spec of the built-in labelers (gender, age at 35, smile).
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
@@ -57,9 +59,32 @@ def _smile(**options):
     return SmileLabeler(**options)
 
 
+def _age_group(**options):
+    from .groups import AgeGroupLabeler
+    return AgeGroupLabeler(**options)
+
+
+def _expression(**options):
+    from .groups import ExpressionLabeler
+    return ExpressionLabeler(**options)
+
+
+def _skin_tone(**options):
+    from .skin import SkinToneLabeler
+    return SkinToneLabeler(**options)
+
+
+def _head_pose(**options):
+    from .pose import HeadPoseLabeler
+    return HeadPoseLabeler(**options)
+
+
 def _allowed_options(name: str) -> set[str] | None:
     from .agegender import AgeLabeler, GenderLabeler
     from .faces import FaceAligner
+    from .groups import AgeGroupLabeler, ExpressionLabeler
+    from .pose import HeadPoseLabeler
+    from .skin import SkinToneLabeler
     from .smile import SmileLabeler
 
     def params(obj) -> set[str]:
@@ -68,10 +93,49 @@ def _allowed_options(name: str) -> set[str] | None:
 
     aligner = params(FaceAligner)
     return {"gender": params(GenderLabeler) | aligner, "age": params(AgeLabeler) | aligner,
-            "smile": params(SmileLabeler)}.get(name)
+            "smile": params(SmileLabeler), "age_group": params(AgeGroupLabeler) | aligner,
+            "expression": params(ExpressionLabeler), "skin_tone": params(SkinToneLabeler) | aligner,
+            "head_pose": params(HeadPoseLabeler) | aligner}.get(name)
 
 
-_REGISTRY: dict[str, Callable[..., Any]] = {"gender": _gender, "age": _age, "smile": _smile}
+_REGISTRY: dict[str, Callable[..., Any]] = {"gender": _gender, "age": _age, "smile": _smile,
+                                            "age_group": _age_group, "expression": _expression,
+                                            "skin_tone": _skin_tone, "head_pose": _head_pose}
+
+
+_FILE_LOADERS: dict[str, Callable[[Path], Any]] = {}
+
+
+def register_file_loader(suffix: str, loader: Callable[[Path], Any]) -> None:
+    """Let specs and :func:`get_labeler` name labeler files ending in `suffix`, read with ``loader(path)``.
+
+    ``latent_balance`` registers ``.labeler`` (labelers made from examples by ``make-labeler``)
+    when it is imported.
+    """
+    if not callable(loader):
+        raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+    _FILE_LOADERS[str(suffix).lower()] = loader
+
+
+def _file_loader(path: str | Path):
+    suffix = Path(str(path)).suffix.lower()
+    if suffix not in _FILE_LOADERS:
+        if suffix == ".labeler":
+            raise ValueError(f"{path}: .labeler files are read by latent_balance; import latent_balance first")
+        return None
+    return _FILE_LOADERS[suffix]
+
+
+def _load_file(path: str | Path, base: Path | None = None):
+    loader = _file_loader(path)
+    if loader is None:
+        raise ValueError(f"{path}: no loader for {Path(str(path)).suffix!r} files (known: {sorted(_FILE_LOADERS)})")
+    p = Path(path)
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    if not p.is_file():
+        raise FileNotFoundError(f"labeler file {p} not found")
+    return check_labeler(loader(p))
 
 
 def available_labelers() -> list[str]:
@@ -91,13 +155,22 @@ def get_labeler(name: str, **options):
 
     Args:
         name:      ``'gender'`` (female/male), ``'age'`` (young/old; option ``threshold``, default 35),
-                   ``'smile'`` (not_smiling/smiling), or a name added with :func:`register_labeler`.
+                   ``'smile'`` (not_smiling/smiling), ``'age_group'`` (0-19/20-39/40-59/60+; option
+                   ``edges``, default [20, 40, 60]), ``'expression'`` (the 7 FER2013 emotions), ``'skin_tone'`` (the six
+                   ITA categories, very_light ... dark), ``'head_pose'`` (frontal/turned_left/
+                   turned_right; option ``threshold`` in degrees, default 15), a labeler file
+                   (``glasses.labeler``, from ``latent-balance make-labeler``), or a
+                   name added with :func:`register_labeler`.
         **options: keyword arguments of the labeler's class (e.g. ``threshold=40``, ``work_size=256``).
 
     Raises:
         KeyError:  unknown name (the message lists the available ones).
         TypeError: an option the labeler does not take.
     """
+    if name not in _REGISTRY and _file_loader(name) is not None:
+        if options:
+            raise TypeError(f"a labeler file ({name}) takes no options, got {sorted(options)}")
+        return _load_file(name)
     if name not in _REGISTRY:
         raise KeyError(f"unknown labeler {name!r}; available: {', '.join(available_labelers())} "
                        f"(or give your own: a FunctionLabeler, or function:/factory: in a YAML spec)")
@@ -143,11 +216,13 @@ def _import(path: str, key: str):
     return obj
 
 
-_ENTRY_KEYS = {"name", "classes", "options", "function", "factory", "id"}
+_ENTRY_KEYS = {"name", "classes", "options", "function", "factory", "id", "path"}
 
 
-def _from_entry(entry, where: str):
+def _from_entry(entry, where: str, base: Path | None = None):
     if isinstance(entry, str):
+        if _file_loader(entry) is not None:
+            return _load_file(entry, base)
         return get_labeler(entry)
     if not isinstance(entry, Mapping):
         return check_labeler(entry)
@@ -157,9 +232,15 @@ def _from_entry(entry, where: str):
     if "name" not in entry:
         raise ValueError(f"{where}: every labeler entry needs a 'name'")
     name, options = str(entry["name"]), dict(entry.get("options") or {})
-    if "function" in entry and "factory" in entry:
-        raise ValueError(f"{where}: give either function: or factory:, not both")
-    if "function" in entry:
+    if sum(k in entry for k in ("function", "factory", "path")) > 1:
+        raise ValueError(f"{where}: give one of function:, factory: or path:, not several")
+    if "path" in entry:
+        if options:
+            raise ValueError(f"{where}: a labeler file (path:) takes no options")
+        labeler = _load_file(entry["path"], base)
+        if labeler.name != name:
+            raise ValueError(f"{where}: {entry['path']} holds a labeler named {labeler.name!r}, the spec says {name!r}")
+    elif "function" in entry:
         if "classes" not in entry:
             raise ValueError(f"{where}: a function: labeler needs its classes (the output columns, in order)")
         fn = _import(entry["function"], f"{where}.function")
@@ -181,8 +262,10 @@ def load_labelers(spec: str | Path | Mapping | Iterable | None = None) -> list:
 
     Args:
         spec: a YAML file path; a dict ``{"labelers": [...]}``; or a list whose entries are names,
-              dicts (``name``, optional ``classes``, ``options``, ``function`` or ``factory``, ``id``)
-              or labeler objects. Default: :data:`DEFAULT_SPEC` (gender, age, smile).
+              labeler file paths (``x.labeler``), dicts (``name``, optional ``classes``, ``options``,
+              ``function``, ``factory`` or ``path``, ``id``) or labeler objects. Default:
+              :data:`DEFAULT_SPEC` (gender, age, smile). Relative ``path:`` entries of a YAML file
+              are read from the YAML file's folder.
 
     Returns:
         The labelers, in spec order.
@@ -192,7 +275,7 @@ def load_labelers(spec: str | Path | Mapping | Iterable | None = None) -> list:
         ValueError: malformed spec, duplicate names or classes that differ from the spec's.
         KeyError: an unknown built-in name.
     """
-    where = "spec"
+    where, base = "spec", None
     if spec is None:
         spec = DEFAULT_SPEC
     if isinstance(spec, (str, Path)):
@@ -205,14 +288,14 @@ def load_labelers(spec: str | Path | Mapping | Iterable | None = None) -> list:
             spec = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             raise ValueError(f"{path}: not valid YAML: {err}") from err
-        where = str(path)
+        where, base = str(path), path.resolve().parent
     if isinstance(spec, Mapping):
         if "labelers" not in spec:
             raise ValueError(f"{where}: expected a mapping with a 'labelers' list, got keys {sorted(spec)}")
         spec = spec["labelers"]
     if isinstance(spec, (str, bytes)) or not isinstance(spec, Iterable):
         raise ValueError(f"{where}: 'labelers' must be a list, got {type(spec).__name__}")
-    labelers = [_from_entry(e, f"{where}[{i}]") for i, e in enumerate(spec)]
+    labelers = [_from_entry(e, f"{where}[{i}]", base) for i, e in enumerate(spec)]
     if not labelers:
         raise ValueError(f"{where}: names no labelers")
     names = [lab.name for lab in labelers]

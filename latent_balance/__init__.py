@@ -12,6 +12,8 @@ Public API (everything else is private):
 * the Ray engine (needs ``latent-balance[ray]``): :func:`write_dataset_ray`, :func:`build_probes_ray`;
 * testing other models on a dataset: :func:`evaluate_dataset` (classifiers, counterfactual pairs,
   image-to-image systems), :class:`EvaluationError`;
+* labelers made from examples: :func:`make_labeler`, :func:`load_labeler` (importing the package
+  lets labeler specs name ``.labeler`` files);
 * progress output on stderr: :func:`set_progress`.
 
 Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 runtime in ``stylegan_ops``.
@@ -22,6 +24,7 @@ from .audit import audit_dataset, audit_generator
 from .boundaries import BoundaryFileError, BoundarySet
 from .distributed import build_probes_ray, write_dataset_ray
 from .evaluate import EvaluationError, evaluate_dataset
+from .example_labelers import ExamplesError, load_labeler, make_labeler
 from .export import DatasetError, merge_shards, write_dataset
 from .generators import (
     CallableGenerator,
@@ -40,6 +43,9 @@ from .targets import Target, TargetError
 __version__ = "0.1.0"
 
 __all__ = [
+    "ExamplesError",
+    "load_labeler",
+    "make_labeler",
     "BalancedDataset",
     "BalancedSampler",
     "BalancedSource",

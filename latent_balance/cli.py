@@ -496,6 +496,11 @@ def describe_path(path: Path) -> dict:
         if fmt:
             return {"kind": fmt, "meta": meta}
         raise ValueError(f"{path} is an .npz file but not one latent-balance wrote")
+    if path.suffix == ".labeler":
+        from .example_labelers import load_labeler
+
+        lab = load_labeler(path)
+        return {"kind": "labeler", "name": lab.name, "classes": list(lab.classes), "id": lab.id, "report": lab.report}
     if path.suffix in (".pkl", ".pt", ".pth"):
         import stylegan_ops
 
@@ -940,6 +945,46 @@ def evaluate(ctx, dataset, classifier, task, groups, threshold, counterfactual, 
             f"{a} {r['rate']:.3f} (largest gap between cells {sy['kept_gap'][a]:.3f})" for a, r in o["kept"].items())
             + f"; LPIPS to input {o['lpips_to_input']['mean']:.3f}")
     click.echo(f"report: {res['report']}")
+# ------------------------------------------------------------------------------------------------
+@main.command("make-labeler", epilog="Example:\n\n  latent-balance make-labeler --examples glasses_examples/ "
+              "--name glasses --out glasses.labeler\n\n  (glasses_examples/ holds one folder of images per class, "
+              "e.g. no_glasses/ and glasses/; use the file as --attributes glasses.labeler or in a --labelers YAML "
+              "with 'path: glasses.labeler')")
+@config_option
+@click.option("--examples", type=click.Path(file_okay=False), required=True,
+              help="Folder with one sub-folder of images per class (the sub-folder's name is the class).")
+@click.option("--name", required=True, help="The attribute's name, e.g. glasses.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .labeler file to write.")
+@click.option("--min-per-class", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Fewest images a class may have.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01, show_default=True,
+              help="Level of the binomial test of the cross-validated accuracy against the majority-class rate.")
+@click.option("--size", type=click.IntRange(min=16), default=64, show_default=True,
+              help="Framing size in pixels (the generator's image size).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Fold split seed.")
+@click.option("--device", default=None)
+@click.pass_context
+def make_labeler_cmd(ctx, examples, name, out, min_per_class, folds, alpha, size, seed, device):
+    """Make a labeler from examples: a linear classifier on frozen VGG16 features, cross-validated."""
+    from .example_labelers import make_labeler
+
+    out_path = Path(out)
+    if out_path.suffix != ".labeler":
+        raise InputError(f"--out must end in .labeler (labeler specs recognise the file by it), got {out}")
+    _check_writable_target(out_path)
+    lab = _run(ctx, make_labeler, examples, name, out=out_path, min_per_class=min_per_class, folds=folds, alpha=alpha,
+               size=size, seed=seed, device=device)
+    r = lab.report
+    click.echo(f"{lab.name}: classes " + ", ".join(f"{c} ({r['counts'][c]} images)" for c in lab.classes))
+    click.echo(f"cross-validated accuracy {r['cv_accuracy']:.3f} ({r['folds']} folds; majority class "
+               f"{r['majority_rate']:.3f}; one-sided binomial p = {r['binomial_p']:.2g})")
+    width = max(len(c) for c in lab.classes)
+    click.echo("confusion matrix (rows: true class, columns: predicted):")
+    click.echo(" " * (width + 2) + " ".join(f"{c:>{max(len(c), 5)}}" for c in lab.classes))
+    for c, row in zip(lab.classes, r["confusion"]):
+        click.echo(f"  {c:<{width}}" + " ".join(f"{v:>{max(len(k), 5)}}" for k, v in zip(lab.classes, row)))
+    click.echo(f"labeler written to {out_path} (id {lab.id})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -330,7 +330,7 @@ def test_default_spec_and_registry():
     labs = load_labelers()
     assert [lab.name for lab in labs] == ["gender", "age", "smile"]
     assert [lab.classes for lab in labs] == [("female", "male"), ("young", "old"), ("not_smiling", "smiling")]
-    assert attributes.available_labelers() == ["age", "gender", "smile"]
+    assert attributes.available_labelers() == ["age", "age_group", "expression", "gender", "head_pose", "skin_tone", "smile"]
     assert load_labelers({"labelers": ["smile", {"name": "age", "options": {"threshold": 40}}]})[1].threshold == 40
 
 
@@ -385,7 +385,7 @@ def test_bad_images_give_clear_errors(labelers):
 
 
 def test_bad_names_options_and_specs(tmp_path):
-    with pytest.raises(KeyError, match="unknown labeler 'gendr'.*age, gender, smile"):
+    with pytest.raises(KeyError, match="unknown labeler 'gendr'.*age, age_group, expression, gender, head_pose, skin_tone, smile"):
         get_labeler("gendr")
     with pytest.raises(TypeError, match="unknown option.*treshold.*threshold"):
         get_labeler("age", treshold=40)
