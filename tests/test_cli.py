@@ -33,7 +33,12 @@ def _invoke(*args):
 
 
 def _tree(d: Path, skip=("run_log.jsonl", "shard.json")) -> dict:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
+    # the card's measured time section differs between runs; with skip=() (a folder compared with itself)
+    # every byte counts
+    from _strict import reproducible_bytes
+
+    read = reproducible_bytes if skip else Path.read_bytes
+    return {str(p.relative_to(d)): hashlib.sha256(read(p)).hexdigest() for p in sorted(d.rglob("*"))
             if p.is_file() and p.name not in skip and not p.name.startswith(".") and "report" not in p.parts}
 
 
