@@ -1,5 +1,6 @@
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -416,3 +417,19 @@ def test_card_shows_time_per_stage(tmp_path):
     merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m")
     tm = json.loads((tmp_path / "m" / "dataset_card.json").read_text())["time"]
     assert tm["blocks_timed"] == 3 and tm["seconds"]["synthesis"] == 4.5
+
+
+def test_encoding_pool_is_spawn_safe(tmp_path, monkeypatch):
+    """Where the platform has no forkserver the pool starts with spawn (workers import the module afresh,
+    inherit nothing): the same bytes, and the slower start is said once."""
+    import multiprocessing
+
+    from latent_balance import export
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(export, "warn_once", lambda key, msg: warnings.warn(msg, RuntimeWarning))
+    with pytest.warns(RuntimeWarning, match="spawn"):
+        res = write_dataset(tmp_path / "s", NaturalSource(_gen32(), _labs()), n=20, block_size=10, workers=2)
+    assert res["encode_workers"] == 2 and res["peak_images_in_flight"] > 0
+    write_dataset(tmp_path / "t", NaturalSource(_gen32(), _labs()), n=20, block_size=10, workers=0)
+    assert _digest(tmp_path / "s") == _digest(tmp_path / "t")
