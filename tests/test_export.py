@@ -433,3 +433,27 @@ def test_encoding_pool_is_spawn_safe(tmp_path, monkeypatch):
     assert res["encode_workers"] == 2 and res["peak_images_in_flight"] > 0
     write_dataset(tmp_path / "t", NaturalSource(_gen32(), _labs()), n=20, block_size=10, workers=0)
     assert _digest(tmp_path / "s") == _digest(tmp_path / "t")
+
+
+def test_uint8_conversion_on_an_accelerator_rounds_as_on_the_host():
+    """Images on a GPU are converted there (a quarter of the bytes cross to the host); the same float32
+    operations, so the same bytes as images_to_uint8, ties at .5 included. The device is stood in for by an
+    object that reports device type 'cuda' and runs the tensor operations on the CPU."""
+    from types import SimpleNamespace
+
+    from latent_balance._utils import images_to_uint8
+    from latent_balance.export import _to_uint8
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16) * 2.2 - 1.1
+    x[0, 0, 0, :6] = torch.tensor([k / 127.5 - 1 for k in (0.5, 1.5, 2.5, 253.5, 254.5, 255.0)])  # ties, the top
+
+    class OnDevice:
+        device = SimpleNamespace(type="cuda")
+
+        def to(self, dtype):
+            return x.to(dtype)
+
+    np.testing.assert_array_equal(_to_uint8(OnDevice()), images_to_uint8(x))
+    u8 = images_to_uint8(x)
+    assert _to_uint8(u8) is u8
