@@ -697,7 +697,7 @@ def finalize_dataset(out_dir: str | Path) -> dict:
 
 # Stages of the card's time section: (name shown, run-log timing key). The sampler's own timings name the
 # latent work (proposals, posterior, acceptance) "latent"; NaturalSource's is drawing the latents.
-STAGES = (("proposals", "latent"), ("synthesis", "synthesis"), ("labelling", "labeling"), ("resizing", "resizing"),
+_STAGES = (("proposals", "latent"), ("synthesis", "synthesis"), ("labelling", "labeling"), ("resizing", "resizing"),
           ("encoding", "encoding"), ("writing", "writing"))
 
 
@@ -725,7 +725,7 @@ def _stage_times(out_dir: Path, n_blocks: int, n_images: int) -> dict:
     of the next block; ``waiting_for_writer`` is the main thread's wait for it (0: the writer kept up).
     """
     entries = _read_run_log(out_dir)
-    sec = {name: sum(float(e["timings"].get(key, 0.0)) for e in entries.values()) for name, key in STAGES}
+    sec = {name: sum(float(e["timings"].get(key, 0.0)) for e in entries.values()) for name, key in _STAGES}
     return {"seconds": sec, "waiting_for_writer": sum(float(e["timings"].get("write_wait", 0.0)) for e in entries.values()),
             "ms_per_image": {k: 1e3 * v / n_images for k, v in sec.items()} if len(entries) == n_blocks else None,
             "blocks_timed": len(entries), "blocks": n_blocks,
