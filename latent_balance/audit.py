@@ -180,15 +180,19 @@ def _label(labelers, images, desc: str, show_progress: bool | None = None) -> di
             for lab in labelers}
 
 
-def _load_images(root, files: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
-    """PNG files under `root` -> float32 [N, 3, H, W] in [-1, 1]."""
-    from pathlib import Path
+def _load_images(root, rows: Sequence[dict], show_progress: bool | None = None) -> np.ndarray:
+    """The images of manifest `rows` of the dataset in `root` (files or tar members; PNG, JPEG or WebP)
+    -> float32 [N, 3, H, W] in [-1, 1]."""
+    import io
 
     from PIL import Image
 
+    from .export import iter_image_bytes
+
     arrs = []
-    for f in progress(files, desc="reading images", unit="images", enabled=show_progress):
-        with Image.open(Path(root) / f) as im:
+    for data in progress(iter_image_bytes(root, rows), total=len(rows), desc="reading images", unit="images",
+                         enabled=show_progress):
+        with Image.open(io.BytesIO(data)) as im:
             arrs.append(np.asarray(im.convert("RGB")))
     if not arrs:
         return np.zeros((0, 3, 1, 1), np.float32)
@@ -289,7 +293,7 @@ def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1
         out["cost"] = json.loads(card_path.read_text()).get("cost", {})
     names = out["cells"]
     cells = label_cells(probs, classes, attributes)
-    images = _load_images(dataset_dir, [r["file"] for r in rows])
+    images = _load_images(dataset_dir, rows)
     if image_metrics and natural_images is not None:
         nat_cells = label_cells(natural_probs, classes, attributes)
         out["images"] = image_metrics_per_cell(images, cells, natural_images.numpy(), nat_cells, names,

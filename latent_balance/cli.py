@@ -633,6 +633,19 @@ def _cell_spec(cell: str, attributes) -> dict:
 @click.option("--shard", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--save-latents", is_flag=True, help="Also save the latents (.npy) for later editing.")
+@click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True,
+              help="Image format: png (lossless) or jpg / webp (lossy, at --quality).")
+@click.option("--quality", type=int, default=None,
+              help="jpg / webp quality, 1 (smallest files) to 100 (best); default 95. Not for png (lossless).")
+@click.option("--image-size", type=int, default=None,
+              help="Resize the images to this height in pixels (width keeps the aspect ratio) before encoding: "
+                   "antialiased bicubic, on --device. Labels are of the synthesized images. Default: as synthesized.")
+@click.option("--layout", type=click.Choice(["files", "webdataset"]), default="files", show_default=True,
+              help="files: one image file per image; webdataset: one tar per block (images/00000.tar, image + JSON "
+                   "manifest row per sample), readable by the webdataset package: for millions of images.")
+@click.option("--encode-workers", type=click.IntRange(min=0), default=None,
+              help="Image encoding processes (default: one per core, at most one per 128 images; 0: the writer "
+                   "thread). The output is the same for any value.")
 @click.option("--truncation-psi", type=float, default=None, help="StyleGAN2 truncation, applied after selection.")
 @class_option
 @seed_scheme_option
@@ -641,10 +654,11 @@ def _cell_spec(cell: str, attributes) -> dict:
 @engine_options
 @click.pass_context
 def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
-           max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi,
-           class_index, seed_scheme, batch_size, device, engine, address, num_workers, gpus_per_worker):
+           max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents,
+           image_format, quality, image_size, layout, encode_workers, truncation_psi, class_index, seed_scheme, batch_size,
+           device, engine, address, num_workers, gpus_per_worker):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
-    from .export import check_output, write_dataset
+    from .export import _output_settings, check_output, write_dataset
     from .sampling import BalancedSource
     from .sources import NaturalSource
     from .subgroups import SubgroupModel
@@ -652,6 +666,11 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
     out = Path(out)
     if shard >= num_shards:
         raise InputError(f"--shard must be below --num-shards ({num_shards}), got {shard}")
+    output = {"image_format": image_format, "quality": quality, "image_size": image_size, "layout": layout}
+    try:
+        _output_settings(image_format, quality, image_size, layout)
+    except ValueError as err:
+        raise InputError(str(err).replace("quality", "--quality").replace("image size", "--image-size")) from None
     if sharpness != "auto":
         try:
             if float(sharpness) <= 0:
@@ -719,7 +738,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                              f"--max-synthesis-per-image for exact counts") from None
         source = BalancedSource(sampler)
         _run(ctx, check_output, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
-             save_latents=save_latents, extra_settings=extra)
+             save_latents=save_latents, extra_settings=extra, **output)
         shown = set()
         for w in planning_warnings:
             if (w.category, str(w.message)) not in shown:
@@ -744,10 +763,11 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                   "max_synthesis_per_image": max_synthesis_per_image,
                   "natural_target": source.target() if mode == "natural" else None}
         res = _run(ctx, write_dataset_ray, out, functools.partial(_rebuild_sample_source, recipe), n,
-                   block_size=block_size, source=source, save_latents=save_latents, extra_settings=extra, **ray_opts)
+                   block_size=block_size, source=source, save_latents=save_latents, extra_settings=extra,
+                   workers=encode_workers, **output, **ray_opts)
     else:
         res = _run(ctx, write_dataset, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
-                   save_latents=save_latents, extra_settings=extra)
+                   save_latents=save_latents, extra_settings=extra, workers=encode_workers, **output)
     done = "complete" if res["complete"] else f"shard {shard}/{num_shards} written; merge the shards when all are done"
     click.echo(f"{out}: {res['blocks_written']} blocks written, {res['blocks_skipped']} already there; {done}")
     if res["complete"]:

@@ -153,8 +153,10 @@ def write_dataset_ray(out_dir: str | Path, make_source: Callable[[], Any], n: in
                        is given. Every call must give the same settings (checked: a worker whose source
                        disagrees with ``settings.json`` stops the run with the settings error).
         n, block_size: as for ``write_dataset``.
-        write_kwargs:  the other options of ``write_dataset`` (``save_latents``, ``extra_settings``, ...);
-                       not ``shard``/``num_shards`` (the engine spreads all blocks) nor ``blocks``.
+        write_kwargs:  the other options of ``write_dataset`` (``save_latents``, ``extra_settings``,
+                       ``image_format``, ``layout``, ...); not ``shard``/``num_shards`` (the engine spreads all
+                       blocks) nor ``blocks``. ``workers`` (encoding processes per worker) defaults to 0 here:
+                       each worker encodes its blocks itself, the workers being the parallelism.
         address:       Ray cluster address (None: the running Ray, else a new local one).
         num_workers:   actors (default: one per CPU of the cluster, or per `gpus_per_worker` GPUs; at most
                        one per block).
@@ -176,6 +178,8 @@ def write_dataset_ray(out_dir: str | Path, make_source: Callable[[], Any], n: in
     bad = sorted(set(write_kwargs) & {"shard", "num_shards", "blocks", "finalize"})
     if bad:
         raise ValueError(f"write_dataset_ray spreads every block over its workers; {bad} do not apply")
+    if write_kwargs.get("workers") is None:
+        write_kwargs["workers"] = 0
     out_dir = Path(out_dir).resolve()
     src = make_source() if source is None else source
     # the driver's own preflight and settings.json (all refusals before the first write): no block selected

@@ -1,31 +1,45 @@
-"""Dataset export: PNG images, a manifest (CSV and JSONL) and a dataset card; atomic, resumable, sharded.
+"""Dataset export: images (PNG, JPEG or WebP; files or WebDataset tars), a manifest (CSV and JSONL) and a
+dataset card; atomic, resumable, sharded.
 
 Layout of a dataset folder::
 
     settings.json          everything that determines the output (a folder written with other
                            settings is refused, never mixed)
-    images/0000000.png     one PNG per image, named by its global index
+    images/0000000.png     one image per file, named by its global index (layout ``files``; .jpg/.webp
+                           for those formats), or
+    images/00000.tar       one tar per block (layout ``webdataset``): members ``0000000.png`` (the
+                           image) and ``0000000.json`` (its manifest row), readable by ``webdataset``
     blocks/00000.json      the rows of block 0, written after its PNGs: the block's completion mark
     blocks/00000.npy       its latents [k, latent_dim] (only with save_latents)
     manifest.csv / .jsonl  one row per image (written when every block is complete)
     dataset_card.json/.md  target, achieved distribution (labelers), settings, costs, versions
     latents.npy            [N, latent_dim] float32 (only with save_latents)
+    run_log.jsonl          per block: seconds per stage, encoding workers (not reproducible; the card's
+                           ``time`` section sums it)
 
 The N outputs are split into blocks of ``block_size`` consecutive indices. Which cell each index is
 meant for is fixed up front (largest-remainder counts, interleaved so every block is balanced), and
 a block's content depends only on (settings, block index): a re-run after a crash skips complete
 blocks and regenerates the others byte for byte; shard i of n writes the blocks b with
 ``b % n == i``; :func:`merge_shards` combines shard folders into exactly the folder a single
-process would have written. Every file is written atomically (temporary file, then rename).
+process would have written (the card's measured ``time`` section and the run log excepted). Every file
+is written atomically (temporary file, then rename).
+
+Images are encoded by a pool of worker processes (one per core by default, started with ``forkserver``
+where the platform has it, else ``spawn``), fed through a bounded window of images so memory stays flat;
+the block's files are written in index order and its marker last, as with a single writer.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
 import math
+import os
 import shutil
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -35,12 +49,13 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from ._utils import (atomic_path, atomic_write_bytes, atomic_write_text, images_to_uint8, logger, package_versions,
-                     json_dumps, progress, sync_all)
+                     json_dumps, progress, sync_all, warn_once)
 from .cells import cell_names, label_cells
 from .metrics import METRICS, distribution_metrics
 
 __all__ = ["BlockOutput", "BlockSource", "DatasetError", "allocate_counts", "interleave", "check_output", "write_dataset",
-           "finalize_dataset", "merge_shards", "read_manifest", "dataset_mode"]
+           "finalize_dataset", "merge_shards", "read_manifest", "dataset_mode", "iter_image_bytes", "IMAGE_FORMATS",
+           "LAYOUTS"]
 
 SETTINGS = "settings.json"
 
@@ -156,6 +171,8 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise DatasetError(f"{path} is unreadable ({err}); refusing to write into {out_dir}") from err
+        if "output" not in old and settings.get("output") == _DEFAULT_OUTPUT:
+            old = {**old, "output": _DEFAULT_OUTPUT}  # written before output options existed: png files
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise DatasetError(f"{out_dir} holds a dataset written with other settings (differs in {diff}); "
@@ -168,34 +185,200 @@ def _json(obj) -> str:
     return json_dumps(obj, sort_keys=True)
 
 
-def _png_bytes(img_u8: np.ndarray) -> bytes:
+# ------------------------------------------------------------------------------------------------
+# Output formats and the encoding pool
+# ------------------------------------------------------------------------------------------------
+IMAGE_FORMATS = ("png", "jpg", "webp")  # png: lossless (zlib level 6); jpg, webp: lossy, with a quality
+LAYOUTS = ("files", "webdataset")       # one file per image, or one tar per block
+DEFAULT_QUALITY = 95                    # jpg and webp, when no quality is given
+_CHUNK = 4                # images per task sent to an encoding worker
+_CHUNKS_PER_WORKER = 2    # tasks queued per worker: one being encoded, one waiting (no worker idles between tasks)
+MIN_IMAGES_PER_WORKER = 128  # auto pool size: at most one worker per this many images still to write
+
+
+def _output_settings(image_format: str, quality: int | None, image_size: int | None, layout: str) -> dict:
+    """The ``output`` entry of the settings: validated format, quality, image size and layout.
+
+    Raises:
+        ValueError: an unknown format or layout, a quality given for png or outside 1..100, an image size
+        that is not a positive integer.
+    """
+    fmt = str(image_format).lower()
+    fmt = "jpg" if fmt == "jpeg" else fmt
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if fmt == "png":
+        if quality is not None:
+            raise ValueError(f"quality applies to the lossy formats jpg and webp; png is lossless (got quality={quality})")
+    else:
+        quality = DEFAULT_QUALITY if quality is None else quality
+        if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= int(quality) <= 100:
+            raise ValueError(f"quality must be an integer from 1 (smallest files) to 100 (best), got {quality!r}")
+        quality = int(quality)
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or int(image_size) < 1:
+            raise ValueError(f"image size must be a positive integer (pixels), got {image_size!r}")
+        image_size = int(image_size)
+    return {"format": fmt, "quality": quality, "image_size": image_size, "layout": layout}
+
+
+_DEFAULT_OUTPUT = {"format": "png", "quality": None, "image_size": None, "layout": "files"}
+
+
+def _image_bytes(img_u8: np.ndarray, fmt: str, quality: int | None) -> bytes:
+    """One uint8 [H, W, C] image (C = 1 or 3) encoded as `fmt` (see :data:`IMAGE_FORMATS`).
+
+    png: zlib level 6 (lossless); jpg: Pillow's JPEG at `quality` (its default 4:2:0 chroma subsampling);
+    webp: Pillow's lossy WebP at `quality` (grayscale is stored as RGB).
+    """
     from PIL import Image
 
+    im = Image.fromarray(img_u8[..., 0] if img_u8.shape[-1] == 1 else img_u8)
     buf = io.BytesIO()
-    Image.fromarray(img_u8[..., 0] if img_u8.shape[-1] == 1 else img_u8).save(buf, format="PNG", compress_level=6)
+    if fmt == "png":
+        im.save(buf, format="PNG", compress_level=6)
+    elif fmt == "jpg":
+        im.save(buf, format="JPEG", quality=quality)
+    else:
+        im.save(buf, format="WEBP", quality=quality)
     return buf.getvalue()
+
+
+def _encode_chunk(images: np.ndarray, fmt: str, quality: int | None) -> tuple[list[bytes], float]:
+    """Worker task: encode uint8 [k, H, W, C] images; returns (bytes per image, CPU seconds spent)."""
+    t = time.process_time()
+    out = [_image_bytes(img, fmt, quality) for img in images]
+    return out, time.process_time() - t
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _pool_size(workers: int | None, images: int) -> int:
+    """Encoding processes for `images` images: `workers` if given, else one per core with at least
+    :data:`MIN_IMAGES_PER_WORKER` images each (a pool costs its start, ~0.1 s to seconds). 0 or 1: none,
+    the writer thread encodes."""
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+            raise ValueError(f"workers must be a non-negative integer (0: encode in the writer thread), got {workers!r}")
+        return int(workers)
+    return max(0, min(_usable_cores(), images // MIN_IMAGES_PER_WORKER))
+
+
+def _start_pool(workers: int):
+    """A process pool of `workers` encoders. ``forkserver`` (POSIX): the server imports this module once and
+    forks workers from it (fast, no inherited threads or CUDA state); else ``spawn`` (each worker imports
+    latent_balance, a slower start, said once)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])  # no effect once the server runs (then workers import it)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        warn_once("export-spawn", "image encoding workers start with 'spawn' (no 'forkserver' on this platform): "
+                                  "each imports latent_balance, which takes seconds per worker")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    for _ in range(workers):  # start the workers now: their start overlaps the first block's production
+        pool.submit(_encode_chunk, np.zeros((0, 1, 1, 3), np.uint8), "png", None)
+    return pool
+
+
+class _Encoder:
+    """Encodes images in order, in a process pool (bounded window) or in the calling thread.
+
+    At most ``window`` images are in the pool at once (sent and not yet handed back): ``_CHUNK`` per task,
+    ``_CHUNKS_PER_WORKER`` tasks per worker. ``peak`` records the most seen; ``cpu`` the encoding CPU
+    seconds (summed over workers).
+    """
+
+    def __init__(self, fmt: str, quality: int | None, workers: int):
+        self.fmt, self.quality = fmt, quality
+        self.workers = int(workers) if workers > 1 else 0  # one process would only add a copy: the thread encodes
+        self.pool = _start_pool(self.workers) if self.workers else None
+        self.window = _CHUNK * _CHUNKS_PER_WORKER * max(self.workers, 1)
+        self.peak = 0
+
+    def encode(self, images: np.ndarray, cpu: list[float]):
+        """Yield the encoded bytes of uint8 [k, H, W, C] `images` in order; adds CPU seconds to ``cpu[0]``."""
+        if self.pool is None:
+            for img in images:
+                t = time.thread_time()  # this thread's CPU (process time would count the producer's too)
+                data = _image_bytes(img, self.fmt, self.quality)
+                cpu[0] += time.thread_time() - t
+                yield data
+            return
+        queue: collections.deque = collections.deque()
+        in_flight = nxt = 0
+        while nxt < len(images) or queue:
+            while nxt < len(images) and in_flight + min(_CHUNK, len(images) - nxt) <= self.window:
+                part = images[nxt:nxt + _CHUNK]
+                queue.append((self.pool.submit(_encode_chunk, part, self.fmt, self.quality), len(part)))
+                in_flight += len(part)
+                nxt += len(part)
+                self.peak = max(self.peak, in_flight)
+            fut, k = queue.popleft()
+            datas, seconds = fut.result()
+            in_flight -= k
+            cpu[0] += seconds
+            yield from datas
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _resize(images, size: int):
+    """Antialiased bicubic resize to height `size` (width keeps the aspect ratio), on the images' device.
+
+    `images`: float [k, C, H, W] in [-1, 1] (torch or numpy) or uint8 [k, H, W, C]. Returns a float torch
+    tensor [k, C, size, W'] clamped to [-1, 1] (bicubic overshoots), or `images` unchanged when already that
+    size. ``torch.nn.functional.interpolate(mode="bicubic", antialias=True)``: the filter Pillow's
+    ``Image.resize(BICUBIC)`` applies (support widened by the scale factor when shrinking).
+    """
+    import torch
+
+    x = images if torch.is_tensor(images) else torch.from_numpy(np.asarray(images))
+    if x.dtype == torch.uint8:
+        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    out_hw = (int(size), max(1, round(w * int(size) / h)))
+    if (h, w) == out_hw:
+        return images
+    y = torch.nn.functional.interpolate(x.float(), size=out_hw, mode="bicubic", antialias=True, align_corners=False)
+    return y.clamp_(-1.0, 1.0)
 
 
 def check_output(out_dir: str | Path, source: BlockSource, n: int, block_size: int = 250, shard: int = 0,
                  num_shards: int = 1, save_latents: bool = False,
-                 extra_settings: Mapping[str, Any] | None = None) -> None:
+                 extra_settings: Mapping[str, Any] | None = None, image_format: str = "png",
+                 quality: int | None = None, image_size: int | None = None, layout: str = "files") -> None:
     """Every refusal :func:`write_dataset` would make before writing, without writing anything.
 
     Raises:
-        ValueError / DatasetError: bad sizes or shard, a folder holding another dataset (other settings)
-        or other files, a source cap (e.g. the sampler's proposal streams), an invalid allocation.
+        ValueError / DatasetError: bad sizes, shard or output options, a folder holding another dataset
+        (other settings) or other files, a source cap (e.g. the sampler's proposal streams), an invalid
+        allocation.
     """
-    _preflight(Path(out_dir), source, n, block_size, shard, num_shards, save_latents, extra_settings)
+    _preflight(Path(out_dir), source, n, block_size, shard, num_shards, save_latents, extra_settings,
+               _output_settings(image_format, quality, image_size, layout))
 
 
-def _preflight(out_dir: Path, source, n, block_size, shard, num_shards, save_latents, extra_settings):
+def _preflight(out_dir: Path, source, n, block_size, shard, num_shards, save_latents, extra_settings, output):
     """(settings as stored, slot schedule) after every check that comes before the first write."""
     if n < 1 or block_size < 1:
         raise ValueError(f"n and block_size must be positive, got n={n}, block_size={block_size}")
     if not (0 <= shard < num_shards):
         raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
     settings = {**source.settings(), **dict(extra_settings or {}), "n": int(n), "block_size": int(block_size),
-                "save_latents": bool(save_latents)}
+                "save_latents": bool(save_latents), "output": output}
     settings = json.loads(_json(settings))  # normalized as stored (tuples -> lists), so resumes compare equal
     # a running statistic of the generator adapter, not a setting: the card reports it from the blocks
     if isinstance(settings.get("generator"), dict):
@@ -211,8 +394,9 @@ def _preflight(out_dir: Path, source, n, block_size, shard, num_shards, save_lat
 
 def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: int = 250, shard: int = 0,
                   num_shards: int = 1, save_latents: bool = False, show_progress: bool | None = None,
-                  extra_settings: Mapping[str, Any] | None = None, blocks: Sequence[int] | None = None,
-                  finalize: bool = True) -> dict:
+                  extra_settings: Mapping[str, Any] | None = None, image_format: str = "png",
+                  quality: int | None = None, image_size: int | None = None, layout: str = "files",
+                  workers: int | None = None, blocks: Sequence[int] | None = None, finalize: bool = True) -> dict:
     """Write (or resume) a dataset of `n` images from `source` into `out_dir`.
 
     Args:
@@ -232,13 +416,35 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
                       blocks over workers (:mod:`latent_balance.distributed`) call this per block.
         finalize:     write the manifest and card when the folder is complete (engines do that once, on
                       the driver).
+        image_format: ``"png"`` (lossless, default), ``"jpg"`` or ``"webp"`` (lossy, at `quality`).
+        quality:      1..100 for jpg and webp (default :data:`DEFAULT_QUALITY`); refused for png.
+        image_size:   resize every image to this height in pixels (width keeps the aspect ratio) before
+                      encoding: antialiased bicubic on the source's device (see :func:`_resize`). The
+                      labels are the labelers' on the synthesized (full-size) images. Default: as synthesized.
+        layout:       ``"files"``: one file per image (``images/0000000.png``); ``"webdataset"``: one tar per
+                      block (``images/00000.tar``: ``0000000.png`` and ``0000000.json``, the manifest row,
+                      per image), readable by ``webdataset.WebDataset``.
+        workers:      image encoding processes (None: one per usable core, at most one per
+                      :data:`MIN_IMAGES_PER_WORKER` images to write; 0 or 1: the writer thread encodes).
+                      Does not change the output: the bytes are the same for any value.
+
+    Format, quality, image size and layout are stored in ``settings.json`` (``output``): a folder is
+    resumed only with the same ones.
 
     Returns:
         dict with ``blocks_written``, ``blocks_skipped``, ``complete`` (all blocks of the dataset
-        present in this folder; then the manifest and card were written), and the summed ``timings``.
+        present in this folder; then the manifest and card were written), the summed ``timings``
+        (seconds by stage), ``encode_workers`` and ``peak_images_in_flight`` (the most images in the
+        encoding pool at once; at most ``encode_window``).
+
+    Raises:
+        ValueError / DatasetError: as :func:`check_output`, before anything is written.
     """
     out_dir = Path(out_dir)
-    settings, schedule = _preflight(out_dir, source, n, block_size, shard, num_shards, save_latents, extra_settings)
+    output = _output_settings(image_format, quality, image_size, layout)
+    _pool_size(workers, 0)  # validates `workers` before anything is written
+    settings, schedule = _preflight(out_dir, source, n, block_size, shard, num_shards, save_latents, extra_settings,
+                                    output)
     gen = _source_generator(source)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (out_dir / SETTINGS).exists():
@@ -256,8 +462,11 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
     written = skipped = 0
     timings: dict[str, float] = {}
     row_info = {**source.row_info(), "mode": dataset_mode(settings)}  # the card states the same mode
-    # A writer thread encodes and writes block b while the source produces block b + 1 (PNG encoding and
-    # file I/O overlap with synthesis); at most one block waits, so memory stays bounded.
+    done = {b for b in mine if (out_dir / "blocks" / f"{b:05d}.json").exists()}
+    todo = sum(ranges[b][1] - ranges[b][0] for b in mine if b not in done)
+    # A writer thread writes block b (its images encoded by the process pool, in order) while the source
+    # produces block b + 1; at most one block waits, and at most `encoder.window` images are in the pool.
+    encoder = _Encoder(output["format"], output["quality"], _pool_size(workers, todo) if todo else 0)
     pending = None
 
     def drain() -> None:
@@ -266,52 +475,59 @@ def write_dataset(out_dir: str | Path, source: BlockSource, n: int, block_size: 
             fut, b, tm, stats = pending
             pending = None
             t = time.perf_counter()
-            tm["write"] = fut.result()
+            tm.update(fut.result())
             tm["write_wait"] = time.perf_counter() - t
             for k, v in tm.items():
                 timings[k] = timings.get(k, 0.0) + v
             with open(out_dir / "run_log.jsonl", "a") as fh:
-                fh.write(_json({"block": b, "timings": tm, "stats": stats}) + "\n")
+                fh.write(_json({"block": b, "timings": tm, "stats": stats, "encode_workers": encoder.workers}) + "\n")
 
     # On an error or Ctrl-C the pool's exit lets the in-flight block finish (marker written) or not (no marker):
     # either way the folder stays consistent and a re-run resumes it.
-    done = {b for b in mine if (out_dir / "blocks" / f"{b:05d}.json").exists()}
     reports_progress = _accepts_progress(source.produce)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-balance-writer") as pool, \
-            progress(total=sum(ranges[b][1] - ranges[b][0] for b in mine if b not in done), desc="dataset",
-                     unit="images", enabled=show_progress) as bar:
-        for b in mine:
-            if b in done:
-                skipped += 1
-                continue
-            start, stop = ranges[b]
-            t0 = time.perf_counter()
-            reported = [0]
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-balance-writer") as pool, \
+                progress(total=todo, desc="dataset", unit="images", enabled=show_progress) as bar:
+            for b in mine:
+                if b in done:
+                    skipped += 1
+                    continue
+                start, stop = ranges[b]
+                t0 = time.perf_counter()
+                reported = [0]
 
-            def advance(k: int) -> None:
-                k = max(0, min(int(k), stop - start - reported[0]))  # never past the block's end
-                if k:
-                    reported[0] += k
-                    bar.update(k)
+                def advance(k: int) -> None:
+                    k = max(0, min(int(k), stop - start - reported[0]))  # never past the block's end
+                    if k:
+                        reported[0] += k
+                        bar.update(k)
 
-            clamp0 = _clamp_counts(gen)
-            out = (source.produce(b, schedule[start:stop], progress=advance) if reports_progress
-                   else source.produce(b, schedule[start:stop]))
-            clamp1 = _clamp_counts(gen)
-            if clamp0 is not None and clamp1 is not None:
-                out = replace(out, stats={**out.stats, _CLAMPED: clamp1[0] - clamp0[0], _SYNTHESIZED: clamp1[1] - clamp0[1]})
-            advance(stop - start)  # the rest of the block (all of it for sources that do not report)
-            tm = {**{k: float(v) for k, v in out.timings.items()}, "produce": time.perf_counter() - t0}
+                clamp0 = _clamp_counts(gen)
+                out = (source.produce(b, schedule[start:stop], progress=advance) if reports_progress
+                       else source.produce(b, schedule[start:stop]))
+                clamp1 = _clamp_counts(gen)
+                if clamp0 is not None and clamp1 is not None:
+                    out = replace(out, stats={**out.stats, _CLAMPED: clamp1[0] - clamp0[0],
+                                              _SYNTHESIZED: clamp1[1] - clamp0[1]})
+                advance(stop - start)  # the rest of the block (all of it for sources that do not report)
+                tm = {**{k: float(v) for k, v in out.timings.items()}, "produce": time.perf_counter() - t0}
+                if output["image_size"] is not None:
+                    t = time.perf_counter()
+                    out = replace(out, images=_resize(out.images, output["image_size"]))
+                    tm["resizing"] = time.perf_counter() - t
+                drain()
+                fut = pool.submit(_write_block, out_dir, b, start, schedule[start:stop], out, source, row_info,
+                                  save_latents, output, encoder)
+                pending = (fut, b, tm, dict(out.stats))
+                written += 1
             drain()
-            fut = pool.submit(_write_block, out_dir, b, start, schedule[start:stop], out, source, row_info,
-                              save_latents)
-            pending = (fut, b, tm, dict(out.stats))
-            written += 1
-        drain()
+    finally:
+        encoder.close()
     complete = all((out_dir / "blocks" / f"{b:05d}.json").exists() for b in range(len(ranges)))
     if complete and finalize:
         finalize_dataset(out_dir)
-    return {"blocks_written": written, "blocks_skipped": skipped, "complete": complete, "timings": timings}
+    return {"blocks_written": written, "blocks_skipped": skipped, "complete": complete, "timings": timings,
+            "encode_workers": encoder.workers, "peak_images_in_flight": encoder.peak, "encode_window": encoder.window}
 
 
 def _accepts_progress(fn) -> bool:
@@ -324,37 +540,124 @@ def _accepts_progress(fn) -> bool:
         return False
 
 
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    """A tar member header that depends only on name and size (ustar, mtime 0, root-owned, 0644): resumed and
+    merged tars are byte-identical to single-run ones."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
 def _write_block(out_dir: Path, block: int, start: int, slots: np.ndarray, out: BlockOutput, source: BlockSource,
-                 row_info: dict, save_latents: bool) -> float:
-    """Write a block's PNGs (and latents), make them durable, then its marker. Returns seconds spent."""
+                 row_info: dict, save_latents: bool, output: dict, encoder: _Encoder) -> dict[str, float]:
+    """Write a block's images (and latents), make them durable, then its marker.
+
+    Returns seconds by stage: ``encoding`` (uint8 conversion here plus the encoders' CPU seconds, summed over
+    workers), ``writing`` (this thread's time outside conversion and waiting for encoded images: files, tar,
+    latents, the durability barrier and the marker), ``write`` (this thread's wall time for the block).
+    """
     t0 = time.perf_counter()
     k = len(slots)
     seeds = np.asarray(out.seeds, dtype=np.int64)
     if seeds.shape != (k,) or len(out.latents) != k or len(out.images) != k:
         raise RuntimeError(f"block {block}: source returned {len(seeds)} seeds / {len(out.latents)} latents / "
                            f"{len(out.images)} images for {k} slots")
-    imgs = out.images if isinstance(out.images, np.ndarray) and out.images.dtype == np.uint8 else images_to_uint8(out.images)
+    imgs = _to_uint8(out.images)
+    conversion = time.perf_counter() - t0  # incl. the device -> host copy
+    cpu = [conversion]
     attrs = list(out.probs)
     probs = {a: np.asarray(p, dtype=np.float64) for a, p in out.probs.items()}
     labelled = label_cells(probs, source.classes, source.attributes)
     names = cell_names(source.classes, source.attributes)
+    ext, tar = output["format"], output["layout"] == "webdataset"
     rows = []
     for j in range(k):
         idx = start + j
-        rel = f"images/{idx:07d}.png"
-        atomic_write_bytes(out_dir / rel, _png_bytes(imgs[j]), durable=False)
-        rows.append({"index": idx, "file": rel, "seed": int(seeds[j]), "block": block,
+        where = ({"file": f"images/{block:05d}.tar", "member": f"{idx:07d}.{ext}"} if tar
+                 else {"file": f"images/{idx:07d}.{ext}"})
+        rows.append({"index": idx, **where, "seed": int(seeds[j]), "block": block,
                      "intended_cell": source.slot_names[int(slots[j])], "labelled_cell": names[int(labelled[j])],
                      "probs": {a: {c: round(float(probs[a][j, i]), 6) for i, c in enumerate(source.classes[a])} for a in attrs},
                      **row_info})
+    waited = [0.0]
+    encoded = _timed(encoder.encode(imgs, cpu), waited)
+    if tar:
+        with atomic_path(out_dir / rows[0]["file"], suffix=".tar", durable=False) as tmp:
+            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
+                for row, data in zip(rows, encoded):
+                    meta = _json(row).encode("utf-8")
+                    tf.addfile(_tar_info(row["member"], len(data)), io.BytesIO(data))
+                    tf.addfile(_tar_info(f"{row['index']:07d}.json", len(meta)), io.BytesIO(meta))
+        files = [out_dir / rows[0]["file"]]
+    else:
+        for row, data in zip(rows, encoded):
+            atomic_write_bytes(out_dir / row["file"], data, durable=False)
+        files = [out_dir / r["file"] for r in rows]
     if save_latents:
         with atomic_path(out_dir / "blocks" / f"{block:05d}.npy", suffix=".npy", durable=False) as tmp:
             np.save(tmp, np.asarray(out.latents, dtype=np.float32))
     # one durability barrier for the whole block (a per-file fsync costs ~4 ms a file), then the marker
-    sync_all([out_dir / r["file"] for r in rows])
+    sync_all(files)
     atomic_write_text(out_dir / "blocks" / f"{block:05d}.json",
                       _json({"block": block, "rows": rows, "stats": {k2: float(v) for k2, v in out.stats.items()}}))
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    return {"encoding": cpu[0], "writing": max(0.0, wall - conversion - waited[0]), "write": wall}
+
+
+def _to_uint8(images) -> np.ndarray:
+    """uint8 [k, H, W, C] of a block's images, as :func:`images_to_uint8` rounds them. Tensors on an
+    accelerator are converted there (the same float32 operations, so the same bytes), and only a quarter
+    of the bytes cross to the host; on the CPU NumPy's conversion is the faster one."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        return images
+    if hasattr(images, "device") and getattr(images.device, "type", "cpu") != "cpu":
+        import torch
+
+        x = images.to(torch.float32).add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+        return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return images_to_uint8(images)
+
+
+def _timed(iterator, seconds: list[float]):
+    """`iterator`'s items, adding the time spent waiting for each to ``seconds[0]``."""
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            seconds[0] += time.perf_counter() - t
+            return
+        seconds[0] += time.perf_counter() - t
+        yield item
+
+
+def iter_image_bytes(out_dir: str | Path, rows: Sequence[Mapping[str, Any]]):
+    """The encoded bytes of each row's image, in row order, from files or from the block tars (layout
+    ``webdataset``: each tar is read once per run of consecutive rows in it).
+
+    Args:
+        out_dir: a dataset folder.
+        rows:    manifest rows (:func:`read_manifest`): ``file``, and ``member`` for tar members.
+
+    Raises:
+        DatasetError: a listed tar member is missing.
+    """
+    out_dir = Path(out_dir)
+    members: dict[str, bytes] = {}
+    current = None
+    for row in rows:
+        if "member" not in row:
+            yield (out_dir / row["file"]).read_bytes()
+            continue
+        if row["file"] != current:
+            current = row["file"]
+            with tarfile.open(out_dir / current) as tf:
+                members = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+        if row["member"] not in members:
+            raise DatasetError(f"{out_dir / row['file']} has no member {row['member']}")
+        yield members[row["member"]]
 
 
 def _read_blocks(out_dir: Path) -> tuple[list[dict], dict]:
@@ -384,9 +687,9 @@ def finalize_dataset(out_dir: str | Path) -> dict:
     seeds = [r["seed"] for r in rows]
     if len(set(seeds)) != len(seeds):
         raise DatasetError(f"{out_dir}: duplicate seeds in the manifest; the folder is corrupt")
-    missing = [r["file"] for r in rows if not (out_dir / r["file"]).exists()]
+    missing = [f for f in dict.fromkeys(r["file"] for r in rows) if not (out_dir / f).exists()]
     if missing:
-        raise DatasetError(f"{out_dir}: {len(missing)} images listed in the blocks are missing (e.g. {missing[0]})")
+        raise DatasetError(f"{out_dir}: {len(missing)} image files listed in the blocks are missing (e.g. {missing[0]})")
     atomic_write_text(out_dir / "manifest.jsonl", "".join(_json(r) + "\n" for r in rows))
     flat = [_flatten(r) for r in rows]
     cols = list(flat[0])
@@ -401,9 +704,47 @@ def finalize_dataset(out_dir: str | Path) -> dict:
         with atomic_path(out_dir / "latents.npy", suffix=".npy") as tmp:
             np.save(tmp, lat)
     card = _dataset_card(rows, stats, settings)
+    card["time"] = _stage_times(out_dir, len(_block_ranges(settings["n"], settings["block_size"])), len(rows))
     atomic_write_text(out_dir / "dataset_card.json", json_dumps(card, indent=2, sort_keys=True))
     atomic_write_text(out_dir / "dataset_card.md", _card_markdown(card))
     return card
+
+
+# Stages of the card's time section: (name shown, run-log timing key). The sampler's own timings name the
+# latent work (proposals, posterior, acceptance) "latent"; NaturalSource's is drawing the latents.
+_STAGES = (("proposals", "latent"), ("synthesis", "synthesis"), ("labelling", "labeling"), ("resizing", "resizing"),
+          ("encoding", "encoding"), ("writing", "writing"))
+
+
+def _read_run_log(out_dir: Path) -> dict[int, dict]:
+    """Block -> its latest ``run_log.jsonl`` entry (lines cut short by a kill are skipped)."""
+    entries: dict[int, dict] = {}
+    path = out_dir / "run_log.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(e, dict) and isinstance(e.get("block"), int) and isinstance(e.get("timings"), dict):
+                entries[e["block"]] = e
+    return entries
+
+
+def _stage_times(out_dir: Path, n_blocks: int, n_images: int) -> dict:
+    """The card's ``time`` section: seconds per stage summed over the blocks' run-log entries.
+
+    Measured on the machine(s) that wrote the blocks, so it differs between runs (the only part of the
+    card that does). Producing (proposals, synthesis, labelling, resizing) runs in the main thread;
+    encoding is CPU seconds summed over the encoding workers and, like writing, overlaps the production
+    of the next block; ``waiting_for_writer`` is the main thread's wait for it (0: the writer kept up).
+    """
+    entries = _read_run_log(out_dir)
+    sec = {name: sum(float(e["timings"].get(key, 0.0)) for e in entries.values()) for name, key in _STAGES}
+    return {"seconds": sec, "waiting_for_writer": sum(float(e["timings"].get("write_wait", 0.0)) for e in entries.values()),
+            "ms_per_image": {k: 1e3 * v / n_images for k, v in sec.items()} if len(entries) == n_blocks else None,
+            "blocks_timed": len(entries), "blocks": n_blocks,
+            "encode_workers": sorted({int(e.get("encode_workers", 0)) for e in entries.values()})}
 
 
 def _flatten(row: dict) -> dict:
@@ -501,6 +842,8 @@ def _card_markdown(card: dict) -> str:
               f"Share of images whose labels match the cell they were generated for: {card['intended_equals_labelled']:.3f}.", ""]
     for k, v in card["cost"].items():
         lines.append(f"- {k.replace('_', ' ')}: {v:.3f}")
+    if card.get("time"):
+        lines.append(_time_line(card["time"]))
     ex = card.get("exclusions")
     if ex:
         cells = ", ".join(f"`{c}`" for c in ex["cells"])
@@ -521,6 +864,18 @@ def _card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def _time_line(tm: dict) -> str:
+    """The card's time-per-stage bullet (one line: the part of the card that differs between runs)."""
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in tm["seconds"].items() if k != "resizing" or v > 0)
+    cover = "" if tm["blocks_timed"] == tm["blocks"] else f", {tm['blocks_timed']} of {tm['blocks']} blocks timed"
+    workers = [w for w in tm["encode_workers"] if w > 1]
+    where = (f"CPU seconds summed over {' or '.join(map(str, workers))} encoding processes" if workers
+             else "in the writer thread")
+    return (f"- time per stage (seconds, measured: differs between runs{cover}): {stages}. Encoding ({where}) and "
+            f"writing overlap the next block's production; the main thread waited {tm['waiting_for_writer']:.2f} s "
+            f"for them")
+
+
 def read_manifest(out_dir: str | Path) -> list[dict]:
     """Rows of a finished dataset's ``manifest.jsonl``."""
     path = Path(out_dir) / "manifest.jsonl"
@@ -533,7 +888,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
     """Combine shard folders (same settings, disjoint blocks) into `out_dir`, then finalize it.
 
     The result is byte-identical to the folder a single process writes with the same settings
-    (run logs excepted). Returns the dataset card.
+    (run logs and the card's time section excepted: measured times). Returns the dataset card.
     """
     shard_dirs = [Path(d) for d in shard_dirs]
     if not shard_dirs:
@@ -550,15 +905,18 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
     _check_settings(out_dir, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / SETTINGS, json_dumps(settings, indent=2, sort_keys=True))
+    log = _read_run_log(out_dir)
     for d in shard_dirs:
+        log.update(_read_run_log(d))  # per-block stage times: the merged card's time section covers every shard
         for blk_path in sorted((d / "blocks").glob("*.json")):
             blk = json.loads(blk_path.read_text())
-            for r in blk["rows"]:
-                _copy_atomic(d / r["file"], out_dir / r["file"])
+            for f in dict.fromkeys(r["file"] for r in blk["rows"]):  # a block's tar once
+                _copy_atomic(d / f, out_dir / f)
             npy = blk_path.with_suffix(".npy")
             if npy.exists():
                 _copy_atomic(npy, out_dir / "blocks" / npy.name)
             _copy_atomic(blk_path, out_dir / "blocks" / blk_path.name)
+    atomic_write_text(out_dir / "run_log.jsonl", "".join(_json(log[b]) + "\n" for b in sorted(log)))
     logger.debug("merged %d shards into %s", len(shard_dirs), out_dir)
     return finalize_dataset(out_dir)
 

@@ -53,3 +53,22 @@ def markdown_tables(text: str) -> list[list[list[str]]]:
             row.append(cell)
             cell = None
     return tables
+
+
+def reproducible_bytes(path) -> bytes:
+    """A dataset file's bytes without what is measured rather than produced: the dataset card's time
+    section (``time`` in dataset_card.json, the ``- time per stage`` line of dataset_card.md), which
+    differs between runs by nature. Every other file's bytes as they are."""
+    path = Path(path)
+    data = path.read_bytes()
+    if path.name == "dataset_card.json":
+        card = json.loads(data)
+        assert "time" in card, "the card has no time section"
+        del card["time"]
+        return json.dumps(card, sort_keys=True).encode()
+    if path.name == "dataset_card.md":
+        lines = data.decode().splitlines()
+        kept = [line for line in lines if not line.startswith("- time per stage")]
+        assert len(kept) == len(lines) - 1, "the card has no (or more than one) time line"
+        return "\n".join(kept).encode()
+    return data

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -37,11 +38,14 @@ class Crashing(NaturalSource):
 
 
 def _digest(d):
+    """Hash of a dataset folder's files (the card's measured time section and the run log excepted)."""
+    from _strict import reproducible_bytes
+
     h = hashlib.sha256()
     for p in sorted(d.rglob("*")):
         if p.is_file() and p.name not in ("run_log.jsonl", "shard.json") and not p.name.startswith("."):
             h.update(str(p.relative_to(d)).encode())
-            h.update(p.read_bytes())
+            h.update(reproducible_bytes(p))
     return h.hexdigest()
 
 
@@ -89,6 +93,22 @@ def test_resume_after_crash_is_identical(tmp_path):
     assert res["blocks_skipped"] == 2 and res["blocks_written"] == 3 and res["complete"]
     write_dataset(tmp_path / "ref", NaturalSource(_gen(), _labs()), n=20, block_size=4)
     assert _digest(tmp_path / "d") == _digest(tmp_path / "ref")
+
+
+def test_folder_from_before_output_options_resumes_as_png_files(tmp_path):
+    """A dataset folder written before the output options existed (no ``output`` in its settings) resumes
+    with the default output (png files) and is refused with any other."""
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(tmp_path / "d", Crashing(_gen(), _labs(), crash_at=1), n=8, block_size=4)
+    settings_path = tmp_path / "d" / "settings.json"
+    old = json.loads(settings_path.read_text())
+    del old["output"]
+    settings_path.write_text(json.dumps(old, indent=2, sort_keys=True))
+    with pytest.raises(DatasetError, match="other settings"):
+        write_dataset(tmp_path / "d", NaturalSource(_gen(), _labs()), n=8, block_size=4, image_format="jpg")
+    res = write_dataset(tmp_path / "d", NaturalSource(_gen(), _labs()), n=8, block_size=4)
+    assert res["blocks_skipped"] == 1 and res["blocks_written"] == 1 and res["complete"]
+    assert "output" not in json.loads(settings_path.read_text())  # the folder's settings are left as written
 
 
 def test_other_settings_refused(tmp_path):
@@ -214,3 +234,242 @@ def test_write_dataset_passes_progress_to_sources_that_take_it(tmp_path, monkeyp
     src = ReportingSource(_gen(), _labs())
     write_dataset(tmp_path / "d", src, n=10, block_size=5)
     assert seen == [2, 2, 1, 2, 2, 1]  # per batch of 2, capped at the block's 5 images
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 14: encoding pool, formats, image size, WebDataset tars, time per stage
+# ------------------------------------------------------------------------------------------------
+def _gen32():
+    """32 x 32 images with structure (smooth gradients from the latent), for codecs and resizing."""
+    def synth(latent):
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+        a, b, c = latent[:, 0, None, None], latent[:, 1, None, None], latent[:, 2, None, None]
+        return torch.stack([torch.tanh(a * xx + b * yy), torch.tanh(b * xx - c * yy), torch.tanh(c * xx * yy + a)], 1)
+
+    return CallableGenerator(synth, z_dim=4, img_resolution=32, id="toy32")
+
+
+def _synthesized_u8(rows):
+    """The uint8 images the generator makes for the manifest's seeds (computed again, independently)."""
+    from latent_balance._utils import images_to_uint8
+
+    g = _gen32()
+    return images_to_uint8(g.synthesize(g.to_latent(g.sample_z([r["seed"] for r in rows]))))
+
+
+def _decoded(d, rows):
+    import io
+
+    from PIL import Image
+
+    from latent_balance.export import iter_image_bytes
+
+    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in iter_image_bytes(d, rows)])
+
+
+def test_encoding_pool_gives_the_same_bytes_with_bounded_images_in_flight(tmp_path):
+    from latent_balance import export
+
+    thread = write_dataset(tmp_path / "t", NaturalSource(_gen32(), _labs()), n=100, block_size=50, workers=0)
+    pool = write_dataset(tmp_path / "p", NaturalSource(_gen32(), _labs()), n=100, block_size=50, workers=2)
+    assert thread["encode_workers"] == 0 and pool["encode_workers"] == 2
+    assert _digest(tmp_path / "t") == _digest(tmp_path / "p")  # same files, same order, same bytes
+    # the window: _CHUNK images per task, _CHUNKS_PER_WORKER tasks per worker -> 4 * 2 * 2 = 16 images, below
+    # the block's 50 (so a whole block is never handed to the pool at once), and filled (> one task)
+    window = export._CHUNK * export._CHUNKS_PER_WORKER * 2
+    assert pool["encode_window"] == window < 50
+    assert export._CHUNK < pool["peak_images_in_flight"] <= window
+    assert thread["peak_images_in_flight"] == 0
+    rows = read_manifest(tmp_path / "p")
+    np.testing.assert_array_equal(_decoded(tmp_path / "p", rows), _synthesized_u8(rows))  # png: lossless
+    with pytest.raises(ValueError, match="workers"):
+        write_dataset(tmp_path / "w", NaturalSource(_gen32(), _labs()), n=4, workers=-1)
+    assert not (tmp_path / "w").exists()
+
+
+def test_pool_size_default_is_one_per_core_with_enough_images(monkeypatch):
+    from latent_balance import export
+
+    monkeypatch.setattr(export, "_usable_cores", lambda: 16)
+    per = export.MIN_IMAGES_PER_WORKER
+    assert export._pool_size(None, 2048) == min(16, 2048 // per)
+    assert export._pool_size(None, 100_000) == 16
+    assert export._pool_size(None, per - 1) == 0  # too few images to pay for a pool: the writer thread
+    assert export._pool_size(3, 10) == 3
+
+
+@pytest.mark.parametrize("fmt,magic", [("jpg", b"\xff\xd8\xff"), ("webp", b"RIFF")])
+def test_lossy_formats_with_quality(tmp_path, fmt, magic):
+    errors = {}
+    for q in (95, 10):
+        d = tmp_path / f"{fmt}{q}"
+        write_dataset(d, NaturalSource(_gen32(), _labs()), n=6, block_size=3, image_format=fmt, quality=q)
+        rows = read_manifest(d)
+        assert [r["file"] for r in rows] == [f"images/{i:07d}.{fmt}" for i in range(6)]
+        assert all((d / r["file"]).read_bytes().startswith(magic) for r in rows)
+        settings = json.loads((d / "settings.json").read_text())
+        assert settings["output"] == {"format": fmt, "quality": q, "image_size": None, "layout": "files"}
+        errors[q] = np.abs(_decoded(d, rows).astype(float) - _synthesized_u8(rows)).mean()
+    # quality 95 scales the codec's quantization steps to ~1/10 of the standard tables: errors of a
+    # level or two on these smooth images (bound 3); quality 10 quantizes far more coarsely
+    assert errors[95] < 3 and errors[10] > 2 * errors[95]
+    # resuming in another format or quality is refused by the settings check, nothing changed
+    before = _digest(tmp_path / f"{fmt}95")
+    for kw in ({"image_format": "png"}, {"image_format": fmt, "quality": 90}):
+        with pytest.raises(DatasetError, match=r"differs in \['output'\]"):
+            write_dataset(tmp_path / f"{fmt}95", NaturalSource(_gen32(), _labs()), n=6, block_size=3, **kw)
+    assert _digest(tmp_path / f"{fmt}95") == before
+
+
+def test_output_options_are_validated_before_writing(tmp_path):
+    for kw, msg in (({"quality": 90}, "png is lossless"), ({"image_format": "jpg", "quality": 0}, "1 .smallest"),
+                    ({"image_format": "webp", "quality": 101}, "1 .smallest"),
+                    ({"image_format": "jpg", "quality": 9.5}, "integer"), ({"image_format": "gif"}, "png, jpg, webp"),
+                    ({"image_size": 0}, "positive integer"), ({"layout": "zip"}, "files, webdataset")):
+        with pytest.raises(ValueError, match=msg):
+            write_dataset(tmp_path / "d", NaturalSource(_gen32(), _labs()), n=4, **kw)
+        assert not (tmp_path / "d").exists()
+
+
+def test_resize_matches_pillow_bicubic():
+    """Reference: Pillow's Image.resize(BICUBIC) on each float channel (mode "F"), which widens the
+    filter by the scale factor when shrinking; torch's antialiased bicubic implements the same filter."""
+    from PIL import Image
+
+    from latent_balance.export import _resize
+
+    torch.manual_seed(0)
+    x = torch.tanh(torch.randn(2, 3, 32, 32) * 0.5)
+    for size in (12, 20, 48):
+        ref = np.stack([np.stack([np.asarray(Image.fromarray(x[i, c].numpy(), mode="F").resize((size, size), Image.BICUBIC))
+                                  for c in range(3)]) for i in range(2)]).clip(-1, 1)
+        np.testing.assert_allclose(_resize(x, size).numpy(), ref, atol=1e-5)  # float32 rounding (~4e-6 seen)
+    u8 = ((x.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    assert _resize(u8, 16).shape == (2, 3, 16, 16)  # uint8 [k, H, W, C] input
+    assert _resize(x, 32) is x  # already that size: untouched
+    assert _resize(torch.zeros(1, 3, 32, 64), 16).shape == (1, 3, 16, 32)  # aspect ratio kept
+
+
+def test_image_size_writes_resized_images(tmp_path):
+    from latent_balance._utils import images_to_uint8
+    from latent_balance.export import _resize
+
+    write_dataset(tmp_path / "d", NaturalSource(_gen32(), _labs()), n=6, block_size=3, image_size=12)
+    rows = read_manifest(tmp_path / "d")
+    got = _decoded(tmp_path / "d", rows)
+    assert got.shape == (6, 12, 12, 3)
+    g = _gen32()
+    want = images_to_uint8(_resize(g.synthesize(g.to_latent(g.sample_z([r["seed"] for r in rows]))), 12))
+    np.testing.assert_array_equal(got, want)
+    assert json.loads((tmp_path / "d" / "settings.json").read_text())["output"]["image_size"] == 12
+
+
+def test_webdataset_tars_hold_the_folder_output(tmp_path):
+    import webdataset as wds
+
+    write_dataset(tmp_path / "f", NaturalSource(_gen32(), _labs()), n=10, block_size=4, workers=0)
+    write_dataset(tmp_path / "w", NaturalSource(_gen32(), _labs()), n=10, block_size=4, layout="webdataset",
+                  workers=0)
+    tars = sorted((tmp_path / "w" / "images").glob("*.tar"))
+    assert [t.name for t in tars] == ["00000.tar", "00001.tar", "00002.tar"]  # one per block
+    assert not list((tmp_path / "w" / "images").glob("*.png"))
+    samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False))
+    files = read_manifest(tmp_path / "f")
+    rows = read_manifest(tmp_path / "w")
+    assert [s["__key__"] for s in samples] == [f"{i:07d}" for i in range(10)]
+    for s, frow, row in zip(samples, files, rows):
+        assert s["png"] == (tmp_path / "f" / frow["file"]).read_bytes()  # the same image bytes
+        record = json.loads(s["json"])
+        assert record == row  # the manifest row ...
+        assert record["file"] == f"images/{row['block']:05d}.tar" and record["member"] == f"{row['index']:07d}.png"
+        # ... which is the folder's row but for where the image is
+        assert {k: v for k, v in record.items() if k not in ("file", "member")} == \
+               {k: v for k, v in frow.items() if k != "file"}
+    card_f = json.loads((tmp_path / "f" / "dataset_card.json").read_text())
+    card_w = json.loads((tmp_path / "w" / "dataset_card.json").read_text())
+    assert card_f["achieved"] == card_w["achieved"]
+
+
+def test_webdataset_resume_and_merge_are_identical(tmp_path):
+    kw = dict(n=14, block_size=4, layout="webdataset", image_format="jpg", quality=80, image_size=16)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(tmp_path / "d", Crashing(_gen32(), _labs(), crash_at=2), **kw)
+    res = write_dataset(tmp_path / "d", NaturalSource(_gen32(), _labs()), **kw)
+    assert res["blocks_skipped"] == 2 and res["complete"]
+    write_dataset(tmp_path / "ref", NaturalSource(_gen32(), _labs()), **kw)
+    assert _digest(tmp_path / "d") == _digest(tmp_path / "ref")
+    for i in range(2):
+        write_dataset(tmp_path / f"s{i}", NaturalSource(_gen32(), _labs()), shard=i, num_shards=2, **kw)
+    merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m")
+    assert _digest(tmp_path / "m") == _digest(tmp_path / "ref")
+
+
+class SlowSource(NaturalSource):
+    """Reports fixed stage times (seconds per block) instead of measured ones, so the card's sums are known."""
+
+    def produce(self, block, slots):
+        out = super().produce(block, slots)
+        out.timings = {"latent": 0.25, "synthesis": 1.5, "labeling": 0.125}
+        return out
+
+
+def test_card_shows_time_per_stage(tmp_path):
+    res = write_dataset(tmp_path / "d", SlowSource(_gen32(), _labs()), n=12, block_size=4)
+    card = json.loads((tmp_path / "d" / "dataset_card.json").read_text())
+    tm = card["time"]
+    assert tm["blocks_timed"] == tm["blocks"] == 3 and tm["encode_workers"] == [0]
+    # the source's stage times, summed over the 3 blocks (exact: the values are binary fractions)
+    assert (tm["seconds"]["proposals"], tm["seconds"]["synthesis"], tm["seconds"]["labelling"]) == (0.75, 4.5, 0.375)
+    assert tm["seconds"]["resizing"] == 0
+    assert tm["seconds"]["encoding"] > 0 and tm["seconds"]["writing"] > 0
+    assert tm["seconds"]["encoding"] == pytest.approx(res["timings"]["encoding"])
+    assert tm["ms_per_image"]["synthesis"] == pytest.approx(4.5e3 / 12)
+    md = (tmp_path / "d" / "dataset_card.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- time per stage"))
+    assert "proposals 0.75, synthesis 4.50, labelling 0.38, encoding" in line and "resizing" not in line
+    # shards: the merged card covers every block (the shards' run logs are merged)
+    for i in range(2):
+        write_dataset(tmp_path / f"s{i}", SlowSource(_gen32(), _labs()), n=12, block_size=4, shard=i, num_shards=2)
+    merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m")
+    tm = json.loads((tmp_path / "m" / "dataset_card.json").read_text())["time"]
+    assert tm["blocks_timed"] == 3 and tm["seconds"]["synthesis"] == 4.5
+
+
+def test_encoding_pool_is_spawn_safe(tmp_path, monkeypatch):
+    """Where the platform has no forkserver the pool starts with spawn (workers import the module afresh,
+    inherit nothing): the same bytes, and the slower start is said once."""
+    import multiprocessing
+
+    from latent_balance import export
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(export, "warn_once", lambda key, msg: warnings.warn(msg, RuntimeWarning))
+    with pytest.warns(RuntimeWarning, match="spawn"):
+        res = write_dataset(tmp_path / "s", NaturalSource(_gen32(), _labs()), n=20, block_size=10, workers=2)
+    assert res["encode_workers"] == 2 and res["peak_images_in_flight"] > 0
+    write_dataset(tmp_path / "t", NaturalSource(_gen32(), _labs()), n=20, block_size=10, workers=0)
+    assert _digest(tmp_path / "s") == _digest(tmp_path / "t")
+
+
+def test_uint8_conversion_on_an_accelerator_rounds_as_on_the_host():
+    """Images on a GPU are converted there (a quarter of the bytes cross to the host); the same float32
+    operations, so the same bytes as images_to_uint8, ties at .5 included. The device is stood in for by an
+    object that reports device type 'cuda' and runs the tensor operations on the CPU."""
+    from types import SimpleNamespace
+
+    from latent_balance._utils import images_to_uint8
+    from latent_balance.export import _to_uint8
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16) * 2.2 - 1.1
+    x[0, 0, 0, :6] = torch.tensor([k / 127.5 - 1 for k in (0.5, 1.5, 2.5, 253.5, 254.5, 255.0)])  # ties, the top
+
+    class OnDevice:
+        device = SimpleNamespace(type="cuda")
+
+        def to(self, dtype):
+            return x.to(dtype)
+
+    np.testing.assert_array_equal(_to_uint8(OnDevice()), images_to_uint8(x))
+    u8 = images_to_uint8(x)
+    assert _to_uint8(u8) is u8
