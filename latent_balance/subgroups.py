@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._utils import package_versions, read_npz, write_npz
+from ._utils import package_versions, read_npz, warn_once, write_npz
 from .boundaries import (BoundarySet, _check_attributes, _halves, _log_loss, _softmax,
                          expected_calibration_error)
 from .cells import SEP
@@ -205,6 +205,55 @@ def _fit_temperature_bias(logits: np.ndarray, y: np.ndarray, present: np.ndarray
     return {"a": np.array(np.exp(res.x[0])), "c": c}
 
 
+def _fit_softmax_regression(X: np.ndarray, y: np.ndarray, k: int, C: float, tol: float = 1e-6,
+                            max_iter: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """L2-regularized logistic regression, scikit-learn's ``LogisticRegression(C, solver="lbfgs", tol)``.
+
+    Minimizes ``mean_i [logsumexp(z_i) - z_{i, y_i}] + |W|^2 / (2 C n)`` (intercepts not penalized) with
+    ``z_i = W x_i + b``: multinomial over all k classes for k > 2, and for k == 2 scikit-learn's binary
+    form (logits ``[0, w.x + b]``, one weight vector). Solved with scipy's L-BFGS-B and scikit-learn's
+    stopping rule (projected gradient <= `tol`, relative decrease <= 64 machine epsilons), so it reaches
+    the same optimum; one pass of two matrix products over the data per evaluation instead of
+    scikit-learn's more general loss machinery (half the CPU time measured on 40,000 x 512, 8 classes).
+
+    Args:
+        X: float64 [n, D] features.  y: int [n] class indices in [0, k), every class present.
+        k: classes (>= 2).  C: inverse regularization strength.
+
+    Returns:
+        (coef [k or 1, D], intercept [k or 1]) in scikit-learn's layout.
+    """
+    from scipy.optimize import minimize
+
+    X = np.ascontiguousarray(X, np.float64)
+    n, d = X.shape
+    m = 1 if k == 2 else k
+    lam = 1.0 / (C * n)
+    rows = np.arange(n)
+
+    def loss_grad(theta):
+        W, b = theta[: d * m].reshape(d, m), theta[d * m:]
+        Z = X @ W + b
+        if k == 2:
+            Z = np.hstack([np.zeros((n, 1)), Z])
+        zmax = Z.max(axis=1, keepdims=True)
+        E = np.exp(Z - zmax)
+        s = E.sum(axis=1, keepdims=True)
+        loss = float(np.mean(np.log(s[:, 0]) + zmax[:, 0] - Z[rows, y])) + 0.5 * lam * float(np.sum(W * W))
+        E /= s
+        E[rows, y] -= 1.0                      # d loss_i / d z_i = softmax(z_i) - onehot(y_i)
+        G = E[:, 1:] if k == 2 else E
+        gW = X.T @ G / n + lam * W
+        return loss, np.concatenate([gW.ravel(), G.mean(axis=0)])
+
+    res = minimize(loss_grad, np.zeros(d * m + m), jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(float).eps, "maxls": 50})
+    if not res.success and res.nit >= max_iter:
+        warn_once("joint-lbfgs", f"the joint posterior's logistic regression stopped after {max_iter} iterations "
+                                 f"without converging ({res.message})")
+    return res.x[: d * m].reshape(d, m).T.copy(), res.x[d * m:].copy()
+
+
 def _apply_temperature_bias(cal: Mapping[str, np.ndarray], logits: np.ndarray) -> np.ndarray:
     z = float(cal["a"]) * np.where(np.isfinite(logits), logits, 0.0) + cal["c"]
     return _softmax(z)
@@ -329,14 +378,10 @@ class SubgroupModel:
             raise ValueError("the training probes fall in fewer than two cells; nothing to model")
         mask = np.isin(y, present)
         if kind == "joint":
-            from sklearn.linear_model import LogisticRegression
-
-            lr = LogisticRegression(C=self.C, max_iter=2000, tol=1e-6).fit(Xs[mask], y[mask])
+            coef, icpt = _fit_softmax_regression(Xs[mask], np.searchsorted(present, y[mask]), len(present), self.C)
             if len(present) == 2:
-                coef = np.vstack([np.zeros_like(lr.coef_), lr.coef_])
-                icpt = np.array([0.0, lr.intercept_[0]])
-            else:
-                coef, icpt = lr.coef_, lr.intercept_
+                coef = np.vstack([np.zeros_like(coef), coef])
+                icpt = np.array([0.0, icpt[0]])
             self.models_["joint"] = {"present": present, "coef": coef, "intercept": icpt}
         else:
             from sklearn.neural_network import MLPClassifier

@@ -399,3 +399,47 @@ def test_block_progress_advances_per_batch_and_round(noisy):
     steps = []
     res = v.sample_block(0, v.schedule(40, 0), progress=steps.append)
     assert sum(steps) == 40 and len(steps) == res.stats["verify_rounds"] and min(steps) >= 0
+
+
+def test_overlapped_proposals_equal_sequential_and_report_stage_times(sharp):
+    """With images, proposals run in a producer thread while batches are synthesized: the outputs are those of
+    the sequential path (images=False, then synthesis), and the stage times are reported."""
+    w, model = sharp
+    s = BalancedSampler(w.generator, model, SKEWED, seed=5, block_size=300, batch_size=32, proposal_batch=200)
+    seq = s.sample(700)
+    ovl = s.sample(700, images=True)
+    for f in ("seeds", "z", "latents", "cells", "components"):
+        np.testing.assert_array_equal(getattr(seq, f), getattr(ovl, f))
+    assert seq.stats["latent_proposals_per_component"] == ovl.stats["latent_proposals_per_component"]
+    # the images are the generator's images of those latents, in output order
+    torch.testing.assert_close(ovl.images, w.generator.synthesize(seq.latents), rtol=0, atol=0)
+    for r in (seq, ovl):
+        assert all(r.stats[k] >= 0.0 for k in ("time_proposals_s", "time_synthesis_s", "time_labelling_s",
+                                                  "time_waiting_for_proposals_s"))
+        assert r.stats["time_proposals_s"] > 0.0
+    assert seq.stats["time_synthesis_s"] == 0.0 and ovl.stats["time_synthesis_s"] > 0.0
+    # (a) waiting is part of the wall time outside synthesis: never more than the proposals' own time plus
+    # thread hand-over; 1 s of slack for a loaded machine
+    assert ovl.stats["time_waiting_for_proposals_s"] <= ovl.stats["time_proposals_s"] + 1.0
+
+
+def test_overlapped_proposals_raise_errors_in_the_caller(sharp, monkeypatch):
+    """An error in the producer thread (e.g. a BudgetError) reaches the caller, and the thread ends."""
+    import threading
+
+    w, model = sharp
+    s = BalancedSampler(w.generator, model, seed=6, proposal_batch=100)
+    calls = []
+    real = model.predict_proba
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise BudgetError("proposal budget exhausted (injected)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(model, "predict_proba", failing)
+    before = threading.active_count()
+    with pytest.raises(BudgetError, match="injected"):
+        s.sample(200, images=True)
+    assert threading.active_count() == before

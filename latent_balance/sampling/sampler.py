@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -181,7 +182,9 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             the images kept from it, and ``..._per_cell``: the mean of that over the images kept in each
             cell), ``synthesis_calls``,
             ``synthesis_calls_per_kept_image``, ``verify_rejected_per_cell`` (verify: synthesized images
-            not kept, by labelled cell [K]), ``truncation_psi``, ``blocks``.
+            not kept, by labelled cell [K]), ``truncation_psi``, ``blocks``, and the stage times
+            ``time_proposals_s``, ``time_synthesis_s``, ``time_labelling_s``,
+            ``time_waiting_for_proposals_s`` (seconds; see :data:`STAGE_TIMES`).
         """
         n = int(n)
         if n < 1:
@@ -280,14 +283,16 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             raise ValueError(f"slots ask for kinds {[self.space.ids[int(np.unique(slots)[i])] for i in bad]} that "
                              f"have no weight under this target")
         streams = _Streams(self, block)
-        timings = {"latent": 0.0, "synthesis": 0.0, "labeling": 0.0}
+        timings = {"latent": 0.0, "synthesis": 0.0, "labeling": 0.0, "proposal_wait": 0.0}
         if self.verify:
             res = self._verify_block(slots, streams, timings, progress)
         else:
             res = self._latent_block(slots, streams, images, timings, progress)
         timings["latent"] += streams.latent_time
+        wait = timings.pop("proposal_wait")
         res.timings = timings
         res.stats.update(streams.stats())
+        res.stats.update(_stage_times(timings, wait))
         res.stats["blocks"] = [block]
         return res
 
@@ -298,27 +303,33 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         seeds = np.zeros(n, np.int64)
         z = np.zeros((n, self.generator.z_dim), np.float32)
         lat = np.zeros((n, self.generator.latent_dim), np.float32)
-        for g in np.flatnonzero(need):
-            s, zz, ll = streams.take(g, int(need[g]))
-            rows = np.flatnonzero(slots == g)
-            seeds[rows], z[rows], lat[rows] = s, zz, ll
-            streams.kept[g] += len(rows)
+        out = (seeds, z, lat)
         res = SampleResult(seeds, z, lat, slots.copy(), slots.copy(), list(self.space.ids))
         synth = 0
-        if images:
-            # batch by batch (synthesize, label, report), so progress advances per batch; the same batches
-            # as synthesizing and labelling the whole block, hence the same outputs
+        if not images:
+            self._propose_block(streams, slots, need, out)
+        else:
+            # a producer thread proposes (prior draws, mapping, posterior, acceptance) while this thread
+            # synthesizes and labels each batch as soon as its rows have latents. Every stream proposes
+            # exactly the batches it would alone (see _Streams.step), so the outputs are those of proposing
+            # first and synthesizing after; batch by batch, so progress advances per batch, and the same
+            # batches as synthesizing and labelling the whole block, hence the same outputs
             imgs, probs = [], []
-            for i in range(0, n, self.batch_size):
-                t0 = time.perf_counter()
-                imgs.append(self._synthesize(lat[i : i + self.batch_size]))
-                timings["synthesis"] += time.perf_counter() - t0
-                if self.labelers is not None:
+            with _Producer(self, streams, slots, need, out) as producer:
+                for i in range(0, n, self.batch_size):
+                    i1 = min(n, i + self.batch_size)
                     t0 = time.perf_counter()
-                    probs.append(self._label(imgs[-1]))
-                    timings["labeling"] += time.perf_counter() - t0
-                if progress is not None:
-                    progress(len(imgs[-1]))
+                    producer.wait_rows(i1)
+                    timings["proposal_wait"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    imgs.append(self._synthesize(lat[i:i1]))
+                    timings["synthesis"] += time.perf_counter() - t0
+                    if self.labelers is not None:
+                        t0 = time.perf_counter()
+                        probs.append(self._label(imgs[-1]))
+                        timings["labeling"] += time.perf_counter() - t0
+                    if progress is not None:
+                        progress(len(imgs[-1]))
             res.images = torch.cat(imgs) if imgs else torch.zeros(0)
             synth = n
             if self.labelers is not None:
@@ -327,6 +338,37 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                 res.labelled = self.space.cell_of_probs(res.probs)
         res.stats["synthesis_calls"] = synth
         return res
+
+    def _propose_block(self, streams, slots, need, out, publish=None, stop=None) -> None:
+        """Fill `out` = (seeds, z, latents) of a latent block: component g's j-th accepted latent goes to the
+        j-th row with slot g. Proposal batches interleave across components (one batch each in turn), so the
+        first rows get latents early; `publish(g, rows_filled)` reports progress, `stop` (an Event) aborts."""
+        comps = [int(g) for g in np.flatnonzero(need)]
+        rows_of = {g: np.flatnonzero(slots == g) for g in comps}
+        have = {g: streams.start(g, int(need[g])) for g in comps}
+        filled = dict.fromkeys(comps, 0)
+        pending = list(comps)
+        while pending:
+            for g in list(pending):
+                if stop is not None and stop.is_set():
+                    return
+                have[g] = streams.step(g, int(need[g]), have[g])
+                chunks = streams.buf[g]
+                got = sum(len(c[0]) for c in chunks)
+                if got > filled[g]:  # place the newly accepted latents (buffer order) into their rows
+                    cat = [np.concatenate([c[j] for c in chunks]) for j in range(3)]
+                    take = min(got, int(need[g]))
+                    rows = rows_of[g][filled[g]:take]
+                    for arr, src in zip(out, cat):
+                        arr[rows] = src[filled[g]:take]
+                    filled[g] = take
+                    if publish is not None:
+                        publish(g, take)
+                if have[g] >= need[g]:
+                    pending.remove(g)
+        for g in comps:
+            streams.collect(g, int(need[g]))  # leave the leftovers buffered, as take() does
+            streams.kept[g] += len(rows_of[g])
 
     def _synthesize(self, lat: np.ndarray) -> torch.Tensor:
         g = self.generator
@@ -383,6 +425,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             "cells": list(self.space.ids), "n_cells": k,
         }
         res.timings = {key: float(sum(p.timings.get(key, 0.0) for p in parts)) for key in ("latent", "synthesis", "labeling")}
+        res.stats.update({key: float(sum(p.stats.get(key, 0.0) for p in parts)) for key in STAGE_TIMES})
         return res
 
     # -- drop-in ------------------------------------------------------------------------------------
@@ -467,6 +510,22 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                 f"posterior={self.model.posterior_!r}, seed={self.seed})")
 
 
+#: Stage times in :attr:`SampleResult.stats` (seconds of wall time, summed over blocks). Latent-only
+#: sampling with images proposes in a producer thread while the caller's thread synthesizes, so
+#: ``time_proposals_s`` overlaps ``time_synthesis_s`` there and the stages may sum to more than the wall time.
+STAGE_TIMES = (
+    "time_proposals_s",                # latent proposals: prior draws, mapping, posterior, acceptance
+    "time_synthesis_s",                # generator synthesis of the outputs (and of verify's candidates)
+    "time_labelling_s",                # labelers on the synthesized images
+    "time_waiting_for_proposals_s",    # synthesis thread idle, waiting for latents (the part not overlapped)
+)
+
+
+def _stage_times(timings: Mapping[str, float], wait: float) -> dict[str, float]:
+    return {"time_proposals_s": float(timings["latent"]), "time_synthesis_s": float(timings["synthesis"]),
+            "time_labelling_s": float(timings["labeling"]), "time_waiting_for_proposals_s": float(wait)}
+
+
 def _as_adapter(generator):
     if all(hasattr(generator, f) for f in ("sample_z", "to_latent", "synthesize", "describe", "latent_dim")):
         return generator
@@ -477,3 +536,55 @@ def _as_adapter(generator):
         return StyleGAN2Adapter(generator)
     raise TypeError(f"generator must be a latent_balance generator adapter or an object with NVIDIA-style mapping "
                     f"and synthesis, got {type(generator).__name__}")
+
+
+class _Producer:
+    """Runs :meth:`BalancedSampler._propose_block` in a thread; :meth:`wait_rows` blocks until the first
+    rows have latents. Errors in the thread (e.g. :class:`BudgetError`) are raised in the caller."""
+
+    def __init__(self, sampler, streams, slots, need, out):
+        self.slots, self.k = slots, len(need)
+        self.filled = np.zeros(self.k, np.int64)
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.done = False
+        self.thread = threading.Thread(target=self._run, args=(sampler, streams, slots, need, out),
+                                       name="latent-balance-proposals", daemon=True)
+
+    def _run(self, sampler, streams, slots, need, out):
+        try:
+            sampler._propose_block(streams, slots, need, out, publish=self._publish, stop=self.stop)
+        except BaseException as e:  # handed to the consumer
+            with self.cond:
+                self.error = e
+        finally:
+            with self.cond:
+                self.done = True
+                self.cond.notify_all()
+
+    def _publish(self, g: int, rows: int) -> None:
+        with self.cond:
+            self.filled[g] = rows
+            self.cond.notify_all()
+
+    def wait_rows(self, end: int) -> None:
+        """Block until rows [0, end) have their latents."""
+        want = np.bincount(self.slots[:end], minlength=self.k)
+        with self.cond:
+            self.cond.wait_for(lambda: self.error is not None or self.done or bool(np.all(self.filled >= want)))
+            if self.error is not None:
+                raise self.error
+            if not np.all(self.filled >= want):
+                raise RuntimeError("the proposal thread ended before filling the block")  # not reachable
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        if exc[0] is None and self.error is not None:
+            raise self.error
+        return False

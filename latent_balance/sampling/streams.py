@@ -44,48 +44,68 @@ class _Streams:
 
     def take(self, g: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The next `count` accepted (seeds [count], z [count, z_dim], latents [count, D]) of component g."""
-        s = self.s
-        stream = self.block * self.k + g
+        have = self.start(g, count)
+        while have < count:
+            have = self.step(g, count, have)
+        return self.collect(g, count)
+
+    def start(self, g: int, count: int) -> int:
+        """Open a request of `count` accepted latents from component g; returns how many are buffered."""
         if g not in self.rngs:
-            self.rngs[g] = np.random.default_rng([s.seed, stream, 0x5A3C])
+            self.rngs[g] = np.random.default_rng([self.s.seed, self.block * self.k + g, 0x5A3C])
             self.buf[g] = []
         self.requested[g] += count
-        have = sum(len(b[0]) for b in self.buf[g])
+        return sum(len(b[0]) for b in self.buf[g])
+
+    def step(self, g: int, count: int, have: int) -> int:
+        """One proposal batch of component g toward `count` (given `have` buffered); returns the new `have`.
+
+        The batch size depends only on this stream's own state, so interleaving the steps of several
+        components (as the overlapped latent block does) proposes exactly the latents :meth:`take` does.
+
+        Raises:
+            BudgetError: the component used more than its proposal budget.
+        """
+        s = self.s
+        stream = self.block * self.k + g
         limit = s.max_proposals_per_image * (self.requested[g] + _BUDGET_SLACK)
-        while have < count:
-            missing = count - have
-            rate = max(float(self.rate[g]), 1e-9)
-            size = int(min(s.proposal_batch, max(64, math.ceil(1.2 * missing / rate) + 16),
-                           stream_length(stream) - self.next[g]))
-            if size <= 0:
-                cid = s.space.ids[g]
-                raise BudgetError(f"cell {cid!r}: block {self.block} used all {stream_length(stream)} seeds of its "
-                                  f"proposal stream for {have} of the {int(self.requested[g])} accepted latents "
-                                  f"needed; use a smaller block size", cell=cid,
-                                  achieved={cid: int(self.requested[g] - count + have)})
-            t0 = time.perf_counter()
-            seeds = stream_seeds(s.seed, stream, int(self.next[g]), size)
-            self.next[g] += size
-            z_t = s.generator.sample_z(seeds)
-            lat_t = s.generator.to_latent(z_t)
-            lat = lat_t.detach().cpu().numpy().astype(np.float32, copy=False)
-            P = s.model.predict_proba(lat)[:, [g]]
-            a = s._accept_prob(P, self.sharp[[g]], comps=[g])[:, 0]
-            u = self.rngs[g].random(size)
-            ok = u < a
-            self.proposals[g] += size
-            if ok.any():
-                self.buf[g].append((seeds[ok], z_t.detach().cpu().numpy()[ok], lat[ok]))
-                self.accepted[g] += int(ok.sum())
-                have += int(ok.sum())
-            self.latent_time += time.perf_counter() - t0
-            if have < count and self.proposals[g] > limit:
-                cid = s.space.ids[g]
-                raise BudgetError(f"cell {cid!r}: {int(self.proposals[g])} latent proposals gave {have} of the "
-                                  f"{int(self.requested[g])} accepted latents needed in block {self.block} "
-                                  f"(budget max_proposals_per_image={s.max_proposals_per_image:g}); the acceptance "
-                                  f"rate is far below the probes' estimate {self.rate[g]:.3g}", cell=cid,
-                                  achieved={cid: int(self.requested[g] - count + have)})
+        missing = count - have
+        rate = max(float(self.rate[g]), 1e-9)
+        size = int(min(s.proposal_batch, max(64, math.ceil(1.2 * missing / rate) + 16),
+                       stream_length(stream) - self.next[g]))
+        if size <= 0:
+            cid = s.space.ids[g]
+            raise BudgetError(f"cell {cid!r}: block {self.block} used all {stream_length(stream)} seeds of its "
+                              f"proposal stream for {have} of the {int(self.requested[g])} accepted latents "
+                              f"needed; use a smaller block size", cell=cid,
+                              achieved={cid: int(self.requested[g] - count + have)})
+        t0 = time.perf_counter()
+        seeds = stream_seeds(s.seed, stream, int(self.next[g]), size)
+        self.next[g] += size
+        z_t = s.generator.sample_z(seeds)
+        lat_t = s.generator.to_latent(z_t)
+        lat = lat_t.detach().cpu().numpy().astype(np.float32, copy=False)
+        P = s.model.predict_proba(lat)[:, [g]]
+        a = s._accept_prob(P, self.sharp[[g]], comps=[g])[:, 0]
+        u = self.rngs[g].random(size)
+        ok = u < a
+        self.proposals[g] += size
+        if ok.any():
+            self.buf[g].append((seeds[ok], z_t.detach().cpu().numpy()[ok], lat[ok]))
+            self.accepted[g] += int(ok.sum())
+            have += int(ok.sum())
+        self.latent_time += time.perf_counter() - t0
+        if have < count and self.proposals[g] > limit:
+            cid = s.space.ids[g]
+            raise BudgetError(f"cell {cid!r}: {int(self.proposals[g])} latent proposals gave {have} of the "
+                              f"{int(self.requested[g])} accepted latents needed in block {self.block} "
+                              f"(budget max_proposals_per_image={s.max_proposals_per_image:g}); the acceptance "
+                              f"rate is far below the probes' estimate {self.rate[g]:.3g}", cell=cid,
+                              achieved={cid: int(self.requested[g] - count + have)})
+        return have
+
+    def collect(self, g: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hand out the first `count` buffered latents of component g (the rest stay buffered)."""
         seeds = np.concatenate([b[0] for b in self.buf[g]])
         z = np.concatenate([b[1] for b in self.buf[g]])
         lat = np.concatenate([b[2] for b in self.buf[g]])
