@@ -177,6 +177,10 @@ class _AgeGenderBase(Labeler):
         self._input_name, self._output_name = inp["name"], self._spec["output"]["name"]
         if aligner is not None and aligner_options:
             raise TypeError("give either aligner= or aligner options, not both")
+        if aligner is None and self.device.type != "cpu":
+            # on a device: chips cut there by the batched torch warp (byte-identical to dlib's), landmarks
+            # fitted by a pool of processes (one per CPU core); explicit aligner options win
+            aligner_options = {"warp": "torch", "device": self.device, "landmark_workers": None, **aligner_options}
         self.aligner = aligner if aligner is not None else shared_aligner(**aligner_options)
         self.aligner.register_size(self._chip)
         self.batch_size = int(batch_size)
@@ -229,7 +233,9 @@ class GenderLabeler(_AgeGenderBase):
         num_threads: onnxruntime intra-op threads (default min(2, CPU count); results do not depend on it).
         batch_size:  images per model call.
         device:      where the network runs: ``"cpu"`` (default), ``"cuda"``/``"cuda:N"``, or None for CUDA
-                     when available, else the CPU. Face alignment stays as the aligner does it.
+                     when available, else the CPU. On a device other than the CPU, the default aligner
+                     cuts the chips there (``warp="torch"``) and fits landmarks in a process pool
+                     (``landmark_workers=None``); aligner options given here override that.
         backend:     ``"auto"`` (default: onnxruntime on the CPU, torch elsewhere; without the ``onnx``
                      package it warns once and uses onnxruntime on the CPU), ``"onnxruntime"`` (CPU only;
                      ValueError on another device) or ``"torch"`` (the ONNX graph run by torch; needs

@@ -220,3 +220,77 @@ def test_cuda_labelers_agree_with_onnxruntime(faces, cls):
     whole = cls(device="cuda")(faces[:70])
     parts = np.concatenate([cls(device="cuda")(faces[i:min(i + 9, 70)]) for i in range(0, 70, 9)])
     np.testing.assert_array_equal(whole, parts)
+
+
+# -- face alignment: the batched torch warp and the landmark pool ----------------------------------------
+def test_torch_warp_reproduces_dlib_extract_image_chip():
+    """Random chips (sizes 16-64, rotations, rectangles 20-160 px, partly outside the image) of random
+    images, against dlib.extract_image_chip itself: the warp repeats dlib's integer pyramid and float64
+    bilinear step by step, so the chips must be byte-identical (no tolerance)."""
+    import dlib
+
+    from attributes.faces import _chip_plan, _pyramid_levels, _warp_chips
+
+    rng = np.random.default_rng(0)
+    h, w = 150, 170
+    img = rng.integers(0, 256, (4, h, w, 3), dtype=np.uint8)
+    t = torch.from_numpy(img).permute(0, 3, 1, 2).contiguous()
+    seen_levels = set()
+    for trial in range(40):
+        left, top = rng.uniform(-40, w - 20), rng.uniform(-40, h - 20)
+        side = rng.uniform(20, 160)
+        size = int(rng.choice([16, 32, 64]))
+        d = dlib.chip_details(dlib.drectangle(left, top, left + side, top + side * rng.uniform(0.8, 1.2)),
+                              dlib.chip_dims(size, size), rng.uniform(-0.6, 0.6))
+        r = d.rect
+        plan = _chip_plan((r.left(), r.top(), r.right(), r.bottom()), d.angle, d.rows, d.cols, h, w)
+        seen_levels.add(plan["level"])
+        out = _warp_chips(_pyramid_levels(t, plan["level"] + 1), [plan], size, [trial % 4])[0].numpy()
+        np.testing.assert_array_equal(out, dlib.extract_image_chip(img[trial % 4], d), err_msg=f"chip {trial}")
+    assert {-1, 0, 1} <= seen_levels  # no pyramid, one level, two levels
+
+
+@pytest.fixture(scope="module")
+def reference_alignment(faces):
+    from attributes.faces import FaceAligner
+
+    al = FaceAligner()
+    al.register_size(32)
+    return al.chips(faces, 64), al.chips(faces, 32), al.landmarks(faces)
+
+
+@pytest.mark.parametrize("options", [{"warp": "torch"}, {"landmark_workers": 2}])
+def test_aligner_paths_give_identical_chips(faces, reference_alignment, options):
+    """The torch warp and the landmark pool change where the work runs, not the chips or landmarks."""
+    from attributes.faces import FaceAligner
+
+    al = FaceAligner(**options)
+    al.register_size(32)
+    c64, c32, (pts, fallback) = reference_alignment
+    np.testing.assert_array_equal(al.chips(faces, 64), c64)
+    np.testing.assert_array_equal(al.chips(faces, 32), c32)
+    p2, f2 = al.landmarks(faces)
+    np.testing.assert_array_equal(p2, pts)
+    np.testing.assert_array_equal(f2, fallback)
+    assert al.id == FaceAligner().id  # same preprocessing, so the same labeler ids
+
+
+def test_aligner_option_errors():
+    from attributes.faces import FaceAligner
+
+    with pytest.raises(ValueError, match="warp must be"):
+        FaceAligner(warp="opencv")
+    with pytest.raises(ValueError, match="landmark_workers"):
+        FaceAligner(landmark_workers=-1)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_warp_gives_identical_chips(faces, reference_alignment):
+    from attributes.faces import FaceAligner
+
+    al = FaceAligner(warp="torch", device="cuda", landmark_workers=None)
+    al.register_size(32)
+    c64, c32, _ = reference_alignment
+    np.testing.assert_array_equal(al.chips(faces.cuda(), 64), c64)
+    np.testing.assert_array_equal(al.chips(faces.cuda(), 32), c32)
