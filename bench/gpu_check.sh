@@ -126,7 +126,7 @@ step pytest_gpu pytest_rest_gpu
 if [ -n "${GPU_CHECK_BEFORE_BENCH:-}" ]; then step before_bench bash -c "$GPU_CHECK_BEFORE_BENCH"; fi
 step bench_ops timeout "$BENCH_TIMEOUT" "$PY" bench/bench_ops.py --out "$OUT/ops_$DEV_TAG.json"
 step bench_generator timeout "$BENCH_TIMEOUT" "$PY" bench/bench_generator.py --reps 10 --out "$OUT/generator_$DEV_TAG.json"
-step bench_labelers timeout "$BENCH_TIMEOUT" "$PY" bench/bench_labelers.py --backends-only --speed-n 1024 \
+step bench_labelers timeout "$BENCH_TIMEOUT" "$PY" bench/bench_labelers.py --backends-only --speed-n 512 \
     --threads 2 --out "$OUT/labelers_$DEV_TAG.json"
 
 NVIDIA_REPO="${NVIDIA_REPO:-$ROOT/.nvidia/stylegan2-ada-pytorch}"

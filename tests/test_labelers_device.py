@@ -275,6 +275,20 @@ def test_aligner_paths_give_identical_chips(faces, reference_alignment, options)
     assert al.id == FaceAligner().id  # same preprocessing, so the same labeler ids
 
 
+def test_device_configuration_on_the_cpu_gives_the_same_labels(faces):
+    """Everything a CUDA labeler does (torch networks, torch warp, landmark pool), here on the CPU and set
+    through the registry's option names: probabilities within TOL of the CPU default's."""
+    from attributes import get_labeler
+
+    opts = {"backend": "torch", "warp": "torch", "landmark_workers": 2}
+    g, a = get_labeler("gender", **opts), get_labeler("age", **opts)
+    assert g.aligner is a.aligner and g.aligner.warp == "torch" and g.aligner.landmark_workers == 2
+    x = faces[:16]
+    for lab, ref in ((g, GenderLabeler()), (a, AgeLabeler())):
+        assert lab.id == ref.id
+        assert np.abs(lab(x) - ref(x)).max() <= TOL
+
+
 def test_aligner_option_errors():
     from attributes.faces import FaceAligner
 
