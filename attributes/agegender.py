@@ -18,9 +18,9 @@ Two runtimes, chosen by ``backend`` and ``device``:
   bit-identical outputs, and each row's output does not depend on the other rows of its batch (both
   checked in the tests).
 * **torch** (the default on CUDA): the same ONNX graph evaluated node by node with torch ops
-  (:mod:`attributes._onnx_torch`; needs the ``onnx`` package to read the file), in strict float32
-  (no TF32), on fixed micro-batches of 64 rows so a row's output never depends on its batch. Its
-  probabilities differ from onnxruntime's by float32 summation order only: at most 1e-5 (checked on
+  (:mod:`attributes._onnx_torch`; needs the ``onnx`` package to read the file), in float64 on a GPU
+  and float32 on the CPU, on fixed micro-batches of 64 rows so a row's output never depends on its
+  batch. Its probabilities differ from onnxruntime's by rounding only: at most 1e-5 (checked on
   aligned faces of the packaged generator in ``tests/test_labelers_device.py``, on the CPU and, with a
   GPU, on CUDA). Because they are not bit-identical, the CPU default stays onnxruntime.
 """
@@ -123,7 +123,9 @@ def _torch_net(path: Path, digest: str, device: torch.device) -> torch.nn.Module
             raise ModelPackageMissing("the torch backend of the gender and age labelers reads the ONNX file with the "
                                       "'onnx' package, which is not installed: pip install onnx==1.23.2 (or "
                                       "./install.sh), or use backend='onnxruntime' on the CPU") from err
-        _NETS[key] = net.eval().requires_grad_(False).to(device)
+        # float64 on a GPU: no TF32 switch to flip (process-wide) around each call, and ample speed for
+        # these small networks; float32 on the CPU (as onnxruntime; float64 would halve the speed there)
+        _NETS[key] = net.eval().requires_grad_(False).to(device, torch.float32 if device.type == "cpu" else torch.float64)
     return _NETS[key]
 
 
@@ -213,7 +215,7 @@ class _AgeGenderBase(Labeler):
                 m = chunk.shape[0]
                 if m < _MICRO_BATCH:
                     chunk = torch.cat([chunk, chunk.new_zeros((_MICRO_BATCH - m,) + tuple(chunk.shape[1:]))])
-                outs.append(self._net(chunk)[:m].cpu())
+                outs.append(self._net(chunk)[:m].float().cpu())
         return torch.cat(outs).numpy() if outs else np.zeros((0, int(self._spec["output"]["shape"][-1])), np.float32)
 
     def _chunks(self, images, fn) -> np.ndarray:

@@ -54,10 +54,10 @@ def model_inputs(faces):
     return out
 
 
-def _graph(task, device="cpu"):
+def _graph(task, device="cpu", dtype=torch.float32):
     from attributes._onnx_torch import OnnxTorchGraph
 
-    return OnnxTorchGraph(age_gender_models_dir() / f"{task}-v1.onnx").eval().to(device)
+    return OnnxTorchGraph(age_gender_models_dir() / f"{task}-v1.onnx").eval().to(device, dtype)
 
 
 @pytest.mark.parametrize("task", ["gender", "age"])
@@ -66,8 +66,10 @@ def test_torch_graph_matches_onnxruntime_on_aligned_faces(model_inputs, task):
     ref = _session(age_gender_models_dir() / f"{task}-v1.onnx").run(None, {"images": x})[0]
     with torch.no_grad():
         out = _graph(task)(torch.from_numpy(x)).numpy()
-    assert out.shape == ref.shape and out.dtype == np.float32
+        out64 = _graph(task, dtype=torch.float64)(torch.from_numpy(x)).numpy()  # what the labelers run on CUDA
+    assert out.shape == ref.shape and out.dtype == np.float32 and out64.dtype == np.float64
     assert np.abs(out - ref).max() <= TOL
+    assert np.abs(out64 - ref).max() <= TOL
     # and on arbitrary bytes (inputs far from faces: other activation ranges)
     rng = np.random.default_rng(1)
     z = ((rng.integers(0, 256, x[:32].shape).astype(np.float32) - np.float32(117)) / np.float32(256))
@@ -191,15 +193,16 @@ def test_backend_choice_and_errors(monkeypatch):
 # -- on a CUDA device (bench/gpu_check.sh runs `pytest -m gpu`) ----------------------------------------
 @pytest.mark.gpu
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("task", ["gender", "age"])
-def test_cuda_graph_matches_onnxruntime(model_inputs, task):
+def test_cuda_graph_matches_onnxruntime(model_inputs, task, dtype):
     x = model_inputs[task]
     ref = _session(age_gender_models_dir() / f"{task}-v1.onnx").run(None, {"images": x})[0]
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cudnn.allow_tf32 = True  # torch's default for convolutions: the port must switch it off
     try:
         with torch.no_grad():
-            out = _graph(task, "cuda")(torch.from_numpy(x).cuda()).cpu().numpy()
+            out = _graph(task, "cuda", dtype)(torch.from_numpy(x).cuda()).cpu().numpy()
         assert torch.backends.cudnn.allow_tf32 is True  # restored after the call
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
