@@ -238,7 +238,7 @@ def test_torch_warp_reproduces_dlib_extract_image_chip():
     h, w = 150, 170
     img = rng.integers(0, 256, (4, h, w, 3), dtype=np.uint8)
     t = torch.from_numpy(img).permute(0, 3, 1, 2).contiguous()
-    seen_levels = set()
+    seen_levels, by_size = set(), {}
     for trial in range(40):
         left, top = rng.uniform(-40, w - 20), rng.uniform(-40, h - 20)
         side = rng.uniform(20, 160)
@@ -248,8 +248,12 @@ def test_torch_warp_reproduces_dlib_extract_image_chip():
         r = d.rect
         plan = _chip_plan((r.left(), r.top(), r.right(), r.bottom()), d.angle, d.rows, d.cols, h, w)
         seen_levels.add(plan["level"])
-        out = _warp_chips(_pyramid_levels(t, plan["level"] + 1), [plan], size, [trial % 4])[0].numpy()
-        np.testing.assert_array_equal(out, dlib.extract_image_chip(img[trial % 4], d), err_msg=f"chip {trial}")
+        by_size.setdefault(size, []).append((plan, trial % 4, dlib.extract_image_chip(img[trial % 4], d)))
+    levels = _pyramid_levels(t, max(seen_levels) + 1)
+    for size, items in by_size.items():  # one batched call per size: mixed levels, images and offsets
+        out = _warp_chips(levels, [p for p, _, _ in items], size, [i for _, i, _ in items]).numpy()
+        for k, (_, _, ref) in enumerate(items):
+            np.testing.assert_array_equal(out[k], ref, err_msg=f"size {size}, chip {k}")
     assert {-1, 0, 1} <= seen_levels  # no pyramid, one level, two levels
 
 
