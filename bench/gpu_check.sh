@@ -18,7 +18,10 @@
 #   6. bench/bench_ops.py (reference vs CUDA, fp32/fp16, fwd and fwd+bwd)     -> ops_<device>.json
 #   7. bench/bench_generator.py (config-f images/s at 64/256/1024 px; fp32, fp16, reference ops)
 #                                                                             -> generator_<device>.json
-#   8. bench/bench_vs_nvidia.py, only when NVIDIA's stylegan2-ada-pytorch tree is given (below): builds
+#   8. bench/bench_labelers.py --backends-only: gender + age faces/s, onnxruntime vs the torch port on the
+#      CPU and the device path on CUDA, against the 2,000 faces/s target (the CUDA parity tests of the
+#      torch port and warp, tests/test_labelers_device.py, run in step 4)  -> labelers_<device>.json
+#   9. bench/bench_vs_nvidia.py, only when NVIDIA's stylegan2-ada-pytorch tree is given (below): builds
 #      their plugins, checks parity and times both networks at the sizes (256 and 1024 px,
 #      batch 8 and 32, fp32 and fp16; plus the launch-bound time per call of 4-channel networks at
 #      256 px, batch 1); exits non-zero if NVIDIA's side is not on its plugins
@@ -34,7 +37,7 @@
 #   (or: git --git-dir=<bare mirror> archive HEAD | tar -x -C .nvidia/stylegan2-ada-pytorch)
 #   run(command="bash bench/gpu_check.sh", carry=[".nvidia"])
 #
-# Without it, step 8 is skipped (logged). $GPU_CHECK_VS_NVIDIA_CASES overrides the sizes
+# Without it, step 9 is skipped (logged). $GPU_CHECK_VS_NVIDIA_CASES overrides the sizes
 # (default 256x8,256x32,1024x8,1024x32) and $GPU_CHECK_VS_NVIDIA_TIMEOUT its time limit (default 420 s;
 # the first run also compiles NVIDIA's two plugins; that time is not measured yet).
 #
@@ -123,6 +126,8 @@ step pytest_gpu pytest_rest_gpu
 if [ -n "${GPU_CHECK_BEFORE_BENCH:-}" ]; then step before_bench bash -c "$GPU_CHECK_BEFORE_BENCH"; fi
 step bench_ops timeout "$BENCH_TIMEOUT" "$PY" bench/bench_ops.py --out "$OUT/ops_$DEV_TAG.json"
 step bench_generator timeout "$BENCH_TIMEOUT" "$PY" bench/bench_generator.py --reps 10 --out "$OUT/generator_$DEV_TAG.json"
+step bench_labelers timeout "$BENCH_TIMEOUT" "$PY" bench/bench_labelers.py --backends-only --speed-n 512 \
+    --threads 2 --out "$OUT/labelers_$DEV_TAG.json"
 
 NVIDIA_REPO="${NVIDIA_REPO:-$ROOT/.nvidia/stylegan2-ada-pytorch}"
 if [ -f "$NVIDIA_REPO/training/networks.py" ]; then
