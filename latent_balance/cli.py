@@ -124,6 +124,7 @@ _API_TO_FLAG = [
     (re.compile(r"\bverify=True\b"), "--verify"),
     (re.compile(r"\bmax_synthesis_per_image\b"), "--max-synthesis-per-image"),
     (re.compile(r"\bmax_sharpness\b"), "--max-sharpness"),
+    (re.compile(r"\bmin_diversity\b"), "--min-diversity"),
     (re.compile(r"\b([Rr]aise|[Ll]ower) the sharpness\b"), r"\1 --sharpness"),
     (re.compile(r"\brelax the target\b"), "relax the target (--target)"),
 ]
@@ -464,7 +465,7 @@ def fit(ctx, probes, out, attributes, posterior, seed):
 
 
 def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, threshold, seed, batch_size,
-             block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0):
+             block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0, min_diversity=None):
     from .sampling import BalancedSampler
 
     sharp = sharpness if sharpness == "auto" else float(sharpness)
@@ -480,7 +481,8 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
         try:
             s = BalancedSampler(generator, model, target, mode=mode, verify=verify, labelers=labelers, sharpness=sharp,
                                 threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size,
-                                max_sharpness=max_sharpness, max_synthesis_per_image=max_synthesis_per_image)
+                                max_sharpness=max_sharpness, max_synthesis_per_image=max_synthesis_per_image,
+                                **({} if min_diversity is None else {"min_diversity": min_diversity}))
             return s.for_cell(spec) if cell else s
         except SamplingError as err:  # a budget or target it cannot meet, found while planning: nothing made yet
             hint = " (raise it with --max-synthesis-per-image)" if "max_synthesis_per_image" in str(err) else ""
@@ -545,6 +547,10 @@ def _cell_spec(cell: str, attributes) -> dict:
               help="Acceptance exponent (1 = the model's own conditional; larger = purer, less diverse), or 'auto'.")
 @click.option("--max-sharpness", type=click.FloatRange(min=1), default=None,
               help="Upper bound for --sharpness auto (e.g. 2 keeps diversity closer to the natural generator's).")
+@click.option("--min-diversity", type=click.FloatRange(0, 1), default=None,
+              help="Floor of each cell's predicted diversity (latent spread of its images over the natural "
+                   "generator's, from the held-out probes; default 0.985). Allocation and --sharpness auto keep "
+                   "it at a predicted cost in balance (latent-only) or synthesis calls (verify); 0 = no floor.")
 @click.option("--max-synthesis-per-image", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Verify: stop before starting when more synthesis calls per kept image are predicted "
                    "(rare cells can need more, e.g. 17 for female,old,smiling on dcgan-faces).")
@@ -563,7 +569,7 @@ def _cell_spec(cell: str, attributes) -> dict:
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.pass_context
 def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
-           max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi,
+           max_sharpness, min_diversity, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents, truncation_psi,
            class_index, seed_scheme, batch_size, device):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
     from .export import check_output, write_dataset
@@ -619,7 +625,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
             try:
                 sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed,
                                    batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
-                                   max_synthesis_per_image=max_synthesis_per_image)
+                                   max_synthesis_per_image=max_synthesis_per_image, min_diversity=min_diversity)
             except InputError as err:
                 planning_error = err
             else:
@@ -633,7 +639,8 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
             with warnings.catch_warnings():  # only its prediction is used, for the message
                 warnings.simplefilter("ignore")
                 latent = _sampler(ctx, gen, model, target, mode, False, labs, sharpness, threshold, seed,
-                                  batch_size, block_size, cell=cell, max_sharpness=max_sharpness)
+                                  batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
+                                  min_diversity=min_diversity)
             raise InputError(f"{auto_why}, so verification is on by default, and {err}. Without verification "
                              f"{_precision(latent):.0%} of the images are predicted to be labelled in the "
                              f"requested cells: pass --no-verify to accept that, or raise "
@@ -676,7 +683,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
 @click.option("--natural-n", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Natural images to compare a dataset with (0: none).")
 @click.option("--image-metrics/--no-image-metrics", default=True, show_default=True,
-              help="LPIPS diversity and VGG16 Frechet distance per cell.")
+              help="LPIPS diversity ratio and KID (VGG16 features, with its natural-vs-natural noise) per cell.")
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               help="Where report.html / audit.json go (default DATASET/report).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
