@@ -47,6 +47,7 @@ CACHE = ROOT / "bench" / "cache"
 ATTRS = {2: ["gender"], 4: ["gender", "age"], 8: ["gender", "age", "smile"]}
 GENERATOR = "dcgan"  # or "stylegan2-faces" (--generator)
 ONLY_RUNS: set | None = None  # run names to keep (--runs); None = all
+MODEL_PATH: Path | None = None  # a fitted SubgroupModel to use instead of fitting on the probes (--model)
 
 
 def log(*a):
@@ -180,8 +181,15 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
         sec: dict = {"attributes": attrs}
         out[f"cells_{k}"] = sec
         t = time.perf_counter()
-        models = {"independent+joint": SubgroupModel(attrs).fit(probes)}
-        models["mlp"] = SubgroupModel(attrs, posterior="mlp").fit(probes, boundaries=models["independent+joint"].boundaries_)
+        if MODEL_PATH is not None:  # planning on a given model; the probes serve as natural reference images
+            models = {"independent+joint": SubgroupModel.load(MODEL_PATH)}
+            if list(models["independent+joint"].space_.attributes) != list(attrs):
+                continue
+            sec["model"] = str(MODEL_PATH)
+        else:
+            models = {"independent+joint": SubgroupModel(attrs).fit(probes)}
+            models["mlp"] = SubgroupModel(attrs, posterior="mlp").fit(probes,
+                                                                      boundaries=models["independent+joint"].boundaries_)
         sec["model_fit_seconds"] = time.perf_counter() - t
         m0 = models["independent+joint"]
         sp = m0.space_
@@ -193,7 +201,8 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
                                  ("accuracy", "majority_accuracy", "ece", "log_loss", "majority_log_loss")}
                              for a in attrs}
         sec["posterior_selection"] = m0.selection_
-        sec["mlp_selection"] = models["mlp"].selection_["mlp"]
+        if "mlp" in models:
+            sec["mlp_selection"] = models["mlp"].selection_["mlp"]
         sec["natural"] = {"proportions": nat["proportions"].tolist(), "low": nat["low"].tolist(),
                           "high": nat["high"].tolist(), "kl_to_uniform": kl_divergence(nat["proportions"], q),
                           "tv_to_uniform": total_variation(nat["proportions"], q)}
@@ -214,7 +223,7 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
             ("verify/auto/s=auto", "independent+joint", dict(verify=True, sharpness="auto"), None),
         ]
         sec["runs"] = {}
-        configs = [c for c in configs if ONLY_RUNS is None or c[0] in ONLY_RUNS]
+        configs = [c for c in configs if (ONLY_RUNS is None or c[0] in ONLY_RUNS) and c[1] in models]
         for name, mkey, kw, force in configs:
             model = models[mkey]
             if force is not None and model.posterior_ != force:
@@ -295,7 +304,7 @@ def bench_stability(out: dict, n_probes: int, count: int = 400) -> None:
 
 
 def main() -> None:
-    global RESULTS, GENERATOR, ONLY_RUNS, ATTRS
+    global RESULTS, GENERATOR, ONLY_RUNS, ATTRS, MODEL_PATH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="outputs per run")
     ap.add_argument("--probes", type=int, default=20000, help="probe count")
@@ -307,9 +316,12 @@ def main() -> None:
     ap.add_argument("--generator", choices=["dcgan", "stylegan2-faces"], default="dcgan")
     ap.add_argument("--runs", default=None, help="comma-separated run names to keep (default: all), e.g. "
                     "'matched/auto/s=auto,verify/auto/s=auto'")
+    ap.add_argument("--model", type=Path, default=None, help="fitted SubgroupModel (.npz) to plan with instead "
+                    "of fitting on the probes (the probes are then only the natural reference images)")
     ap.add_argument("--cells", default=None, help="comma-separated cell configurations among 2,4,8 (default: all)")
     args = ap.parse_args()
     GENERATOR = args.generator
+    MODEL_PATH = args.model
     ONLY_RUNS = set(args.runs.split(",")) if args.runs else None
     if args.cells:
         ATTRS = {k: v for k, v in ATTRS.items() if str(k) in args.cells.split(",")}

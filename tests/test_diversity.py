@@ -250,3 +250,15 @@ def test_audit_reports_kid_with_its_noise_floor_and_the_report_shows_both_sheets
     assert "KID x1000" in page and "KID noise x1000" in page and "Frechet (VGG16)" not in page
     assert page.count("class='sheets'") == 2 and "female natural" in page
     assert (tmp_path / "r" / "contact_sheets" / "natural" / "female.png").read_bytes() == nat_sheets["female"]
+
+
+def test_dataset_settings_record_the_floor(noisy):
+    # a dataset resumed with another floor would mix plans: the floor and its blend are part of the settings
+    # that write_dataset compares on resume
+    from latent_balance.sampling import BalancedSource
+
+    w, model = noisy
+    s = BalancedSampler(w.generator, model, None, mode="matched", sharpness=1.0, labelers=w.labelers(),
+                        min_diversity=0.5, seed=1)
+    st = BalancedSource(s).settings()
+    assert st["min_diversity"] == 0.5 and st["diversity_blend"] == s.plan_["diversity_blend"]

@@ -183,8 +183,9 @@ class _PlanningMixin:
         else:
             plan = self._evaluate(self._sharpness_vector(self._sharpness_arg))
         self._check_budgets(plan)
-        chose = isinstance(self._sharpness_arg, str) or self.mode == "matched" or self.verify
-        if not plan["diverse"] and chose:  # (posterior mode at a given sharpness has nothing to choose)
+        # warned when the automatic search found no plan meeting the floor; at a given sharpness the plan
+        # reports its predicted diversity (stats) and the most diverse allocation was taken
+        if not plan["diverse"] and isinstance(self._sharpness_arg, str):
             low = {self.space.ids[c]: round(float(v), 3) for c, v in enumerate(plan["diversity"])
                    if self.q[c] > 0 and np.isfinite(v) and v < self.min_diversity}
             warnings.warn(f"no plan is predicted to keep every cell's diversity at min_diversity="
@@ -303,7 +304,7 @@ class _PlanningMixin:
             b, m, d, dmin = best
             out["verify_cost"] = float(m.sum()) if m is not None else math.inf
             out["verify_cost_closest"] = float(m0.sum()) if m0 is not None else math.inf
-            out["diversity_cost"] = out["verify_cost"] - out["verify_cost_closest"]
+            out["diversity_cost"] = out["verify_cost"] - out["verify_cost_closest"] if m0 is not None else 0.0
             out["verify_allocation"] = m
             w_pred = pi0 if matched else q
             out["weights"] = pi0 if matched else q
