@@ -384,7 +384,9 @@ class _PlanningMixin:
         pool = [c for c in valid if c["diverse"]]
         if pool:
             return min(pool, key=lambda c: c["score"])
-        return max(valid or candidates, key=lambda c: c["diversity_min"])
+        if valid:
+            return max(valid, key=lambda c: c["diversity_min"])
+        return min(candidates, key=lambda c: c["score"])
 
     def _objective(self, c: dict) -> tuple[int, float]:
         """(tier, value), compared lexicographically. The diversity floor comes first: a plan predicted
