@@ -45,6 +45,9 @@ from latent_balance.metrics import kl_divergence, total_variation  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "sampler_dcgan.json"
 CACHE = ROOT / "bench" / "cache"
 ATTRS = {2: ["gender"], 4: ["gender", "age"], 8: ["gender", "age", "smile"]}
+GENERATOR = "dcgan"  # or "stylegan2-faces" (--generator)
+ONLY_RUNS: set | None = None  # run names to keep (--runs); None = all
+MODEL_PATH: Path | None = None  # a fitted SubgroupModel to use instead of fitting on the probes (--model)
 
 
 def log(*a):
@@ -154,11 +157,17 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
     from latent_balance.subgroups import SubgroupModel
 
     torch.set_num_threads(2)
-    gen = DCGANFaces(device="cpu", batch_size=256)
+    if GENERATOR == "dcgan":
+        gen = DCGANFaces(device="cpu", batch_size=256)
+    else:
+        from latent_balance import load_generator
+
+        gen = load_generator(GENERATOR, device="cpu", batch_size=256)
     labelers = _labelers()
     CACHE.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    probes = build_probes(gen, labelers, n_probes, path=CACHE / f"probes_dcgan_{n_probes}.npz", batch_size=256,
+    cache_name = "dcgan" if GENERATOR == "dcgan" else GENERATOR
+    probes = build_probes(gen, labelers, n_probes, path=CACHE / f"probes_{cache_name}_{n_probes}.npz", batch_size=256,
                           show_progress=False)
     out["probes"] = {"n": len(probes), "seconds_to_load_or_build": time.perf_counter() - t,
                      "labelers": {lab.name: lab.id for lab in labelers}, "generator": gen.describe()}
@@ -172,8 +181,15 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
         sec: dict = {"attributes": attrs}
         out[f"cells_{k}"] = sec
         t = time.perf_counter()
-        models = {"independent+joint": SubgroupModel(attrs).fit(probes)}
-        models["mlp"] = SubgroupModel(attrs, posterior="mlp").fit(probes, boundaries=models["independent+joint"].boundaries_)
+        if MODEL_PATH is not None:  # planning on a given model; the probes serve as natural reference images
+            models = {"independent+joint": SubgroupModel.load(MODEL_PATH)}
+            if list(models["independent+joint"].space_.attributes) != list(attrs):
+                continue
+            sec["model"] = str(MODEL_PATH)
+        else:
+            models = {"independent+joint": SubgroupModel(attrs).fit(probes)}
+            models["mlp"] = SubgroupModel(attrs, posterior="mlp").fit(probes,
+                                                                      boundaries=models["independent+joint"].boundaries_)
         sec["model_fit_seconds"] = time.perf_counter() - t
         m0 = models["independent+joint"]
         sp = m0.space_
@@ -185,7 +201,8 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
                                  ("accuracy", "majority_accuracy", "ece", "log_loss", "majority_log_loss")}
                              for a in attrs}
         sec["posterior_selection"] = m0.selection_
-        sec["mlp_selection"] = models["mlp"].selection_["mlp"]
+        if "mlp" in models:
+            sec["mlp_selection"] = models["mlp"].selection_["mlp"]
         sec["natural"] = {"proportions": nat["proportions"].tolist(), "low": nat["low"].tolist(),
                           "high": nat["high"].tolist(), "kl_to_uniform": kl_divergence(nat["proportions"], q),
                           "tv_to_uniform": total_variation(nat["proportions"], q)}
@@ -206,6 +223,7 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
             ("verify/auto/s=auto", "independent+joint", dict(verify=True, sharpness="auto"), None),
         ]
         sec["runs"] = {}
+        configs = [c for c in configs if (ONLY_RUNS is None or c[0] in ONLY_RUNS) and c[1] in models]
         for name, mkey, kw, force in configs:
             model = models[mkey]
             if force is not None and model.posterior_ != force:
@@ -244,6 +262,8 @@ def bench_dcgan(out: dict, n: int, n_probes: int, lpips_images: int, lpips_pairs
                 "latent_proposals_per_kept_image_per_component": st["latent_proposals_per_kept_image_per_component"],
                 "acceptance_rate_per_component": st["acceptance_rate_per_component"],
                 "verify_rounds": st["verify_rounds"],
+                "min_diversity": st.get("min_diversity"), "predicted_diversity": st.get("predicted_diversity"),
+                "diversity_blend": st.get("diversity_blend"), "diversity_cost": st.get("diversity_cost"),
             })
             run["lpips"] = _lpips_per_cell(res.images, res.labelled, len(sp), lpips_images, lpips_pairs)
             run["lpips_ratio_to_natural"] = _lpips_ratios(run["lpips"], sec["lpips_natural"])
@@ -284,16 +304,28 @@ def bench_stability(out: dict, n_probes: int, count: int = 400) -> None:
 
 
 def main() -> None:
-    global RESULTS
+    global RESULTS, GENERATOR, ONLY_RUNS, ATTRS, MODEL_PATH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="outputs per run")
     ap.add_argument("--probes", type=int, default=20000, help="probe count")
     ap.add_argument("--only", choices=["boundaries", "dcgan", "stability"], default=None)
     ap.add_argument("--lpips-images", type=int, default=250, help="images per cell for LPIPS diversity")
     ap.add_argument("--lpips-pairs", type=int, default=4000, help="pairs per cell for LPIPS diversity")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
+    ap.add_argument("--out", type=Path, default=None, help="JSON results file (default: sampler_dcgan.json, "
+                    "or sampler_stylegan2_faces.json with --generator stylegan2-faces)")
+    ap.add_argument("--generator", choices=["dcgan", "stylegan2-faces"], default="dcgan")
+    ap.add_argument("--runs", default=None, help="comma-separated run names to keep (default: all), e.g. "
+                    "'matched/auto/s=auto,verify/auto/s=auto'")
+    ap.add_argument("--model", type=Path, default=None, help="fitted SubgroupModel (.npz) to plan with instead "
+                    "of fitting on the probes (the probes are then only the natural reference images)")
+    ap.add_argument("--cells", default=None, help="comma-separated cell configurations among 2,4,8 (default: all)")
     args = ap.parse_args()
-    RESULTS = args.out
+    GENERATOR = args.generator
+    MODEL_PATH = args.model
+    ONLY_RUNS = set(args.runs.split(",")) if args.runs else None
+    if args.cells:
+        ATTRS = {k: v for k, v in ATTRS.items() if str(k) in args.cells.split(",")}
+    RESULTS = args.out or (RESULTS if GENERATOR == "dcgan" else RESULTS.with_name("sampler_stylegan2_faces.json"))
     torch.set_num_threads(2)
     out: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     out["machine"] = {"cpu_count": os.cpu_count(), "threads": 2, "platform": platform.platform(),

@@ -237,6 +237,8 @@ _NONFINITE_REASONS = {
     "lpips_stderr": "undefined: the delete-one jackknife needs at least 3 images, none of them in every sampled pair",
     "lpips_natural_stderr": "undefined: the delete-one jackknife needs at least 3 images, none of them in every "
                             "sampled pair",
+    "kid_stderr": "undefined: the delete-one jackknife needs at least 3 images on each side",
+    "kid_noise_stderr": "undefined: the delete-one jackknife needs at least 3 natural images in each half",
 }
 
 

@@ -3,8 +3,9 @@
 :func:`audit_labels` turns per-image labeler probabilities into the numbers of a report: counts per
 cell and per marginal, KL / TV / fairness discrepancy / worst-cell ratio against the target, each
 with the target's 95% band for the same number of images (what a perfect sampler shows), drift of attributes that were not targeted (against the natural generator), and,
-when images are given, LPIPS diversity and Frechet distance per cell against the natural
-generator's images of the same cell. :mod:`latent_balance.report` renders the result as HTML.
+when images are given, LPIPS diversity and the kernel distance (KID, with its natural-vs-natural
+noise floor) per cell against the natural generator's images of the same cell, and side-by-side
+contact sheets of both. :mod:`latent_balance.report` renders the result as HTML.
 
 Cells are named by joining class names in attribute order with ``|`` (``"female|old|smiling"``).
 """
@@ -93,7 +94,16 @@ def audit_labels(probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence
 def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_cells: np.ndarray, names: Sequence[str],
                            lpips_net: str = "alex", max_pairs: int = 2000, min_images: int = 2, seed: int = 0,
                            device=None, show_progress: bool | None = None) -> dict:
-    """LPIPS diversity and Frechet distance per cell, audited set vs natural set.
+    """LPIPS diversity and kernel distance (KID) per cell, audited set vs natural set.
+
+    Diversity: mean pairwise LPIPS of each side, their ratio (audited / natural) and its delta-method
+    standard error. Distribution shift: KID (:func:`latent_balance.lpips.kernel_distance`, unbiased
+    polynomial-kernel MMD on VGG16 features) between the audited and the natural images of the cell,
+    with its noise floor: KID between the two halves of the natural images of the cell (even / odd
+    positions), i.e. what two sets from one distribution show at about these sizes. KID is unbiased at
+    any size, so it compares across cells; the Frechet distance is biased upward at per-cell sizes
+    (N of the order of the 512 feature dimensions) by an amount that depends on N, so it is reported
+    only for the whole sets (``"_all"``).
 
     Args:
         images:        float [N, 3, H, W] in [-1, 1], the audited images.
@@ -108,7 +118,8 @@ def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_ce
 
     Returns:
         dict cell name -> {n, n_natural, lpips, lpips_stderr, lpips_natural, lpips_natural_stderr,
-        lpips_ratio, frechet_vgg16} (nulls where a side has too few images), plus ``"_all"`` for the
+        lpips_ratio, lpips_ratio_stderr, kid, kid_stderr, kid_noise, kid_noise_stderr, frechet_vgg16}
+        (nulls where a side has too few images, each with a ``<key>_reason``), plus ``"_all"`` for the
         whole sets.
     """
     from . import lpips as perceptual
@@ -120,9 +131,10 @@ def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_ce
     out: dict = {}
     groups = [(name, cells == i, natural_cells == i) for i, name in enumerate(names)]
     groups.append(("_all", np.ones(len(cells), bool), np.ones(len(natural_cells), bool)))
+    keys = ("lpips", "lpips_stderr", "lpips_natural", "lpips_natural_stderr", "lpips_ratio", "lpips_ratio_stderr",
+            "kid", "kid_stderr", "kid_noise", "kid_noise_stderr", "frechet_vgg16")
     for name, m, mn in progress(groups, desc="LPIPS diversity", unit="cells", enabled=show_progress):
-        row: dict = {"n": int(m.sum()), "n_natural": int(mn.sum()), "lpips": None, "lpips_stderr": None,
-                     "lpips_natural": None, "lpips_natural_stderr": None, "lpips_ratio": None, "frechet_vgg16": None}
+        row: dict = {"n": int(m.sum()), "n_natural": int(mn.sum()), **{k: None for k in keys}}
         if m.sum() >= min_images:
             row["lpips"], row["lpips_stderr"] = perceptual.mean_pairwise_lpips(
                 images[np.flatnonzero(m)], net=lpips_net, max_pairs=max_pairs, seed=seed, device=device)
@@ -130,15 +142,33 @@ def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_ce
             row["lpips_natural"], row["lpips_natural_stderr"] = perceptual.mean_pairwise_lpips(
                 natural_images[np.flatnonzero(mn)], net=lpips_net, max_pairs=max_pairs, seed=seed, device=device)
         if row["lpips"] is not None and row["lpips_natural"]:
-            row["lpips_ratio"] = row["lpips"] / row["lpips_natural"]
+            r = row["lpips"] / row["lpips_natural"]
+            row["lpips_ratio"] = r
+            if row["lpips"] > 0 and np.isfinite(row["lpips_stderr"]) and np.isfinite(row["lpips_natural_stderr"]):
+                # delta method for a ratio of independent estimates
+                row["lpips_ratio_stderr"] = r * float(np.hypot(row["lpips_stderr"] / row["lpips"],
+                                                               row["lpips_natural_stderr"] / row["lpips_natural"]))
         if m.sum() >= min_images and mn.sum() >= min_images:
+            row["kid"], row["kid_stderr"] = perceptual.kernel_distance(feats[m], nat_feats[mn])
+        nat_idx = np.flatnonzero(mn)
+        if len(nat_idx) >= 2 * min_images:
+            row["kid_noise"], row["kid_noise_stderr"] = perceptual.kernel_distance(nat_feats[nat_idx[0::2]],
+                                                                                   nat_feats[nat_idx[1::2]])
+        if name == "_all" and m.sum() >= min_images and mn.sum() >= min_images:
             row["frechet_vgg16"] = float(perceptual.frechet_distance(feats[m], nat_feats[mn]))
         few = f"fewer than {min_images} images"
         why = {"lpips": f"{few} in the dataset's cell ({row['n']})", "lpips_stderr": f"{few} in the dataset's cell",
                "lpips_natural": f"{few} among the natural images of this cell ({row['n_natural']})",
                "lpips_natural_stderr": f"{few} among the natural images of this cell",
                "lpips_ratio": "needs the LPIPS of both sides (a natural value above 0)",
-               "frechet_vgg16": f"needs {min_images} or more images on both sides"}
+               "lpips_ratio_stderr": "needs the LPIPS ratio and both standard errors (3 or more images a side)",
+               "kid": f"needs {min_images} or more images on both sides", "kid_stderr": f"needs {min_images} or "
+               f"more images on both sides",
+               "kid_noise": f"needs {2 * min_images} or more natural images of this cell (two halves)",
+               "kid_noise_stderr": f"needs {2 * min_images} or more natural images of this cell (two halves)",
+               "frechet_vgg16": ("biased upward at per-cell sizes by an amount that depends on N (compare cells "
+                                 "with kid instead); reported for the whole sets (_all)") if name != "_all" else
+               f"needs {min_images} or more images on both sides"}
         row.update({f"{k}_reason": why[k] for k in list(row) if row[k] is None and k in why})
         out[name] = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in row.items()}
     return out
@@ -238,7 +268,7 @@ def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1
                         ids must equal the dataset's).
         generator:      generator adapter for the natural images (default: rebuilt from the settings).
         natural_n:      natural images to compare with.
-        image_metrics:  compute LPIPS diversity and VGG16 Frechet distance per cell.
+        image_metrics:  compute LPIPS diversity and KID (VGG16 features) per cell.
         report_dir:     where ``report.html`` / ``audit.json`` / contact sheets go (default
                         ``<dataset_dir>/report``).
         max_pairs:      LPIPS pairs per cell.
@@ -299,9 +329,13 @@ def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1
         out["images"] = image_metrics_per_cell(images, cells, natural_images.numpy(), nat_cells, names,
                                                max_pairs=max_pairs, seed=seed, device=device)
     sheets = _sheets(images, cells, names, per_cell_sheet)
+    natural_sheets = None
+    if natural_images is not None:
+        natural_sheets = _sheets(natural_images, label_cells(natural_probs, classes, attributes), names, per_cell_sheet)
     report_dir = Path(report_dir) if report_dir is not None else dataset_dir / "report"
     out["report"] = str(write_report(out, report_dir, sheets=sheets, settings=settings,
-                                     title=f"latent-balance audit of {dataset_dir.name}"))
+                                     title=f"latent-balance audit of {dataset_dir.name}",
+                                     natural_sheets=natural_sheets))
     return out
 
 

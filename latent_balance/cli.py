@@ -128,6 +128,7 @@ _API_TO_FLAG = [
     (re.compile(r"\bverify=True\b"), "--verify"),
     (re.compile(r"\bmax_synthesis_per_image\b"), "--max-synthesis-per-image"),
     (re.compile(r"\bmax_sharpness\b"), "--max-sharpness"),
+    (re.compile(r"\bmin_diversity\b"), "--min-diversity"),
     (re.compile(r"\b([Rr]aise|[Ll]ower) the sharpness\b"), r"\1 --sharpness"),
     (re.compile(r"\brelax the target\b"), "relax the target (--target)"),
 ]
@@ -317,7 +318,8 @@ def _rebuild_sample_source(p: dict):
         return BalancedSource(_sampler(ctx, gen, model, p["target"], p["mode"], p["verify"], labs, p["sharpness"],
                                        p["threshold"], p["seed"], p["batch_size"], p["block_size"], cell=p["cell"],
                                        max_sharpness=p["max_sharpness"],
-                                       max_synthesis_per_image=p["max_synthesis_per_image"]))
+                                       max_synthesis_per_image=p["max_synthesis_per_image"],
+                                       min_diversity=p.get("min_diversity")))
 
 
 def _model_file(model_path: str) -> str:
@@ -541,7 +543,7 @@ def fit(ctx, probes, out, attributes, posterior, seed):
 
 
 def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, threshold, seed, batch_size,
-             block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0):
+             block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0, min_diversity=None):
     from .sampling import BalancedSampler
 
     sharp = sharpness if sharpness == "auto" else float(sharpness)
@@ -557,7 +559,8 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
         try:
             s = BalancedSampler(generator, model, target, mode=mode, verify=verify, labelers=labelers, sharpness=sharp,
                                 threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size,
-                                max_sharpness=max_sharpness, max_synthesis_per_image=max_synthesis_per_image)
+                                max_sharpness=max_sharpness, max_synthesis_per_image=max_synthesis_per_image,
+                                **({} if min_diversity is None else {"min_diversity": min_diversity}))
             return s.for_cell(spec) if cell else s
         except SamplingError as err:  # a budget or target it cannot meet, found while planning: nothing made yet
             hint = " (raise it with --max-synthesis-per-image)" if "max_synthesis_per_image" in str(err) else ""
@@ -622,6 +625,11 @@ def _cell_spec(cell: str, attributes) -> dict:
               help="Acceptance exponent (1 = the model's own conditional; larger = purer, less diverse), or 'auto'.")
 @click.option("--max-sharpness", type=click.FloatRange(min=1), default=None,
               help="Upper bound for --sharpness auto (e.g. 2 keeps diversity closer to the natural generator's).")
+@click.option("--min-diversity", type=click.FloatRange(0, 1), default=None,
+              help="Floor of each cell's predicted diversity (latent spread of its images over the natural "
+                   "generator's, from the held-out probes; default 0 = no floor; 0.985 is the benchmark's suggestion). "
+                   "Allocation and --sharpness auto keep it at a predicted cost in balance (latent-only) or "
+                   "synthesis calls (verify); see docs/sampling.md.")
 @click.option("--max-synthesis-per-image", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Verify: stop before starting when more synthesis calls per kept image are predicted "
                    "(rare cells can need more, e.g. 17 for female,old,smiling on dcgan-faces).")
@@ -654,9 +662,9 @@ def _cell_spec(cell: str, attributes) -> dict:
 @engine_options
 @click.pass_context
 def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
-           max_sharpness, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards, save_latents,
-           image_format, quality, image_size, layout, encode_workers, truncation_psi, class_index, seed_scheme, batch_size,
-           device, engine, address, num_workers, gpus_per_worker):
+           max_sharpness, min_diversity, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards,
+           save_latents, image_format, quality, image_size, layout, encode_workers, truncation_psi, class_index,
+           seed_scheme, batch_size, device, engine, address, num_workers, gpus_per_worker):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
     from .export import _output_settings, check_output, write_dataset
     from .sampling import BalancedSource
@@ -717,7 +725,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
             try:
                 sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed,
                                    batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
-                                   max_synthesis_per_image=max_synthesis_per_image)
+                                   max_synthesis_per_image=max_synthesis_per_image, min_diversity=min_diversity)
             except InputError as err:
                 planning_error = err
             else:
@@ -731,7 +739,8 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
             with warnings.catch_warnings():  # only its prediction is used, for the message
                 warnings.simplefilter("ignore")
                 latent = _sampler(ctx, gen, model, target, mode, False, labs, sharpness, threshold, seed,
-                                  batch_size, block_size, cell=cell, max_sharpness=max_sharpness)
+                                  batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
+                                  min_diversity=min_diversity)
             raise InputError(f"{auto_why}, so verification is on by default, and {err}. Without verification "
                              f"{_precision(latent):.0%} of the images are predicted to be labelled in the "
                              f"requested cells: pass --no-verify to accept that, or raise "
@@ -760,7 +769,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                   "labelers_spec": _abs_if_file(labelers_spec), "mode": mode, "target": _abs_if_file(target),
                   "verify": verify, "cell": cell, "sharpness": sharpness, "threshold": threshold, "seed": seed,
                   "batch_size": batch_size, "block_size": block_size, "max_sharpness": max_sharpness,
-                  "max_synthesis_per_image": max_synthesis_per_image,
+                  "max_synthesis_per_image": max_synthesis_per_image, "min_diversity": min_diversity,
                   "natural_target": source.target() if mode == "natural" else None}
         res = _run(ctx, write_dataset_ray, out, functools.partial(_rebuild_sample_source, recipe), n,
                    block_size=block_size, source=source, save_latents=save_latents, extra_settings=extra,
@@ -791,7 +800,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
 @click.option("--natural-n", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Natural images to compare a dataset with (0: none).")
 @click.option("--image-metrics/--no-image-metrics", default=True, show_default=True,
-              help="LPIPS diversity and VGG16 Frechet distance per cell.")
+              help="LPIPS diversity ratio and KID (VGG16 features, with its natural-vs-natural noise) per cell.")
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               help="Where report.html / audit.json go (default DATASET/report).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)

@@ -4,7 +4,8 @@ The page holds everything inline (SVG bar charts, contact sheets as base64 PNG),
 or opened from anywhere without its folder. Charts: per cell and per targeted attribute, achieved
 vs target vs natural shares with the achieved share's Wilson 95% interval; tables of the scalar
 metrics with the target's 95% band for the same number of images (what a perfect sampler shows),
-the drift of non-targeted attributes, and diversity / Frechet distance per cell.
+the drift of non-targeted attributes, diversity (LPIPS ratio) and kernel distance (KID, with its
+natural-vs-natural noise) per cell, and contact sheets of each cell beside the natural generator's.
 """
 
 from __future__ import annotations
@@ -100,6 +101,19 @@ def _bar_chart(title: str, labels: Sequence[str], series: Mapping[str, Sequence[
     return "".join(parts)
 
 
+def _scaled(v, factor: float = 1000.0):
+    return None if v is None else float(v) * factor
+
+
+def _pm(v, se, digits: int) -> str:
+    """'value &plusmn; se' (only the value when the standard error is missing or not finite)."""
+    if v is None:
+        return "n/a"
+    if se is None or not math.isfinite(se):
+        return _fmt(float(v), digits)
+    return f"{_fmt(float(v), digits)} &plusmn; {_fmt(float(se), digits)}"
+
+
 def _fmt(v, digits: int = 4) -> str:
     if v is None:
         return "n/a"
@@ -109,7 +123,8 @@ def _fmt(v, digits: int = 4) -> str:
 
 
 def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] | None = None,
-                 settings: Mapping | None = None, title: str = "latent-balance audit") -> Path:
+                 settings: Mapping | None = None, title: str = "latent-balance audit",
+                 natural_sheets: Mapping[str, bytes] | None = None) -> Path:
     """Write ``report.html``, ``audit.json`` and ``contact_sheets/<cell>.png`` into `out_dir`.
 
     Args:
@@ -117,6 +132,8 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
                   (from :func:`latent_balance.audit.image_metrics_per_cell`) and ``cost`` entries.
         out_dir:  folder (created).
         sheets:   cell name -> contact sheet PNG bytes.
+        natural_sheets: cell name -> contact sheet of the natural generator's images of that cell
+                  (shown beside the cell's sheet; written as ``contact_sheets/natural/<cell>.png``).
         settings: what was run (shown verbatim as JSON).
         title:    page title.
 
@@ -128,6 +145,8 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
     sheets = dict(sheets or {})
     for cell, png in sheets.items():
         atomic_write_bytes(out_dir / "contact_sheets" / f"{cell.replace('|', '__')}.png", png)
+    for cell, png in (natural_sheets or {}).items():
+        atomic_write_bytes(out_dir / "contact_sheets" / "natural" / f"{cell.replace('|', '__')}.png", png)
     atomic_write_text(out_dir / "audit.json", json_dumps(audit, indent=2, sort_keys=True))
 
     ach = audit["achieved"]
@@ -179,21 +198,38 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
                             f"</td><td>{_fmt(d['difference'][i], 3)} [{_fmt(d['low'][i], 3)}, {_fmt(d['high'][i], 3)}]</td></tr>")
         body.append("<h2>Drift of attributes that were not targeted</h2><table><tr><th>attribute</th><th>class</th>"
                     "<th>achieved</th><th>natural</th><th>difference [95%]</th></tr>" + "".join(rows) + "</table>")
+    natural_sheets = dict(natural_sheets or {})
     if audit.get("images"):
         rows = []
         for cell, r in audit["images"].items():
             rows.append(f"<tr><td>{e(cell)}</td><td>{r['n']}</td><td>{r['n_natural']}</td><td>{_fmt(r['lpips'])}</td>"
-                        f"<td>{_fmt(r['lpips_natural'])}</td><td>{_fmt(r['lpips_ratio'], 3)}</td><td>{_fmt(r['frechet_vgg16'], 2)}</td></tr>")
+                        f"<td>{_fmt(r['lpips_natural'])}</td><td>{_pm(r.get('lpips_ratio'), r.get('lpips_ratio_stderr'), 3)}"
+                        f"</td><td>{_pm(_scaled(r.get('kid')), _scaled(r.get('kid_stderr')), 2)}</td>"
+                        f"<td>{_pm(_scaled(r.get('kid_noise')), _scaled(r.get('kid_noise_stderr')), 2)}</td></tr>")
+        whole = audit["images"].get("_all", {}).get("frechet_vgg16")
         body.append("<h2>Diversity and distribution shift per cell</h2><p>Mean pairwise LPIPS within each cell "
-                    "(higher = more diverse), and the Frechet distance between this set's and the natural "
-                    "generator's images of the same cell on VGG16 features (small samples inflate it).</p>"
+                    "(higher = more diverse) and the ratio of this set's to the natural generator's images of the "
+                    "same cell (&plusmn; standard error; within noise of 1 = as varied as the generator's own "
+                    "faces of that cell). KID: the unbiased polynomial-kernel MMD between this set's and the "
+                    "natural images of the cell on VGG16 features (x 1000, &plusmn; jackknife standard error); "
+                    "KID noise: the same between two halves of the natural images, what two sets from one "
+                    "distribution show. KID is unbiased at any size, so cells compare; the Frechet distance is "
+                    "biased at per-cell sizes and is given only for the whole sets"
+                    + (f" ({_fmt(whole, 2)})" if whole is not None else "") + ".</p>"
                     "<table><tr><th>cell</th><th>n</th><th>n natural</th><th>LPIPS</th><th>LPIPS natural</th>"
-                    "<th>ratio</th><th>Frechet (VGG16)</th></tr>" + "".join(rows) + "</table>")
+                    "<th>ratio</th><th>KID x1000</th><th>KID noise x1000</th></tr>" + "".join(rows) + "</table>")
     if sheets:
-        body.append("<h2>Contact sheets</h2>")
+        body.append("<h2>Contact sheets</h2>" + ("<p>Left: this set; right: the natural generator's images "
+                                                   "labelled in the same cell.</p>" if natural_sheets else ""))
         for cell, png in sheets.items():
-            body.append(f"<h3>{e(cell)}</h3><img alt='{e(cell)}' src='data:image/png;base64,"
-                        f"{base64.b64encode(png).decode()}'/>")
+            img = (f"<img alt='{e(cell)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'/>")
+            if cell in natural_sheets:
+                nat_img = (f"<img alt='{e(cell)} natural' src='data:image/png;base64,"
+                           f"{base64.b64encode(natural_sheets[cell]).decode()}'/>")
+                body.append(f"<h3>{e(cell)}</h3><table class='sheets'><tr><th>this set</th><th>natural</th></tr>"
+                            f"<tr><td>{img}</td><td>{nat_img}</td></tr></table>")
+            else:
+                body.append(f"<h3>{e(cell)}</h3>{img}")
     if settings:
         body.append("<h2>Settings</h2><pre>" + e(json_dumps(settings, indent=2, sort_keys=True))
                     + "</pre>")

@@ -218,7 +218,7 @@ def test_demo_with_real_face_labelers(tmp_path):
 
     assert check_json_files(tmp_path / "demo") == 7  # summary, settings, card, one block, run log, manifest, audit
     page = (tmp_path / "demo" / "dataset" / "report" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4  # one contact sheet per cell
+    assert page.count("data:image/png;base64,") == 8  # per cell: its contact sheet and the natural one beside it
     assert "female|smiling" in page
 
 

@@ -20,6 +20,7 @@ class _Planner:
 
     def __init__(self, tv_of, tolerance=0.002, verify=False):
         self.verify, self.tolerance, self._grid = verify, tolerance, SHARPNESS_GRID
+        self.min_diversity = 0.0  # no diversity floor: these tests are about the tolerance tiers
         self.q = np.full(K, 1.0 / K)
         self._tv_of = tv_of
         self._objective = BalancedSampler._objective.__get__(self)
@@ -27,7 +28,7 @@ class _Planner:
     def _evaluate(self, s, auto=False):
         return {"sharpness": np.asarray(s, np.float64), "usable": np.ones(K, bool), "weights": self.q,
                 "predicted_tv": float(self._tv_of(np.asarray(s))), "score": float(self._tv_of(np.asarray(s))),
-                "ok": True}
+                "ok": True, "diversity_min": 1.0, "diverse": True}
 
 
 def _refine(planner, s0):

@@ -102,7 +102,8 @@ def test_killed_worker_is_retried_and_the_dataset_is_exact(cluster, work, tmp_pa
               "class_index": None, "seed_scheme": "pcg64", "attributes": None,
               "labelers_spec": str(work / "labelers.yaml"), "mode": "matched", "target": "uniform", "verify": False,
               "cell": None, "sharpness": "1", "threshold": None, "seed": 3, "batch_size": 16, "block_size": 6,
-              "max_sharpness": None, "max_synthesis_per_image": 10.0, "natural_target": None}
+              "max_sharpness": None, "max_synthesis_per_image": 10.0, "min_diversity": None,
+              "natural_target": None}
     write_dataset(tmp_path / "local", _rebuild_sample_source(recipe), 18, block_size=6, show_progress=False)
     markers = tmp_path / "markers"
     markers.mkdir()

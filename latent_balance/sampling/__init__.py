@@ -29,6 +29,14 @@ Modes:
   each component in a round solves ``min sum(m) s.t. m @ C >= remaining needs`` (a small linear
   program), with ``C`` updated by the labels seen in the block.
 
+Diversity floor (``min_diversity``): each labelled cell's diversity is predicted on the held-out
+probes as the *latent spread ratio*, the mean pairwise latent distance of the probes labelled in the
+cell weighted by the plan's density over them, over the same mean with equal weights (the natural
+images of the cell). The closest (matched) or cheapest (verify) allocation can crowd a cell's images
+into a small region (e.g. one component filling every cell); the planner blends it toward a diverse
+allocation (the target q; verify: the natural frequencies) until the floor holds, and the automatic
+sharpness prefers plans that hold it. See ``docs/sampling.md``.
+
 Budgets: ``max_proposals_per_image`` (latent proposals per accepted latent of a component) and
 ``max_synthesis_per_image`` (verify). Cells the probes show cannot be reached within them raise
 :class:`BudgetError` at construction, before any image is synthesized; budgets exhausted during a run

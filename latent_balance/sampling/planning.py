@@ -19,9 +19,28 @@ import numpy as np
 from ..metrics import kl_divergence, total_variation
 from .errors import BudgetError, TooFewProbes, UnreachableTarget
 
-__all__ = ["SHARPNESS_GRID"]
+__all__ = ["SHARPNESS_GRID", "MIN_DIVERSITY", "SUGGESTED_MIN_DIVERSITY"]
 
 SHARPNESS_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+
+#: Default floor of the predicted per-cell diversity (latent spread ratio, see
+#: :meth:`_PlanningMixin._diversity`): 0, no floor. :data:`SUGGESTED_MIN_DIVERSITY` is the floor the
+#: benchmark suggests; it is not the default because on the packaged StyleGAN2 it tripled latent-only
+#: TV (0.086 -> 0.281) and raised verify's synthesis calls per kept image from 1.29 to 2.24, while the
+#: LPIPS gain was within the measurement's standard error (docs/sampling.md).
+MIN_DIVERSITY = 0.0
+
+#: On the packaged StyleGAN2's sampler benchmark (40 cells x runs, docs/sampling.md) the measured
+#: LPIPS ratio fell about twice as far below 1 as the predicted ratio (least-squares slope 2.1 on cells
+#: predicted below 1; 1.2 +- 0.2 over all cells): keeping the LPIPS ratio >= 0.97 then needs
+#: d >= 1 - 0.03 / 2 = 0.985.
+SUGGESTED_MIN_DIVERSITY = 0.985
+
+#: Blends of the allocation weights toward the diverse allocation tried by the planner (0 = the
+#: cheapest / closest allocation, 1 = the diverse one).
+_BLENDS = tuple(i / 10 for i in range(11))
+#: Held-out probes per labelled cell used for the diversity prediction (the first ones of the split).
+_DIVERSITY_PROBES = 300
 
 
 class _PlanningMixin:
@@ -38,6 +57,20 @@ class _PlanningMixin:
         else:
             self._Y_h = np.eye(k)[np.asarray(h["cells"], np.int64)]
         self._m = self._P_h.max(axis=0)
+        # diversity prediction: pairwise latent distances among held-out probes of each labelled cell
+        X = np.asarray(h["latents"], np.float64)
+        cells = np.asarray(h["cells"], np.int64)
+        self._div_idx, self._div_D, self._div_base = [], [], np.full(k, np.nan)
+        for c in range(k):
+            idx = np.flatnonzero(cells == c)[:_DIVERSITY_PROBES]
+            Z = X[idx]
+            sq = (Z * Z).sum(axis=1)
+            D = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * Z @ Z.T, 0.0))
+            np.fill_diagonal(D, 0.0)
+            self._div_idx.append(idx)
+            self._div_D.append(D)
+            if len(idx) >= 2:
+                self._div_base[c] = D.sum() / (len(idx) * (len(idx) - 1))
 
     # -- acceptance ---------------------------------------------------------------------------------
     def _accept_prob(self, P: np.ndarray, s: np.ndarray, comps=None) -> np.ndarray:
@@ -59,8 +92,38 @@ class _PlanningMixin:
             ess = np.where(tot > 0, tot**2 / np.maximum((a**2).sum(axis=0), 1e-300), 0.0)
         acc = a.mean(axis=0)
         affordable = acc * self.max_proposals_per_image >= 1.0
+        # each component's accepted distribution as weights over the held-out probes (columns sum to 1),
+        # reduced per labelled cell to the quadratic forms the diversity prediction needs
+        An = np.where(tot > 0, a / np.where(tot > 0, tot, 1.0), 0.0)
+        An[An < 1e-12] = 0.0  # negligible (columns sum to 1); subnormal products would slow the matmuls ~100x
+        spread = []
+        for idx, D in zip(self._div_idx, self._div_D):
+            Ac = An[idx]
+            spread.append((Ac.T @ (D @ Ac), Ac.T @ Ac, Ac.sum(axis=0)))
         return {"C": C, "acceptance": acc, "ess": ess, "affordable": affordable,
-                "usable": affordable & (ess >= self.min_ess)}
+                "usable": affordable & (ess >= self.min_ess), "_spread": spread}
+
+    def _diversity(self, spread, w: np.ndarray) -> np.ndarray:
+        """Predicted diversity per labelled cell [K] of outputs drawn from components with weights w [K].
+
+        The outputs labelled c are the held-out probes labelled c reweighted by sum_g w_g a_g(x) / sum_x
+        a_g(x) (each component's accepted distribution); the prediction is their weighted mean pairwise
+        latent distance (sum_{i != j} w_i w_j |x_i - x_j| / sum_{i != j} w_i w_j) over the same mean with
+        equal weights (the natural generator's images of that cell). 1 = as spread as the natural
+        images; NaN where the cell has fewer than 2 held-out probes or no weight.
+        """
+        out = np.full(len(w), np.nan)
+        for c, (G, S, t) in enumerate(spread):
+            tot = float(t @ w)
+            den = tot * tot - float(w @ S @ w)
+            if np.isfinite(self._div_base[c]) and self._div_base[c] > 0 and den > 1e-12 * max(tot * tot, 1e-300):
+                out[c] = float(w @ G @ w) / den / self._div_base[c]
+        return out
+
+    def _diversity_min(self, d: np.ndarray) -> float:
+        """Smallest predicted diversity over the cells with target mass (1.0 when none is predicted)."""
+        v = d[(self.q > 0) & np.isfinite(d)]
+        return float(v.min()) if len(v) else 1.0
 
     def _sharpness_vector(self, s) -> np.ndarray:
         k = len(self.space)
@@ -86,12 +149,29 @@ class _PlanningMixin:
         TV(q @ C, q) above ``tolerance``; matched mode: the residual TV above ``tolerance``; ties and
         targets already met prefer smaller sharpness (more diverse components).
 
+        Diversity floor: every plan's allocation is blended toward a diverse one until the predicted
+        per-cell diversity (:meth:`_diversity`, the latent spread ratio of the held-out probes of each
+        cell) reaches ``min_diversity``; plans that reach it are preferred to any that do not, in the
+        common choice and in the refinement.
+
         Returns:
-            dict: ``sharpness`` [K], ``C`` [K, K], ``acceptance`` [K], ``ess`` [K], ``weights`` (allocation
+            dict: ``sharpness`` [K], ``C`` [K, K], ``acceptance`` [K], ``ess`` [K], ``diversity`` [K]
+            (predicted per labelled cell), ``diversity_min`` (over cells with target mass), ``diverse``
+            (it meets ``min_diversity``), ``diversity_blend`` (0..1, how far the allocation was moved
+            toward the diverse one), ``diversity_cost`` (what that costs: predicted TV rise latent-only,
+            synthesis calls per kept image with verify), ``weights`` (allocation
             weights over components: q, or pi in matched mode), ``pi``, ``predicted`` (labelled distribution
             expected without verify), ``predicted_tv``, ``predicted_kl``, ``reachable`` (matched),
             ``verify_cost`` (predicted synthesis calls per kept image, verify).
         """
+        from threadpoolctl import threadpool_limits
+
+        # hundreds of small matrix products: one BLAS thread is faster than several (and much faster on a
+        # loaded machine, where multithreaded BLAS waits on busy cores)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._plan()
+
+    def _plan(self) -> dict[str, Any]:
         q = self.q
         if isinstance(self._sharpness_arg, str):
             if self._sharpness_arg != "auto":
@@ -100,7 +180,8 @@ class _PlanningMixin:
             common = self._pick(candidates)
             plan = self._refine(common)
             plan["auto"] = {"common": [{"sharpness": float(c["sharpness"][0]), "score": float(c["score"]),
-                                        "ok": bool(c["ok"])} for c in candidates],
+                                        "ok": bool(c["ok"]), "diversity_min": float(c["diversity_min"])}
+                                       for c in candidates],
                             "common_choice": float(common["sharpness"][0]), "common_score": float(common["score"]),
                             "refined_score": float(plan["score"])}
             if not self.verify:
@@ -108,6 +189,15 @@ class _PlanningMixin:
         else:
             plan = self._evaluate(self._sharpness_vector(self._sharpness_arg))
         self._check_budgets(plan)
+        # warned when the automatic search found no plan meeting the floor; at a given sharpness the plan
+        # reports its predicted diversity (stats) and the most diverse allocation was taken
+        if not plan["diverse"] and isinstance(self._sharpness_arg, str):
+            low = {self.space.ids[c]: round(float(v), 3) for c, v in enumerate(plan["diversity"])
+                   if self.q[c] > 0 and np.isfinite(v) and v < self.min_diversity}
+            warnings.warn(f"no plan is predicted to keep every cell's diversity at min_diversity="
+                          f"{self.min_diversity:g} (predicted latent spread ratio per cell below it: {low}); using the "
+                          f"most diverse plan found (lower the sharpness, or lower min_diversity to trade diversity "
+                          f"for balance or cost)", RuntimeWarning, stacklevel=3)
         if self.mode == "matched" and not self.verify:
             thin = [self.space.ids[g] for g in np.flatnonzero((plan["weights"] > 0) & (plan["ess"] < self.min_ess))]
             if thin:
@@ -178,29 +268,85 @@ class _PlanningMixin:
     def _evaluate(self, s: np.ndarray, auto: bool = False, mode: str | None = None) -> dict[str, Any]:
         """Predicted outcome of sharpness s (in `mode`, default the sampler's). Automatic choices only use
         components whose row of C rests on >= min_ess effective held-out probes (so that held-out noise
-        is not mistaken for purity)."""
+        is not mistaken for purity).
+
+        The allocation is the closest (matched: mixture weights) or cheapest (verify: linear program)
+        one, blended toward a diverse allocation (matched: the target q, i.e. each cell from its own
+        component; verify: the natural frequencies, i.e. the generator's own distribution) by the
+        smallest blend of ``_BLENDS`` whose predicted diversity (:meth:`_diversity`) meets
+        ``min_diversity`` (the most diverse blend when none does). ``diversity_cost`` is what the blend
+        costs: the rise of the predicted TV (latent-only) or of the verify cost."""
         q = self.q
         comp = self._components(s)
         C = comp["C"]
         usable = comp["usable"] if auto else comp["affordable"]
         out = {"sharpness": s, **comp}
-        if (mode or self.mode) == "matched":
-            pi = _mixture_weights(C, q, usable)
-            pred = pi @ C
-            out["pi"] = pi
-            out["weights"] = pi
+        matched = (mode or self.mode) == "matched"
+        floor = self.min_diversity
+        if self.verify:
+            m0 = _lp_allocation(C, q, usable)
+            out["pi"] = pi0 = (None if not matched else _mixture_weights(C, q, usable))
+            natural = np.where(usable, np.asarray(self.model.natural_["proportions"], np.float64), 0.0)
+            reach = natural @ C
+            rows = q > 0
+            if m0 is None:
+                blends = [(0.0, None)]
+            elif natural.sum() > 0 and np.all(reach[rows] > 0):
+                m_div = natural * float(np.max(q[rows] / reach[rows]))  # scaled to cover every need
+                # blends over the synthesis budget are not considered (the budget check would refuse them)
+                blends = [(b, (1 - b) * m0 + b * m_div) for b in _BLENDS
+                          if b == 0 or ((1 - b) * m0 + b * m_div).sum() <= self.max_synthesis_per_image]
+            else:
+                blends = [(0.0, m0)]
+            best = None
+            for b, m in blends:
+                d = self._diversity(comp["_spread"], m / m.sum()) if m is not None and m.sum() > 0 else np.full(len(q), np.nan)
+                cand = (b, m, d, self._diversity_min(d))
+                if best is None or cand[3] > best[3] + 1e-12:
+                    best = cand
+                if cand[3] >= floor:
+                    best = cand
+                    break
+            b, m, d, dmin = best
+            out["verify_cost"] = float(m.sum()) if m is not None else math.inf
+            out["verify_cost_closest"] = float(m0.sum()) if m0 is not None else math.inf
+            out["diversity_cost"] = out["verify_cost"] - out["verify_cost_closest"] if m0 is not None else 0.0
+            out["verify_allocation"] = m
+            w_pred = pi0 if matched else q
+            out["weights"] = pi0 if matched else q
+            out["predicted"] = w_pred @ C
         else:
-            pi = q.copy()
-            pred = q @ C
-            out["pi"] = None
-            out["weights"] = q
-        out["predicted"] = pred
+            w0 = _mixture_weights(C, q, usable) if matched else q.copy()
+            target_w = np.where(usable | (not matched), q, 0.0)
+            if matched and target_w.sum() > 0 and w0.sum() > 0:
+                target_w = target_w / target_w.sum()
+                blends = [(b, (1 - b) * w0 + b * target_w) for b in _BLENDS]
+            else:
+                blends = [(0.0, w0)]
+            best = None
+            for b, w in blends:
+                d = self._diversity(comp["_spread"], w) if w.sum() > 0 else np.full(len(q), np.nan)
+                cand = (b, w, d, self._diversity_min(d))
+                if best is None or cand[3] > best[3] + 1e-12:
+                    best = cand
+                if cand[3] >= floor:
+                    best = cand
+                    break
+            b, w, d, dmin = best
+            out["pi"] = w if matched else None
+            out["weights"] = w
+            out["predicted"] = w @ C
+            out["diversity_cost"] = total_variation(w @ C, q) - total_variation(w0 @ C, q)
+        out["diversity"] = d
+        out["diversity_min"] = dmin
+        out["diversity_blend"] = float(b)
+        out["diverse"] = bool(dmin >= floor)
+        pred = out["predicted"]
         out["predicted_tv"] = total_variation(pred, q)
         out["predicted_kl"] = kl_divergence(q, np.maximum(pred, 1e-12))
         out["reachable"] = bool(out["predicted_tv"] <= self.tolerance)
         if self.verify:
-            m = _lp_allocation(C, q, usable)
-            out["verify_cost"] = float(m.sum()) if m is not None else math.inf
+            m = out["verify_allocation"]
             out["score"] = out["verify_cost"]
             out["proposals_per_kept"] = None
             ok = m is not None
@@ -225,28 +371,45 @@ class _PlanningMixin:
         return out
 
     def _pick(self, candidates: list[dict]) -> dict:
+        """The common sharpness: plans meeting the diversity floor first; among them verify takes the
+        smallest sharpness within 1% of the cheapest, latent-only the smallest meeting the tolerance
+        (else the closest). Without any plan meeting the floor, the most diverse feasible one."""
+        diverse = [c for c in candidates if c["diverse"]]
         if self.verify:
-            feas = [c for c in candidates if c["ok"]]
+            feas = [c for c in diverse if c["ok"]]
             if feas:
                 best = min(c["score"] for c in feas)
                 # smallest sharpness within 1% of the best predicted cost (more diversity for ~the same cost)
                 return next(c for c in feas if c["score"] <= best * 1.01)
-            return candidates[0]
-        ok = [c for c in candidates if c["ok"]]
+            feas = [c for c in candidates if c["ok"]]
+            return max(feas, key=lambda c: c["diversity_min"]) if feas else candidates[0]
+        ok = [c for c in diverse if c["ok"]]
         if ok:
             return ok[0]
-        feas = [c for c in candidates if np.all(c["usable"][c["weights"] > 0])] or candidates
-        return min(feas, key=lambda c: c["score"])
+        valid = [c for c in candidates if np.all(c["usable"][c["weights"] > 0])]
+        pool = [c for c in valid if c["diverse"]]
+        if pool:
+            return min(pool, key=lambda c: c["score"])
+        if valid:
+            return max(valid, key=lambda c: c["diversity_min"])
+        return min(candidates, key=lambda c: c["score"])
 
     def _objective(self, c: dict) -> tuple[int, float]:
-        """(tier, value), compared lexicographically: a plan that meets the tolerance (tier 0) is never
-        traded for one that misses it (tier 1), whatever the diversity gain; within a tier the value
-        trades residual TV (or verify cost) against a small diversity preference."""
+        """(tier, value), compared lexicographically. The diversity floor comes first: a plan predicted
+        to meet it is never traded for one that misses it (plans missing it rank by their shortfall).
+        Then a plan that meets the tolerance (or, verify, is feasible) is never traded for one that
+        misses it; within a tier the value trades residual TV (or verify cost) against a small
+        diversity preference (smaller sharpness)."""
         diversity = 1e-3 * float(np.mean(np.log2(c["sharpness"])))
+        shortfall = max(self.min_diversity - c["diversity_min"], 0.0)
         if self.verify:
-            return (0, c["score"] + diversity) if c["ok"] else (2, math.inf)
+            if not c["ok"]:
+                return (4, math.inf)
+            return (0, c["score"] + diversity) if shortfall == 0 else (2, shortfall)
         if not np.all(c["usable"][c["weights"] > 0]):
-            return (2, math.inf)
+            return (4, math.inf)
+        if shortfall > 0:
+            return (2, shortfall)
         excess = max(c["predicted_tv"] - self.tolerance, 0.0)
         return (int(excess > 0), excess + diversity)
 

@@ -24,7 +24,7 @@ from ..targets import Target
 from .allocation import _AllocationMixin
 from .dataset import BalancedDataset
 from .errors import BudgetError
-from .planning import SHARPNESS_GRID, _PlanningMixin
+from .planning import MIN_DIVERSITY, SHARPNESS_GRID, _PlanningMixin
 from .result import SampleResult
 from .streams import _count, _Streams
 from .verify import _VerifyMixin
@@ -70,6 +70,14 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         min_ess:     fewest effective held-out probes behind a component's row of C for it to be used
                      by the automatic choices (matched weights, verify allocation, auto sharpness).
         proposal_batch: largest number of latents proposed at once (does not change results).
+        min_diversity: floor of the predicted diversity of every cell with target mass (default
+                     :data:`~latent_balance.sampling.planning.MIN_DIVERSITY`, 0: no floor; 0.985,
+                     ``SUGGESTED_MIN_DIVERSITY``, keeps LPIPS >= 0.97 on the benchmark): the ratio of the mean
+                     pairwise latent distance of the cell's outputs to the natural generator's, predicted on
+                     the held-out probes. The allocation (matched weights, verify draws) is moved toward a
+                     diverse one and the automatic sharpness chosen so that it holds, at a predicted cost
+                     the plan reports (``diversity_cost``). 0 turns the floor off (the closest / cheapest
+                     allocation).
     """
 
     def __init__(self, generator, model, target=None, *, attributes: Sequence[str] | None = None,
@@ -78,7 +86,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                  batch_size: int = 256, block_size: int = 1000, allocation: str = "exact", confusion: str = "hard",
                  tolerance: float = 0.01, strict: bool = False, min_count: int = 5,
                  max_proposals_per_image: float = 10_000, max_synthesis_per_image: float = 10.0,
-                 min_ess: float = 30.0, proposal_batch: int = 8192):
+                 min_ess: float = 30.0, proposal_batch: int = 8192, min_diversity: float = MIN_DIVERSITY):
         if mode not in ("posterior", "matched"):
             raise ValueError(f"mode must be 'posterior' or 'matched', got {mode!r}")
         if allocation not in ("exact", "iid"):
@@ -102,6 +110,10 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         self.max_proposals_per_image = float(max_proposals_per_image)
         self.max_synthesis_per_image = float(max_synthesis_per_image)
         self.min_ess = float(min_ess)
+        if not (isinstance(min_diversity, (int, float, np.floating, np.integer)) and 0.0 <= float(min_diversity) <= 1.0):
+            raise ValueError(f"min_diversity must be a number in [0, 1] (predicted latent spread ratio; 0 = no "
+                             f"floor), got {min_diversity!r}")
+        self.min_diversity = float(min_diversity)
         self.threshold = None if threshold is None else float(threshold)
         if max_sharpness is not None and not float(max_sharpness) >= 1.0:
             raise ValueError(f"max_sharpness must be >= 1 or None, got {max_sharpness}")
@@ -486,7 +498,10 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         candidates (what the labelled distribution would be without verification).
         """
         latent = {"latent_predicted": plan["predicted"].tolist(), "latent_predicted_tv": plan["predicted_tv"],
-                  "latent_predicted_kl": plan["predicted_kl"]}
+                  "latent_predicted_kl": plan["predicted_kl"], "min_diversity": self.min_diversity,
+                  "predicted_diversity": [None if not np.isfinite(v) else float(v) for v in plan["diversity"]],
+                  "predicted_diversity_min": plan["diversity_min"], "diversity_blend": plan["diversity_blend"],
+                  "diversity_cost": plan["diversity_cost"]}
         if self.verify:
             return {"predicted": self.q.tolist(), "predicted_tv": 0.0, "predicted_kl": 0.0, "reachable": True,
                     **latent}

@@ -49,6 +49,9 @@ class BalancedSource:
                 "classes": {a: list(c) for a, c in self.classes.items()},
                 "labelers": {a: lab.id for a, lab in s.labelers.items()},
                 "posterior": m.posterior_, "sharpness": s.plan_["sharpness"].tolist(), "threshold": s.threshold,
+                # the floor only when set: datasets written before it existed (no floor) still resume
+                **({"min_diversity": s.min_diversity, "diversity_blend": s.plan_["diversity_blend"]}
+                   if s.min_diversity > 0 else {}),
                 "allocation": s.allocation, "confusion": s.confusion, "sampler_block_size": s.block_size,
                 "model": {"n_probes": m.meta_.get("n_probes"), "settings": m.meta_.get("settings"),
                           "natural_counts": m.natural_["counts"].tolist()}}

@@ -30,6 +30,7 @@ class _VerifyMixin:
         n = len(slots)
         plan = self.plan_
         usable = plan["affordable"]
+        natural = np.where(usable, np.asarray(self.model.natural_["proportions"], np.float64), 0.0)
         # prior of the in-block update of C: the held-out estimate with weight = its effective sample size
         prior_w = np.minimum(plan["ess"], 200.0)[:, None]
         prior = plan["C"] * prior_w
@@ -41,6 +42,13 @@ class _VerifyMixin:
         while need.sum() > 0:
             C = (prior + seen) / np.maximum(prior_w + seen.sum(axis=1, keepdims=True), 1e-12)
             m = _lp_allocation(C, need, usable)
+            blend = plan.get("diversity_blend", 0.0)
+            if m is not None and blend > 0:
+                # the plan's diversity blend: toward the natural frequencies, scaled to cover every need
+                reach = natural @ C
+                rows = need > 0
+                if np.all(reach[rows] > 0):
+                    m = (1 - blend) * m + blend * natural * float(np.max(need[rows] / reach[rows]))
             if m is None:
                 g = int(np.flatnonzero(need)[0])
                 raise BudgetError(f"cell {self.space.ids[g]!r} cannot be filled: no usable component produces it "
