@@ -613,7 +613,7 @@ def evaluate_dataset(dataset_dir, classifier=None, task: str | None = None, *, g
     # the models under test, on two images
     from .audit import _load_images
 
-    head = _load_images(dataset_dir, [r["file"] for r in rows[:_PROBE_IMAGES]], show_progress=False)
+    head = _load_images(dataset_dir, rows[:_PROBE_IMAGES], show_progress=False)
     clf = sys_fn = None
     if classifier is not None:
         clf = load_callable(classifier)
@@ -636,7 +636,7 @@ def evaluate_dataset(dataset_dir, classifier=None, task: str | None = None, *, g
                                   f"(truncation, class) the dataset was made with")
 
     # --- work starts here ---
-    images = _load_images(dataset_dir, [r["file"] for r in rows], show_progress=show_progress)
+    images = _load_images(dataset_dir, rows, show_progress=show_progress)
     result: dict = {"dataset": str(dataset_dir), "n": len(rows),
                     "settings": {"seed": int(seed), "n_boot": int(n_boot), "threshold": float(threshold),
                                  "groups": group_attrs, "batch_size": int(batch_size),
