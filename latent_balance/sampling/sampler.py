@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .._utils import logger
+from ..framing import frame_labelers
 from ..seeds import MAX_STREAMS, MAX_USER_SEED
 from ..subgroups import CellSpace, SubgroupModel
 from ..targets import Target
@@ -139,6 +140,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         if labelers is None:
             return None
         labs = list(labelers.values()) if isinstance(labelers, Mapping) else list(labelers)
+        labs = frame_labelers(self.generator, labs)  # face labelers framed for this generator (see framing)
         out = {}
         for lab in labs:
             for f in ("name", "classes", "id"):
