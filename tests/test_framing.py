@@ -91,20 +91,24 @@ def test_calibration_finds_the_new_framing_and_records_it(framed256, labs):
 @pytest.mark.parametrize("size", [256, 1024])
 def test_reframed_labels_agree_with_native_labels(dcgan, labs, size):
     gen = reframed_generator(dcgan, size)
-    seeds = np.arange(20000, 20080)
+    seeds = np.arange(20000, 20120)
     native = label_images(labs, dcgan.generate(seeds))
     images = gen.generate(seeds)
     calibrated = label_images(frame_labelers(gen, labs), images)
     uncalibrated = label_images(labs, images)
     agree = {a: float(np.mean(native[a].argmax(1) == calibrated[a].argmax(1))) for a in native}
     before = {a: float(np.mean(native[a].argmax(1) == uncalibrated[a].argmax(1))) for a in native}
-    # Bench (400 faces per size, both packaged generators): calibrated agreement >= 95% per attribute
-    # (see BOUNDS below); uncalibrated BOUNDS_UNCAL. With 80 faces, an attribute whose true agreement
-    # is 0.95 shows >= 70 agreeing faces (0.875) with probability 0.994 (binomial), so 0.875 per
-    # attribute; the framing matters on average over the three: the calibrated mean must beat the
-    # uncalibrated one by 0.03 (bench gap GAP; the gap's sd over 80 faces is < 0.015).
-    assert all(v >= 0.875 for v in agree.values()), (agree, before)
-    assert np.mean(list(agree.values())) - np.mean(list(before.values())) >= 0.03, (agree, before)
+    # Bench (bench/results/framing_cpu.json, 400 other faces per generator and size): calibrated
+    # agreement 0.935 to 0.9725 per attribute, uncalibrated 0.87 to 0.91 (see docs/labelers.md).
+    # Per attribute: at a true agreement of 0.93, 120 faces show <= 101 agreeing (< 0.85) with
+    # probability 2e-4 (binomial: mean 111.6, sd 2.8; 101.5 is 3.6 sd below), so >= 0.85; labels cut
+    # from a lost face agree at chance (~0.5-0.6).
+    assert all(v >= 0.85 for v in agree.values()), (agree, before)
+    # The framing itself: the mean over the three attributes must beat the uncalibrated mean by 0.025.
+    # Bench gap ~0.06; over 120 faces the gap's sd is ~0.015 (per face, the three paired differences,
+    # each discordant on ~8% of faces), so 0.025 lies > 2 sd below it, and the packaged box (gap 0:
+    # the calibration not applied) fails.
+    assert np.mean(list(agree.values())) - np.mean(list(before.values())) >= 0.025, (agree, before)
 
 
 def test_images_that_are_not_framed_faces_are_refused(tmp_path):
