@@ -105,7 +105,7 @@ def test_reframed_labels_agree_with_native_labels(dcgan, labs, size):
     # from a lost face agree at chance (~0.5-0.6).
     assert all(v >= 0.85 for v in agree.values()), (agree, before)
     # The framing itself: the mean over the three attributes must beat the uncalibrated mean by 0.025.
-    # Bench gap 0.063 (256 px) and 0.064 (1024 px); over 120 faces the gap's sd is ~0.015 (per face, the three paired differences,
+    # Bench gap 0.063 (256 px and 1024 px); over 120 faces the gap's sd is ~0.015 (per face, the three paired differences,
     # each discordant on ~8% of faces), so 0.025 lies > 2 sd below it, and the packaged box (gap 0:
     # the calibration not applied) fails.
     assert np.mean(list(agree.values())) - np.mean(list(before.values())) >= 0.025, (agree, before)
