@@ -177,6 +177,7 @@ class FaceAligner:
             if not path.is_file():
                 raise FileNotFoundError(f"no dlib shape predictor at {path}")
             digest = _sha256_cached(path)
+        self.predictor_path = None if predictor_path is None else path  # None: the pinned default
         try:
             self._predictor = dlib.shape_predictor(str(path))
         except Exception as err:  # noqa: BLE001 - re-raised with context

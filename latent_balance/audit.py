@@ -18,6 +18,7 @@ import numpy as np
 
 from ._utils import progress
 from .cells import cell_names, label_cells
+from .framing import frame_labelers
 from .metrics import distribution_metrics, total_variation, wilson_interval
 
 __all__ = ["cell_names", "label_cells", "audit_labels", "image_metrics_per_cell"]
@@ -309,7 +310,7 @@ def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1
             import attributes as attrs_pkg
 
             labelers = attrs_pkg.load_labelers(settings.get("labelers_spec") or list(settings["labelers"]))
-        labelers = [lab for lab in labelers if lab.name in probs]
+        labelers = frame_labelers(generator, [lab for lab in labelers if lab.name in probs])
         for lab in labelers:
             want = settings["labelers"].get(lab.name)
             if want is not None and want != lab.id:
@@ -351,7 +352,7 @@ def audit_generator(generator, labelers, attributes: Sequence[str], target: Mapp
         n:          images.
         report_dir: where the report goes (None: no report written).
     """
-    labelers = list(labelers)
+    labelers = frame_labelers(generator, labelers)  # face labelers framed for this generator
     classes = {lab.name: tuple(lab.classes) for lab in labelers}
     names = cell_names(classes, attributes)
     target = dict(target) if target is not None else {c: 1.0 / len(names) for c in names}

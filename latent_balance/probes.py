@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ._utils import logger, package_versions, progress, read_npz, write_npz
+from .framing import frame_labelers
 from .seeds import check_seeds
 
 __all__ = ["ProbeSet", "build_probes", "ProbeFileError"]
@@ -210,6 +211,7 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
     if int(n) < 1:
         raise ValueError(f"n must be a positive number of probes, got {n}")
     n, start = int(n), int(start)
+    labelers = frame_labelers(generator, labelers)  # face labelers framed for this generator (may refuse)
     lab_meta = _labeler_meta(labelers)
     classes = {name: tuple(info["classes"]) for name, info in lab_meta.items()}
     want_seeds = np.arange(start, start + n, dtype=np.int64)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .cells import cell_names
 from .export import BlockOutput
+from .framing import frame_labelers
 from .seeds import stream_seeds
 
 __all__ = ["NaturalSource"]
@@ -36,6 +37,7 @@ class NaturalSource:
 
     def __init__(self, generator, labelers: Sequence, attributes: Sequence[str] | None = None,
                  target: Mapping[str, float] | None = None, seed: int = 0, batch_size: int = 64):
+        labelers = frame_labelers(generator, labelers)  # face labelers framed for this generator
         self.generator, self.labelers, self.seed, self.batch_size = generator, list(labelers), int(seed), int(batch_size)
         self.classes = {lab.name: tuple(lab.classes) for lab in self.labelers}
         self.attributes = list(attributes or self.classes)

@@ -464,7 +464,7 @@ def test_mirror_average_is_mirror_invariant(fixture, name):
 
 def test_other_resolutions_give_consistent_labels(fixture, labelers):
     """Larger images (here the fixture upsampled 4x, as from a 256 px generator) are handled by the
-    same framing: resampled to the aligner's 256 px working size / shrunk for the smile crop."""
+    same framing: resampled to the aligner's 256 px working size / sampled bilinearly for the smile crop."""
     images = fixture[0]
     big = torch.nn.functional.interpolate(images, size=(256, 256), mode="bilinear", align_corners=False).clamp(-1, 1)
     ref = label_images(labelers.values(), images)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .._utils import logger
+from ..framing import frame_labelers
 from ..seeds import EXTRA_STREAM_LENGTH, MAX_STREAMS, MAX_USER_SEED, TOTAL_STREAMS
 from ..subgroups import CellSpace, SubgroupModel
 from ..targets import Target
@@ -153,6 +154,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         if labelers is None:
             return None
         labs = list(labelers.values()) if isinstance(labelers, Mapping) else list(labelers)
+        labs = frame_labelers(self.generator, labs)  # face labelers framed for this generator (see framing)
         out = {}
         for lab in labs:
             for f in ("name", "classes", "id"):
