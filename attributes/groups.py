@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 from typing import Sequence
 
@@ -120,6 +122,18 @@ class ExpressionLabeler(Labeler):
         self.batch_size = int(batch_size)
         # the smile id with its "|happy" (the class it reports) replaced by the 7 classes
         self.id = "expression:" + self._smile.id.split(":", 1)[1].replace("|happy|", "|7emotions|", 1)
+
+    @property
+    def crop(self) -> tuple:
+        """The face crop the expression network sees (the smile labeler's, see :mod:`attributes.smile`)."""
+        return self._smile.crop
+
+    @crop.setter
+    def crop(self, value) -> None:
+        # a copy of the inner smile network's wrapper: labelers copied by attributes.framing.reframe_labelers
+        # (copy.copy) must not change the crop of the labeler they were copied from
+        self._smile = copy.copy(self._smile)
+        self._smile.crop = tuple(float(v) for v in value)
 
     def _predict(self, images: torch.Tensor) -> np.ndarray:
         return self._smile._emotions(check_images(images))

@@ -167,3 +167,21 @@ def test_cli_pipeline_on_a_reframed_256px_generator(tmp_path, monkeypatch):
     assert settings["labelers"]["gender"] == ids["gender"]["id"]
     r = _invoke("audit", tmp_path / "ds", "--natural-n", 8, "--no-image-metrics")
     assert r.exit_code == 0, r.output
+
+
+def test_every_builtin_face_labeler_is_reframed():
+    """Each built-in labeler places faces with the packaged framing (aligner box or smile crop), so each
+    is rebuilt for another box: a new id naming it, and the labeler it was copied from unchanged."""
+    import attributes
+    from attributes.framing import has_default_framing, reframe_labelers
+
+    labs = attributes.load_labelers(attributes.available_labelers())
+    before = {lab.name: lab.id for lab in labs}
+    crops = {lab.name: tuple(lab.crop) for lab in labs if hasattr(lab, "crop")}
+    new = reframe_labelers(labs, FFHQ_FACE_BOX)
+    for old, lab in zip(labs, new):
+        assert has_default_framing(old), old.name
+        assert lab.id != before[old.name], (old.name, lab.id)
+        assert old.id == before[old.name]
+        if old.name in crops:
+            assert tuple(old.crop) == crops[old.name] and tuple(lab.crop) != crops[old.name]
