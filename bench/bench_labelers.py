@@ -50,19 +50,14 @@ from attributes.faces import DCGAN_FACE_BOX, FaceAligner  # noqa: E402
 from attributes.smile import SmileLabeler  # noqa: E402
 from latent_balance import DCGANFaces  # noqa: E402
 from latent_balance._utils import atomic_write_text, package_versions  # noqa: E402
+from latent_balance.metrics import wilson_interval  # noqa: E402
 
-Z95 = 1.959963984540054
+Z95 = 1.959963984540054  # standard normal 97.5% quantile
 
 
 def wilson(k: int, n: int) -> list[float]:
-    """Wilson score 95% interval of a binomial proportion k / n."""
-    if n == 0:
-        return [float("nan"), float("nan")]
-    p = k / n
-    d = 1 + Z95 ** 2 / n
-    c = (p + Z95 ** 2 / (2 * n)) / d
-    h = Z95 * np.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n ** 2)) / d
-    return [float(c - h), float(c + h)]
+    """Wilson score 95% interval of a binomial proportion k / n (latent_balance.metrics.wilson_interval)."""
+    return [float(v) for v in wilson_interval(k, n)]
 
 
 def proportion(mask: np.ndarray) -> dict:

@@ -49,18 +49,11 @@ from attributes.skin import (ITA_CATEGORIES, SkinToneLabeler, _median_ita, ita_c
                              srgb_to_lab)
 from latent_balance import load_generator  # noqa: E402
 from latent_balance._utils import atomic_write_text, package_versions  # noqa: E402
-
-Z95 = 1.959963984540054
-
+from latent_balance.metrics import wilson_interval  # noqa: E402
 
 def wilson(k: int, n: int) -> list[float]:
-    if n == 0:
-        return [float("nan"), float("nan")]
-    p = k / n
-    d = 1 + Z95 ** 2 / n
-    c = (p + Z95 ** 2 / (2 * n)) / d
-    h = Z95 * np.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n ** 2)) / d
-    return [round(float(c - h), 4), round(float(c + h), 4)]
+    """Wilson score 95% interval of k / n, rounded to 4 digits (latent_balance.metrics.wilson_interval)."""
+    return [round(float(v), 4) for v in wilson_interval(k, n)]
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:

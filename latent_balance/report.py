@@ -29,6 +29,15 @@ _COLORS = {"achieved": "#2b6cb0", "target": "#38a169", "natural": "#a0aec0",
            "flip (all)": "#e53e3e", "flip (clean)": "#2b6cb0", "edit success": "#38a169", "LPIPS": "#805ad5"}
 
 
+
+def _html_page(title: str, body: list[str], max_width: int) -> str:
+    """A self-contained HTML page: the report style, `body` (HTML fragments) in order."""
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+            f"body{{font-family:sans-serif;max-width:{max_width}px;margin:2em auto;color:#1a202c}}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd5e0;padding:3px 8px;"
+            "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}"
+            "img{image-rendering:pixelated;max-width:100%}</style></head><body>" + "".join(body) + "</body></html>")
+
 def contact_sheet(images, ncol: int = 8, pad: int = 2) -> bytes:
     """A PNG grid of images.
 
@@ -233,11 +242,7 @@ def write_report(audit: dict, out_dir: str | Path, sheets: Mapping[str, bytes] |
     if settings:
         body.append("<h2>Settings</h2><pre>" + e(json_dumps(settings, indent=2, sort_keys=True))
                     + "</pre>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title><style>"
-            "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#1a202c}"
-            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd5e0;padding:3px 8px;"
-            "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}"
-            "img{image-rendering:pixelated;max-width:100%}</style></head><body>" + "".join(body) + "</body></html>")
+    page = _html_page(title, body, 960)
     path = out_dir / "report.html"
     atomic_write_text(path, page)
     return path
@@ -359,11 +364,7 @@ def write_evaluation_report(result: dict, out_dir: str | Path, sheets: Mapping[s
             body.append(f"<h3>{e(key)}: {e(caption)}</h3><img alt='{e(key)}' src='data:image/png;base64,"
                         f"{base64.b64encode(png).decode()}'/>")
     body.append("<h2>Settings</h2><pre>" + e(json_dumps(st, indent=2, sort_keys=True)) + "</pre>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title><style>"
-            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#1a202c}"
-            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd5e0;padding:3px 8px;"
-            "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}"
-            "img{image-rendering:pixelated;max-width:100%}</style></head><body>" + "".join(body) + "</body></html>")
+    page = _html_page(title, body, 1100)
     path = out_dir / "evaluation.html"
     atomic_write_text(path, page)
     return path

@@ -125,6 +125,19 @@ class _PlanningMixin:
         v = d[(self.q > 0) & np.isfinite(d)]
         return float(v.min()) if len(v) else 1.0
 
+
+    def _first_blend_meeting(self, blends, diversity, floor: float):
+        """(blend, allocation, predicted diversity [K], its minimum) of the first of `blends` ((blend,
+        allocation) pairs, least diverse first) whose predicted minimum meets `floor`, else the most diverse."""
+        best = None
+        for b, alloc in blends:
+            d = diversity(alloc)
+            cand = (b, alloc, d, self._diversity_min(d))
+            if best is None or cand[3] > best[3] + 1e-12:
+                best = cand
+            if cand[3] >= floor:
+                return cand
+        return best
     def _sharpness_vector(self, s) -> np.ndarray:
         k = len(self.space)
         if isinstance(s, Mapping):
@@ -298,16 +311,9 @@ class _PlanningMixin:
                           if b == 0 or ((1 - b) * m0 + b * m_div).sum() <= self.max_synthesis_per_image]
             else:
                 blends = [(0.0, m0)]
-            best = None
-            for b, m in blends:
-                d = self._diversity(comp["_spread"], m / m.sum()) if m is not None and m.sum() > 0 else np.full(len(q), np.nan)
-                cand = (b, m, d, self._diversity_min(d))
-                if best is None or cand[3] > best[3] + 1e-12:
-                    best = cand
-                if cand[3] >= floor:
-                    best = cand
-                    break
-            b, m, d, dmin = best
+            b, m, d, dmin = self._first_blend_meeting(
+                blends, lambda m: self._diversity(comp["_spread"], m / m.sum()) if m is not None and m.sum() > 0
+                else np.full(len(q), np.nan), floor)
             out["verify_cost"] = float(m.sum()) if m is not None else math.inf
             out["verify_cost_closest"] = float(m0.sum()) if m0 is not None else math.inf
             out["diversity_cost"] = out["verify_cost"] - out["verify_cost_closest"] if m0 is not None else 0.0
@@ -323,16 +329,9 @@ class _PlanningMixin:
                 blends = [(b, (1 - b) * w0 + b * target_w) for b in _BLENDS]
             else:
                 blends = [(0.0, w0)]
-            best = None
-            for b, w in blends:
-                d = self._diversity(comp["_spread"], w) if w.sum() > 0 else np.full(len(q), np.nan)
-                cand = (b, w, d, self._diversity_min(d))
-                if best is None or cand[3] > best[3] + 1e-12:
-                    best = cand
-                if cand[3] >= floor:
-                    best = cand
-                    break
-            b, w, d, dmin = best
+            b, w, d, dmin = self._first_blend_meeting(
+                blends, lambda w: self._diversity(comp["_spread"], w) if w.sum() > 0 else np.full(len(q), np.nan),
+                floor)
             out["pi"] = w if matched else None
             out["weights"] = w
             out["predicted"] = w @ C
