@@ -87,6 +87,14 @@ def _run(ctx: click.Context, fn, *args, **kwargs):
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
         if verbose:
             traceback.print_exc()
+        from .sampling import BudgetError
+
+        if isinstance(err, BudgetError):  # a run out of budget mid-way: what was written stays, say how to go on
+            text = str(err)
+            for pattern, flag in _API_TO_FLAG:
+                text = pattern.sub(flag, text)
+            raise RuntimeFailure(f"BudgetError: {text}; blocks already written are kept: rerun the same command "
+                                 f"with a higher budget (e.g. --max-synthesis-per-image) to resume") from err
         raise RuntimeFailure(f"{type(err).__name__}: {err} (run with --verbose for the traceback)") from err
 
 
@@ -734,13 +742,19 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         if err is not None:
             if not auto_why:
                 raise err
+            if "--max-synthesis-per-image" not in str(err):  # not a budget the user can raise: say why as it is
+                raise InputError(f"{auto_why}, so verification is on by default, and {err}") from None
             # verification was chosen for the user and cannot be had within the budget: refuse, with what
             # latent-only sampling is predicted to give and how to get exact counts
             with warnings.catch_warnings():  # only its prediction is used, for the message
                 warnings.simplefilter("ignore")
-                latent = _sampler(ctx, gen, model, target, mode, False, labs, sharpness, threshold, seed,
-                                  batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
-                                  min_diversity=min_diversity)
+                try:
+                    latent = _sampler(ctx, gen, model, target, mode, False, labs, sharpness, threshold, seed,
+                                      batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
+                                      min_diversity=min_diversity)
+                except InputError as latent_err:
+                    raise InputError(f"{auto_why}, so verification is on by default, and {err}. Latent-only "
+                                     f"sampling is no way out here either: {latent_err}") from None
             raise InputError(f"{auto_why}, so verification is on by default, and {err}. Without verification "
                              f"{_precision(latent):.0%} of the images are predicted to be labelled in the "
                              f"requested cells: pass --no-verify to accept that, or raise "
@@ -858,15 +872,19 @@ def audit(ctx, dataset, generator_spec, attributes, target, n, natural_n, image_
 @click.option("--mode", type=click.Choice(["posterior", "matched"]), default="posterior", show_default=True)
 @click.option("--natural-n", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**20 - 1), default=0, show_default=True)
+@click.option("--max-synthesis-per-image", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="Verify budget (small --probes make rare cells costlier).")
 @click.option("--device", default=None)
 @click.pass_context
-def demo(ctx, out, generator_spec, attributes, n, n_probes, verify, mode, natural_n, seed, device):
+def demo(ctx, out, generator_spec, attributes, n, n_probes, verify, mode, natural_n, seed, max_synthesis_per_image,
+         device):
     """The whole pipeline offline on the packaged face GAN: probe, fit, sample, audit, report."""
     from .demo import run_demo
 
     _check_writable_target(Path(out))
     s = _run(ctx, run_demo, out, generator=generator_spec, attributes=_csv(attributes), n=n, n_probes=n_probes,
-             verify=verify, mode=mode, natural_n=natural_n, seed=seed, device=device)
+             verify=verify, mode=mode, natural_n=natural_n, seed=seed, device=device,
+             max_synthesis_per_image=max_synthesis_per_image)
     a, nat = s["achieved"], s["natural"]
     click.echo(f"balanced dataset: {n} images in {Path(out) / 'dataset'}")
     click.echo(f"achieved (labelers): {_metrics_line(a, s.get('achieved_band'))}")

@@ -19,7 +19,8 @@ __all__ = ["run_demo"]
 
 def run_demo(out_dir, generator: str = "dcgan-faces", attributes: Sequence[str] = ("gender", "age", "smile"),
              n: int = 1000, n_probes: int = 10000, verify: bool = True, mode: str = "posterior",
-             sharpness="auto", natural_n: int = 1000, seed: int = 0, device=None) -> dict:
+             sharpness="auto", natural_n: int = 1000, seed: int = 0, device=None,
+             max_synthesis_per_image: float = 10.0) -> dict:
     """Run probe -> fit -> sample -> audit and return the headline numbers.
 
     Args:
@@ -29,7 +30,8 @@ def run_demo(out_dir, generator: str = "dcgan-faces", attributes: Sequence[str] 
         n:          images in the balanced dataset (uniform target over the cells).
         n_probes:   probes the model is fitted on.
         verify:     exact per-cell counts (images labelled and kept only for cells that need them).
-        mode, sharpness: sampler settings (see :class:`latent_balance.sampling.BalancedSampler`).
+        mode, sharpness, max_synthesis_per_image: sampler settings (see
+                    :class:`latent_balance.sampling.BalancedSampler`).
         natural_n:  natural images the audit compares with.
         seed:       seed of the sampler (probes use seeds 0 .. n_probes - 1).
 
@@ -63,7 +65,7 @@ def run_demo(out_dir, generator: str = "dcgan-faces", attributes: Sequence[str] 
 
     t = time.perf_counter()
     sampler = BalancedSampler(gen, model, None, mode=mode, verify=verify, labelers=labs, sharpness=sharpness,
-                              seed=seed)
+                              seed=seed, max_synthesis_per_image=max_synthesis_per_image)
     res = write_dataset(out / "dataset", BalancedSource(sampler), n, block_size=sampler.block_size,
                         extra_settings={"generator_spec": {"name": generator, "kwargs": {}},
                                         "labelers_spec": list(attributes)})

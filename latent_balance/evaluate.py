@@ -132,7 +132,9 @@ def load_callable(spec) -> Callable:
     except EvaluationError:
         raise
     except Exception as err:  # noqa: BLE001 - any import failure is the user's spec
-        raise EvaluationError(f"model spec {text!r}: cannot import {mod_name}: {type(err).__name__}: {err}") from err
+        hint = (f" (a file in the current folder: give it as {mod_name.replace('.', '/')}.py:{name}, or set "
+                f"PYTHONPATH=.)" if isinstance(err, ModuleNotFoundError) else "")
+        raise EvaluationError(f"model spec {text!r}: cannot import {mod_name}: {type(err).__name__}: {err}{hint}") from err
     fn = getattr(module, name, None)
     if fn is None:
         raise EvaluationError(f"model spec {text!r}: {mod_name} has no {name!r}")
@@ -587,6 +589,13 @@ def evaluate_dataset(dataset_dir, classifier=None, task: str | None = None, *, g
         if generator is None or model is None:
             raise EvaluationError("counterfactual pairs need the dataset's generator and its fitted model "
                                   "(generator=, model=; CLI --generator, --model)")
+        out_opts = settings.get("output") or {}
+        if out_opts.get("format", "png") != "png" or out_opts.get("image_size") is not None:
+            raise EvaluationError(f"counterfactual pairs compare regenerated images with the dataset's own, which "
+                                  f"needs them as synthesized (lossless png at the generator's size); this dataset "
+                                  f"was written as {out_opts.get('format')} at "
+                                  f"{out_opts.get('image_size') or 'the generator'}'s size: write one with the "
+                                  f"default --format png and no --image-size")
         gen_id = settings.get("generator", {}).get("id")
         if generator.id != gen_id:
             raise EvaluationError(f"the dataset was made by generator {gen_id!r}, not {generator.id!r}")
@@ -637,6 +646,12 @@ def evaluate_dataset(dataset_dir, classifier=None, task: str | None = None, *, g
 
     # --- work starts here ---
     images = _load_images(dataset_dir, rows, show_progress=show_progress)
+    out_opts = settings.get("output") or {}
+    if out_opts.get("format", "png") != "png" or out_opts.get("image_size") is not None:
+        warnings.warn(f"the dataset's images are {out_opts.get('format')} at {out_opts.get('image_size') or 'full'} "
+                      f"size, but its labels were made on the synthesized images before that: part of any "
+                      f"disagreement with the labels (and of any system's label loss) is that change",
+                      RuntimeWarning, stacklevel=2)
     result: dict = {"dataset": str(dataset_dir), "n": len(rows),
                     "settings": {"seed": int(seed), "n_boot": int(n_boot), "threshold": float(threshold),
                                  "groups": group_attrs, "batch_size": int(batch_size),

@@ -209,7 +209,8 @@ class Target:
                      for i in np.flatnonzero(bad)]
             raise TargetError(f"cells with target mass but fewer than {min_count} probes (the generator almost never "
                               f"makes them, so they cannot be sampled reliably): {', '.join(lines)}; exclude them "
-                              f"(exclude: [...]) or build more probes")
+                              f"(exclude: [...] in the target; a --target YAML file on the command line) or build "
+                              f"more probes (each needs >= {min_count} probes)")
         return q
 
     @staticmethod

@@ -462,3 +462,38 @@ def test_sample_output_options_and_audit_of_a_webdataset(work, tmp_path):
         r = _invoke(*_sample_args(work, tmp_path / "bad", "--n", 4, *extra))
         assert r.exit_code == 2 and expect in r.output, r.output
         assert not (tmp_path / "bad").exists()
+
+
+def test_default_verify_planning_error_is_reported_as_it_is(work, tmp_path, monkeypatch):
+    """Verification on by default (excluded cells) and a verify plan that fails for a reason other than the
+    synthesis budget: the message is that reason, not the latent-only sampler's (fresh-user trial)."""
+    import latent_balance.cli as cli
+
+    real = cli._sampler
+
+    def sampler(ctx, gen, model, target, mode, verify, *a, **k):
+        if verify:
+            raise cli.InputError("cell 'dark|warm' cannot be filled: no component ever produced it")
+        raise AssertionError("a latent-only sampler was built only to word the message")
+
+    (tmp_path / "t.yaml").write_text("exclude: [{light: light, warm: warm}]\n")
+    monkeypatch.setattr(cli, "_sampler", sampler)
+    r = _invoke(*_sample_args(work, tmp_path / "o", "--n", 8, "--target", tmp_path / "t.yaml"))
+    assert r.exit_code == 2, r.output
+    assert "verification is on by default" in r.output and "cannot be filled" in r.output
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(cli, "_sampler", real)
+
+
+def test_budget_error_mid_run_names_the_flag_and_how_to_resume(work, tmp_path, monkeypatch):
+    import latent_balance.export as export
+    from latent_balance import BudgetError
+
+    def out_of_budget(*a, **k):
+        raise BudgetError("verify ran out of its budget of 80 synthesis calls (max_synthesis_per_image=10)")
+
+    monkeypatch.setattr(export, "write_dataset", out_of_budget)
+    r = _invoke(*_sample_args(work, tmp_path / "x", "--n", 5))
+    assert r.exit_code == 1, r.output
+    assert "--max-synthesis-per-image=10" in r.output and "max_synthesis_per_image" not in r.output
+    assert "rerun the same command" in r.output

@@ -312,3 +312,20 @@ def test_cli_refuses_bad_input_with_exit_2(sg2_dataset, tmp_path, args, message)
     assert r.exit_code == 2, r.output
     assert __import__("re").search(message, r.output), r.output
     assert not (tmp_path / "rep").exists()
+
+
+def test_counterfactual_refused_on_resized_or_lossy_datasets(tmp_path):
+    """Counterfactual pairs compare regenerated images with the dataset's: a jpg or resized dataset is
+    refused before any work with what to do, not with 'the generator does not reproduce' (fresh-user trial)."""
+    from latent_balance.cli import main
+
+    ds = tmp_path / "jpg"
+    r = CliRunner().invoke(main, ["-q", "sample", "--model", "stylegan2-faces", "--n", "4", "--out", str(ds),
+                                  "--format", "jpg", "--image-size", "32"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["-q", "evaluate", str(ds), "--classifier", f"{EXAMPLES}:smile_tight_crop",
+                                  "--task", "smile", "--counterfactual", "gender", "--model", "stylegan2-faces",
+                                  "--report-dir", str(tmp_path / "rep")])
+    assert r.exit_code == 2, r.output
+    assert "lossless png at the generator's size" in r.output and "does not reproduce" not in r.output
+    assert not (tmp_path / "rep").exists()

@@ -441,7 +441,8 @@ class _PlanningMixin:
             for g in np.flatnonzero((self.q > 0) & ~reach):
                 raise BudgetError(f"cell {ids[g]!r} cannot be filled: no component whose acceptance rate is within "
                                   f"max_proposals_per_image={self.max_proposals_per_image:g} ever produced an image "
-                                  f"labelled {ids[g]!r} among the held-out probes", cell=ids[g])
+                                  f"labelled {ids[g]!r} among the held-out probes; more probes (then fit again) may find one, or give the "
+                                  f"cell no target mass (exclude it)", cell=ids[g])
             cost = plan["verify_cost"]
             if cost > self.max_synthesis_per_image:
                 worst = int(np.argmax(np.where(self.q > 0, self.q / np.maximum(plan["C"].max(axis=0), 1e-12), 0)))
