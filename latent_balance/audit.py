@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._utils import progress
+from ._utils import images_to_uint8, progress
 from .cells import cell_names, label_cells
 from .framing import frame_labelers
 from .metrics import distribution_metrics, total_variation, wilson_interval
@@ -230,6 +230,26 @@ def _load_images(root, rows: Sequence[dict], show_progress: bool | None = None) 
     return (np.stack(arrs).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
 
 
+def _as_written(images, output: Mapping) -> "torch.Tensor":
+    """Images [N, C, H, W] in [-1, 1] put through a dataset's output options (``settings["output"]``: resize,
+    then encode and decode in its format and quality), so that they compare with the images it holds."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from .export import _image_bytes, _resize
+
+    if output.get("image_size"):
+        images = _resize(images, int(output["image_size"]))
+    u8 = images_to_uint8(images)
+    back = []
+    for img in u8:
+        with Image.open(io.BytesIO(_image_bytes(img, output.get("format", "png"), output.get("quality")))) as im:
+            back.append(np.asarray(im.convert("RGB")))
+    return torch.from_numpy(np.stack(back).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
+
+
 def _natural_images(generator, n: int, batch_size: int = 256, show_progress: bool | None = None):
     """`n` images of the generator's own distribution (seeds 0 .. n-1), float32 tensor [n, 3, H, W]."""
     import torch
@@ -325,6 +345,12 @@ def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1
     names = out["cells"]
     cells = label_cells(probs, classes, attributes)
     images = _load_images(dataset_dir, rows)
+    written = settings.get("output") or {}
+    if natural_images is not None and (written.get("format", "png") != "png" or written.get("image_size")):
+        # the dataset holds resized / lossy images: the natural images get the same treatment before any
+        # image metric (their labels, like the dataset's, come from the images as synthesized)
+        natural_images = _as_written(natural_images, written)
+        out["natural_images_written_as"] = {k: written.get(k) for k in ("format", "quality", "image_size")}
     if image_metrics and natural_images is not None:
         nat_cells = label_cells(natural_probs, classes, attributes)
         out["images"] = image_metrics_per_cell(images, cells, natural_images.numpy(), nat_cells, names,

@@ -497,3 +497,15 @@ def test_budget_error_mid_run_names_the_flag_and_how_to_resume(work, tmp_path, m
     assert r.exit_code == 1, r.output
     assert "--max-synthesis-per-image=10" in r.output and "max_synthesis_per_image" not in r.output
     assert "rerun the same command" in r.output
+
+
+def test_audit_treats_natural_images_like_a_resized_lossy_dataset(work, tmp_path):
+    """A dataset written as 32 px jpg is compared with natural images resized and jpg-encoded the same way
+    (fresh-user trial: full-size png references made the diversity ratio meaningless)."""
+    r = _invoke(*_sample_args(work, tmp_path / "d", "--n", 16, "--format", "jpg", "--quality", 80,
+                              "--image-size", 32))
+    assert r.exit_code == 0, r.output
+    r = _invoke("audit", tmp_path / "d", "--natural-n", 48, "--report-dir", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    audit = json.loads((tmp_path / "rep" / "audit.json").read_text())
+    assert audit["natural_images_written_as"] == {"format": "jpg", "quality": 80, "image_size": 32}
