@@ -547,6 +547,12 @@ def fit(ctx, probes, out, attributes, posterior, seed):
     for a, rep in summ["boundaries"].items():
         click.echo(f"{a}: held-out accuracy {rep['accuracy']:.3f} (majority class {rep['majority_accuracy']:.3f}), "
                    f"calibration error (ECE) {rep['ece']:.3f} on {rep['n_heldout']} held-out probes")
+        if rep["accuracy"] <= rep["majority_accuracy"]:
+            click.echo(_warning_line(f"{a}: the boundary is no more accurate on held-out probes than always "
+                                     f"answering the majority class ({rep['accuracy']:.3f} <= "
+                                     f"{rep['majority_accuracy']:.3f}): the latent barely predicts {a}, so "
+                                     f"latent-only sampling cannot balance it; use --verify (exact counts, at a "
+                                     f"synthesis cost) or more probes"), err=True)
     click.echo(f"posterior: {summ['posterior']}; model written to {out}")
 
 

@@ -509,3 +509,18 @@ def test_audit_treats_natural_images_like_a_resized_lossy_dataset(work, tmp_path
     assert r.exit_code == 0, r.output
     audit = json.loads((tmp_path / "rep" / "audit.json").read_text())
     assert audit["natural_images_written_as"] == {"format": "jpg", "quality": 80, "image_size": 32}
+
+
+def test_fit_warns_when_a_boundary_is_no_better_than_the_majority_class(work, tmp_path):
+    """An attribute the latent does not predict (a coin flip per probe) gets a warning naming --verify."""
+    from latent_balance.probes import ProbeSet
+
+    ps = ProbeSet.load(work / "probes.npz")
+    p = np.random.default_rng(0).random(len(ps)) * 0.8  # tails (p > 0.5) on 37.5% of probes, independent of z
+    meta = {**ps.meta, "labelers": {"light": ps.meta["labelers"]["light"],
+                                    "coin": {"id": "coin-v1", "classes": ["heads", "tails"]}}}
+    ProbeSet(ps.seeds, ps.z, ps.latents, {"light": ps.probs["light"], "coin": np.stack([1 - p, p], 1)},
+             {"light": ps.classes["light"], "coin": ("heads", "tails")}, meta).save(tmp_path / "coin.npz")
+    r = _invoke("fit", "--probes", tmp_path / "coin.npz", "--out", tmp_path / "m.npz")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"warning: coin: the boundary is no more accurate .* use --verify", r.output), r.output
