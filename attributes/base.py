@@ -63,6 +63,14 @@ def check_images(images, min_size: int = 8) -> torch.Tensor:
     return images.float()
 
 
+def map_batches(fn, images, batch_size: int, empty=None):
+    """`fn` over consecutive batches of at most `batch_size` of `images` (checked by :func:`check_images`),
+    its array results concatenated in order; `empty` when there are no images."""
+    images = check_images(images)
+    parts = [fn(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+    return np.concatenate(parts) if parts else empty
+
+
 def check_probs(probs, n: int, classes: Sequence[str], who: str) -> np.ndarray:
     """Validate a labeler's output: float array [n, len(classes)], non-negative, rows summing to 1."""
     probs = probs.detach().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)

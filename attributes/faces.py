@@ -413,6 +413,17 @@ def _sha256_cached(path: Path) -> str:
 _SHARED: dict[tuple, FaceAligner] = {}
 
 
+def aligner_for(aligner, options: dict):
+    """A labeler's aligner: `aligner` when given, else the :func:`shared_aligner` for `options`.
+
+    Raises:
+        TypeError: both an aligner and aligner options were given.
+    """
+    if aligner is not None and options:
+        raise TypeError("give either aligner= or aligner options, not both")
+    return aligner if aligner is not None else shared_aligner(**options)
+
+
 def shared_aligner(**options) -> FaceAligner:
     """One :class:`FaceAligner` per distinct set of options, shared by every labeler that asks for it
     (so the gender and age labelers fit each face's landmarks once)."""

@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Labeler, check_images
-from .faces import FaceAligner, shared_aligner
+from .base import Labeler, map_batches
+from .faces import FaceAligner, aligner_for
 
 __all__ = ["HeadPoseLabeler", "yaw_from_landmarks", "POSE_CLASSES"]
 
@@ -93,18 +93,14 @@ class HeadPoseLabeler(Labeler):
             raise ValueError(f"threshold must be a yaw in degrees in (0, 90), got {threshold:g}")
         if not depth > 0:
             raise ValueError(f"depth must be > 0 (eye-centre distances), got {depth:g}")
-        if aligner is not None and aligner_options:
-            raise TypeError("give either aligner= or aligner options, not both")
         self.threshold, self.depth = threshold, depth
-        self.aligner = aligner if aligner is not None else shared_aligner(**aligner_options)
+        self.aligner = aligner_for(aligner, aligner_options)
         self.batch_size = int(batch_size)
         self.id = f"head_pose:yaw-weak-persp-5pt|depth{depth:g}|frontal<={threshold:g}deg|{self.aligner.id}"
 
     def yaw(self, images) -> np.ndarray:
         """Yaw in degrees, float64 [N] (positive: nose towards the image's right)."""
-        images = check_images(images)
-        parts = [self._yaw(images[i:i + self.batch_size]) for i in range(0, images.shape[0], self.batch_size)]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return map_batches(self._yaw, images, self.batch_size, empty=np.zeros(0))
 
     def _yaw(self, images: torch.Tensor) -> np.ndarray:
         points, _ = self.aligner.landmarks(images)

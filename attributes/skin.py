@@ -40,8 +40,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .base import Labeler, check_images
-from .faces import FaceAligner, shared_aligner, to_uint8
+from .base import Labeler, map_batches
+from .faces import FaceAligner, aligner_for, to_uint8
 
 __all__ = ["SkinToneLabeler", "srgb_to_lab", "ita_degrees", "ita_category", "ITA_CATEGORIES", "ITA_BOUNDS",
            "SKIN_PATCHES", "skin_mask_ycbcr"]
@@ -170,18 +170,14 @@ class SkinToneLabeler(Labeler):
     classes = ITA_CATEGORIES
 
     def __init__(self, aligner: FaceAligner | None = None, batch_size: int = 256, **aligner_options):
-        if aligner is not None and aligner_options:
-            raise TypeError("give either aligner= or aligner options, not both")
-        self.aligner = aligner if aligner is not None else shared_aligner(**aligner_options)
+        self.aligner = aligner_for(aligner, aligner_options)
         self.batch_size = int(batch_size)
         patches = ";".join(f"{k}:" + ",".join(f"{v:g}" for v in val) for k, val in SKIN_PATCHES.items())
         self.id = f"skin_tone:ita-median-L,b|srgb-lab-d65|patches[{patches}]|{self.aligner.id}"
 
     def ita(self, images) -> np.ndarray:
         """ITA in degrees of each face, float64 [N] (median L* and b* over the skin patches)."""
-        images = check_images(images)
-        parts = [self._ita(images[i:i + self.batch_size]) for i in range(0, images.shape[0], self.batch_size)]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return map_batches(self._ita, images, self.batch_size, empty=np.zeros(0))
 
     def _ita(self, images: torch.Tensor) -> np.ndarray:
         points, _ = self.aligner.landmarks(images)

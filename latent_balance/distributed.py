@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
