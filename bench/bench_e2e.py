@@ -138,12 +138,14 @@ def sampler_ratios(n: int, res_list=(64, 256), reps: int = 2, n_verify: int = 0)
     return out
 
 
-def fit_timing(n: int = 50_000, dim: int = 512, reference: bool = True) -> dict:
+def fit_timing(n: int = 50_000, dim: int = 512, reference: bool = True, reps: int = 3) -> dict:
     """``SubgroupModel(posterior="auto").fit`` on n synthetic probes x dim (3 binary attributes; W space).
 
     With `reference`, also the previous solvers (scikit-learn ``LinearSVC`` for the boundaries,
     ``LogisticRegression`` for the joint posterior) on the same probes, and both models' held-out
     accuracy, ECE and log-likelihood: the solvers minimize the same objectives, so these agree.
+    The new solvers run `reps` times (the first in a fresh process includes importing scikit-learn);
+    the goal is judged on the median wall time, and every run's time is kept.
     """
     import sys
 
@@ -167,8 +169,11 @@ def fit_timing(n: int = 50_000, dim: int = 512, reference: bool = True) -> dict:
         return {"wall_s": wall, "cpu_s": cpu, "load_average": os.getloadavg(), "posterior": m.posterior_,
                 "selection": {k: v for k, v in m.selection_.items() if k != "reason"}, "boundaries": rep}
 
-    out = {"n_probes": n, "dim": dim, "attributes": 3, "probe_build_s": build_s, "goal_s": 10.0, "new": run()}
-    out["met"] = out["new"]["wall_s"] <= 10.0
+    runs = [run() for _ in range(max(1, reps))]
+    walls = [r["wall_s"] for r in runs]
+    out = {"n_probes": n, "dim": dim, "attributes": 3, "probe_build_s": build_s, "goal_s": 10.0, "new": runs[-1],
+           "new_wall_s_runs": walls, "new_wall_s_median": float(np.median(walls))}
+    out["met"] = out["new_wall_s_median"] <= 10.0
     if reference:
         from sklearn.linear_model import LogisticRegression
         from sklearn.svm import LinearSVC
@@ -188,7 +193,8 @@ def fit_timing(n: int = 50_000, dim: int = 512, reference: bool = True) -> dict:
             out["reference_sklearn"] = run()
         finally:
             BoundarySet._fit_squared_hinge, sg._fit_softmax_regression = saved
-    print(f"fit {n} x {dim} x 3: {out['new']['wall_s']:.1f}s wall, {out['new']['cpu_s']:.1f}s CPU"
+    print(f"fit {n} x {dim} x 3: {out['new_wall_s_median']:.1f}s wall (median of {walls}), "
+          f"{out['new']['cpu_s']:.1f}s CPU"
           + (f"; sklearn solvers {out['reference_sklearn']['wall_s']:.1f}s wall, "
              f"{out['reference_sklearn']['cpu_s']:.1f}s CPU" if reference else ""), flush=True)
     return out
