@@ -778,6 +778,13 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         elif not verify and (cell or np.any(sampler.q == 0)):
             click.echo(f"verify: off (--no-verify); {_precision(sampler):.0%} of the images are predicted to be "
                        f"labelled in the requested cells", err=True)
+        if min_diversity:
+            plan = sampler.plan_
+            cost = (f"{plan['diversity_cost']:+.2f} synthesis calls per kept image" if verify
+                    else f"{plan['diversity_cost']:+.3f} predicted total variation from the target")
+            click.echo(f"min-diversity {min_diversity:g}: predicted diversity (latent spread ratio) >= "
+                       f"{plan['diversity_min']:.3f} in every targeted cell ({'met' if plan['diverse'] else 'NOT met'}); "
+                       f"its cost: {cost}", err=True)
     if ray_opts:
         import functools
 

@@ -96,6 +96,19 @@ def test_subgroup_sampling(work, tmp_path):
     assert len(rows) == 12 and all(r["labelled_cell"].startswith("light|") for r in rows)
 
 
+def test_min_diversity_prints_its_prediction_and_cost(work, tmp_path):
+    # the floor's predicted diversity and cost are in the plan (sampler.plan_); the CLI must say them, in the
+    # unit of the mode: total variation latent-only, synthesis calls per kept image with verify
+    for flags, unit in ((["--no-verify"], "predicted total variation"), (["--verify"], "synthesis calls per kept image")):
+        out = tmp_path / ("v" if "--verify" in flags else "l")
+        r = _invoke(*_sample_args(work, out, "--n", 8, "--min-diversity", 0.9, *flags))
+        assert r.exit_code == 0, r.output
+        line = next(ln for ln in r.output.splitlines() if ln.startswith("min-diversity 0.9:"))
+        assert unit in line and ("met" in line)
+    r = _invoke(*_sample_args(work, tmp_path / "none", "--n", 8, "--no-verify"))
+    assert r.exit_code == 0 and "min-diversity" not in r.output
+
+
 def test_config_file_and_flag_override(work, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"model: {work / 'model.npz'}\nlabelers: {work / 'labelers.yaml'}\nn: 8\nblock-size: 4\nmode: matched\n")
