@@ -870,7 +870,7 @@ def _time_line(tm: dict) -> str:
     cover = "" if tm["blocks_timed"] == tm["blocks"] else f", {tm['blocks_timed']} of {tm['blocks']} blocks timed"
     workers = [w for w in tm["encode_workers"] if w > 1]
     where = (f"CPU seconds summed over {' or '.join(map(str, workers))} encoding processes" if workers
-             else "in the writer thread")
+             else "in the writer thread of each process that wrote blocks")
     return (f"- time per stage (seconds, measured: differs between runs{cover}): {stages}. Encoding ({where}) and "
             f"writing overlap the next block's production; the main thread waited {tm['waiting_for_writer']:.2f} s "
             f"for them")
