@@ -11,8 +11,8 @@
 #   1. environment: GPU, driver, torch, nvcc                                  -> gpu_check.log
 #   2. build both CUDA ops for this GPU, in parallel, timed                   -> gpu_check.log
 #   3. pytest tests/test_ops_*.py: the -m gpu parity tests and the fast CPU tests (the slow
-#      compile / host-kernel tests need no GPU and run in CI)                -> pytest_ops.xml
-#   4. pytest -m gpu on the rest of tests/ (other GPU tests, if any)          -> pytest_gpu.xml
+#      compile / host-kernel tests need no GPU and run in CI)                -> gpu_check.log
+#   4. pytest -m gpu on the rest of tests/ (other GPU tests, if any)          -> gpu_check.log
 #   5. $GPU_CHECK_BEFORE_BENCH, if set: a shell command run before the timed benchmarks (e.g. one that
 #      waits for other GPU work started beside this script, so that it does not disturb the timings)
 #   6. bench/bench_ops.py (reference vs CUDA, fp32/fp16, fwd and fwd+bwd)     -> ops_<device>.json
@@ -45,7 +45,8 @@
 #
 # Every step's output is appended to $OUT/gpu_check.log; $OUT/gpu_check_summary.json lists each step's
 # exit status and seconds. The device runner returns at most 8 files from $OUT (no deeper than 2
-# folders), so keep new steps' outputs few: add a step with `step NAME COMMAND...` at the end.
+# folders), so keep new steps' outputs few (pytest results go to the log, not to JUnit files: with NVIDIA's
+# tree present the script writes 7 files): add a step with `step NAME COMMAND...` at the end.
 set -u
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -107,7 +108,7 @@ build_ops() {
 
 pytest_rest_gpu() {  # exit 5 = no test selected: fine
     "$PY" -m pytest -q -m gpu tests --ignore-glob='tests/test_ops_*.py' -p no:cacheprovider \
-        --junitxml="$OUT/pytest_gpu.xml"
+        -rs
     local rc=$?
     [ "$rc" -eq 5 ] && return 0
     return $rc
@@ -121,7 +122,7 @@ BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-240}"
 step env env_report
 step build build_ops
 step pytest_ops "$PY" -m pytest -q -rs -m "gpu or not slow" tests/test_ops_upfirdn2d.py tests/test_ops_bias_act.py \
-    tests/test_ops_cuda.py -p no:cacheprovider --durations=10 --junitxml="$OUT/pytest_ops.xml"
+    tests/test_ops_cuda.py -p no:cacheprovider --durations=10
 step pytest_gpu pytest_rest_gpu
 if [ -n "${GPU_CHECK_BEFORE_BENCH:-}" ]; then step before_bench bash -c "$GPU_CHECK_BEFORE_BENCH"; fi
 step bench_ops timeout "$BENCH_TIMEOUT" "$PY" bench/bench_ops.py --out "$OUT/ops_$DEV_TAG.json"
