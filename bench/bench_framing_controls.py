@@ -227,15 +227,18 @@ def main() -> None:
                     "landmark_shift_native_px": {"mean": round(float(shift.mean()), 3),
                                                  "p90": round(float(np.percentile(shift, 90)), 3)},
                     "native_reflected_vs_reframed": _agree(reflected, reframed),
-                    "reframed_image_native_landmarks": _agree(native, labels(aligner, ru8, points=_between(native_pts, size, False))[0]),
-                    "native_image_reframed_landmarks": _agree(native, labels(native_aligner, nu8, points=_between(pts, size, True))[0])}
+                    "reframed_image_native_landmarks":
+                        _agree(native, labels(aligner, ru8, points=_between(native_pts, size, False))[0]),
+                    "native_image_reframed_landmarks":
+                        _agree(native, labels(native_aligner, nu8, points=_between(pts, size, True))[0])}
             del ru8
             eu8 = torch.cat([to_uint8(reframe(images[i:i + 10], size, border="edge")) for i in range(0, args.n, 10)])
             part["reframed_edge_border"] = _agree(native, labels(aligner, eu8)[0])
             del eu8
             ru8 = torch.cat([to_uint8(reframe(images[i:i + 10], size)) for i in range(0, args.n, 10)])
             rects, rate = _detected_rects(aligner, ru8)
-            part["per_image_detection"] = {**_agree(native, labels(aligner, ru8, rects=rects)[0]), "detection_rate": rate}
+            part["per_image_detection"] = {**_agree(native, labels(aligner, ru8, rects=rects)[0]),
+                                           "detection_rate": rate}
             del ru8
             entry[f"{size}px"] = part
             print(name, size, json.dumps(part), flush=True)
