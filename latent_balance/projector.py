@@ -24,8 +24,7 @@ Units. ``lr`` and the exploration noise are in units of sigma, the latent's root
 per-coordinate standard deviation under the prior (measured on 1,000 mapped prior samples in W; 1 in Z), so
 one setting serves generators whose latents have different scales.
 
-Cost (CPU, measured on a 2-core machine shared with other jobs, packaged 64 px generators, torch 2.14):
-see :func:`project`.
+Cost: see :func:`project` (measured CPU figures) and README "Projecting an image into W".
 """
 
 from __future__ import annotations
@@ -118,8 +117,10 @@ def project(generator: GeneratorAdapter, images, steps: int = 500, lr: float = 0
         ValueError: images of the wrong shape, channels, size or dtype, with NaN / infinite values or
                     values outside [-1, 1] (1e-3 of rounding is tolerated and clamped); a bad setting.
 
-    Cost: on CPU (2 shared cores) one step costs about 0.07 s per 64 px image on the packaged
-    StyleGAN2 (see README "Projecting an image into W" for the measured figures).
+    Cost (measured, 2-core CPU shared with other jobs, load average 9-11): seconds per step per 64 px
+    image, 0.7 for 4 ``stylegan2-faces`` images together (3.1 for one alone), 0.2 for 4
+    ``dcgan-faces`` images (0.9); at light load 0.07 for 4 ``stylegan2-faces`` images. Memory: the
+    targets' LPIPS embeddings, 2 MB per 64 px image, 32 MB per image at >= 256 px.
     """
     if not isinstance(generator, GeneratorAdapter):
         raise TypeError(f"generator must be a GeneratorAdapter (e.g. load_generator('stylegan2-faces')), "
@@ -136,7 +137,7 @@ def project(generator: GeneratorAdapter, images, steps: int = 500, lr: float = 0
 
     lpips_model = _cached_lpips("vgg", device)
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
-    start, sigma = _start_and_scale(generator, rng)
+    start, sigma, start_name = _start_and_scale(generator, rng)
     objective = _Objective(lpips_model, target, space, lpips_weight, pixel_weight, prior_weight)
 
     latent = start.to(device)[None].repeat(n, 1).requires_grad_(True)
@@ -163,7 +164,7 @@ def project(generator: GeneratorAdapter, images, steps: int = 500, lr: float = 0
         "method": "latent-balance projector v1 (LPIPS(vgg) + MSE, Adam, lr ramp, decaying latent noise)",
         "generator": generator.id,
         "latent_space": space,
-        "start": "w_avg" if space == "w" else "zero",
+        "start": start_name,
         "sigma": float(sigma),
         "lpips": lpips_model.id,
         "lpips_resolution": min(LPIPS_RESOLUTION, int(generator.img_resolution)),
@@ -239,17 +240,19 @@ def _check_images(images, generator: GeneratorAdapter) -> torch.Tensor:
     return images.clamp(-1, 1)
 
 
-def _start_and_scale(generator: GeneratorAdapter, rng: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Starting latent [D] (w_avg in W, 0 in Z) and sigma, the RMS per-coordinate prior std (1 in Z)."""
+def _start_and_scale(generator: GeneratorAdapter, rng: torch.Generator) -> tuple[torch.Tensor, float, str]:
+    """Starting latent [D] (w_avg in W, 0 in Z), sigma (the RMS per-coordinate prior std; 1 in Z) and
+    the start's name for the settings."""
     dim = generator.latent_dim
     if generator.latent_space != "w":
-        return torch.zeros(dim), 1.0
+        return torch.zeros(dim), 1.0, "zero"
     z = torch.randn(_STAT_SAMPLES, generator.z_dim, generator=rng).to(generator.device)
     w = generator.to_latent(z).cpu().double()
+    sigma = float(w.var(0, correction=0).mean().sqrt())
     w_avg = getattr(generator, "w_avg", None)
-    w_avg = w.mean(0) if w_avg is None else w_avg.detach().cpu().double().reshape(dim)
-    sigma = float(((w - w.mean(0)) ** 2).mean().sqrt())
-    return w_avg.float(), sigma
+    if w_avg is None:
+        return w.mean(0).float(), sigma, "w_avg (estimated)"
+    return w_avg.detach().cpu().float().reshape(dim), sigma, "w_avg"
 
 
 def _lr_ramp(step: int, steps: int) -> float:
