@@ -119,6 +119,22 @@ class GeneratorAdapter:
         img = self._chunked(self._synthesize_batch, latent, grad)
         return self._clamp(img)
 
+    def _synthesize_unclamped(self, latent: torch.Tensor) -> torch.Tensor:
+        """Differentiable images of latents [N, latent_dim]: the network's output before the clamp of
+        :meth:`synthesize` (so pixels beyond [-1, 1] still pass gradients) and not counted in
+        :attr:`clamp_counts`. ``synthesize(latent)`` equals this clamped to [-1, 1]. For optimisation
+        through the generator (:mod:`latent_balance.projector`).
+
+        Raises:
+            ValueError: latent of the wrong shape, or images that are not [N, img_channels, H, W].
+        """
+        latent = self._as_tensor(latent, self.latent_dim, "latent")
+        img = self._chunked(self._synthesize_batch, latent, grad=True)
+        if img.ndim != 4 or img.shape[1] != self.img_channels:
+            raise ValueError(f"the generator returned images of shape {tuple(img.shape)}, expected "
+                             f"[N, {self.img_channels}, H, W]")
+        return img
+
     def _clamp(self, img: torch.Tensor) -> torch.Tensor:
         if img.ndim != 4 or img.shape[1] != self.img_channels:
             raise ValueError(f"the generator returned images of shape {tuple(img.shape)}, expected "
