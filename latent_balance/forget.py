@@ -173,8 +173,9 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
         :class:`Person`.
 
     Raises:
-        ValueError: no reference, latents of the wrong shape, images not matching them in number, a
-            threshold <= 0, bad counts, or a margin < 1.
+        ValueError: no reference, latents of the wrong shape, images not matching them in number or not
+            of the generator's size, a reference image without a plausible face, a threshold <= 0, bad
+            counts, or a margin < 1.
         attributes.framing.FramingError: the generator's images are not framed faces.
     """
     from attributes.identity import SAME_PERSON_THRESHOLD
@@ -213,6 +214,14 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
         if imgs.ndim != 4 or imgs.shape[0] != lat.shape[0]:
             raise ValueError(f"images must be [R, 3, H, W] with one image per reference latent (R={lat.shape[0]}), "
                              f"got shape {tuple(imgs.shape)}")
+        res = int(generator.img_resolution)
+        if tuple(imgs.shape[1:]) != (3, res, res):
+            raise ValueError(f"reference images must be RGB at the generator's size [R, 3, {res}, {res}] (re-frame photos "
+                             f"to the generator's framing first), got shape {tuple(imgs.shape)}")
+        no_face = np.flatnonzero(~emb.has_face(imgs.float()))
+        if len(no_face):
+            raise ValueError(f"no face found in reference image(s) {no_face.tolist()} (dlib's face detector): a "
+                             f"person needs photos of the face, re-framed to the generator's framing")
         ref_emb = emb(imgs.float())
     if emb.fallback_count > before:
         raise ValueError(f"{emb.fallback_count - before} of the {len(lat)} reference image(s) have no plausible face "
