@@ -278,3 +278,29 @@ def test_forget_cli(sg, tmp_path):
     r = CliRunner().invoke(main, ["sample", "--model", "stylegan2-faces", "--n", "4", "--out", str(tmp_path / "d"),
                                   "--exclude", str(tmp_path / "nope.npz")])
     assert r.exit_code == 2 and "no such person file" in r.output
+
+
+def test_latent_only_with_images_replaces_matches(sg, sg_model, embedder):
+    """Latent-only sampling with images: outputs whose image matches are replaced from the same stream (and
+    relabelled); none of the returned images matches, the first rows without the exclusion did (threshold
+    0.55: about half of the faces, as in the CLI test), and the same seed gives the same outputs."""
+    from attributes import load_labelers
+    from latent_balance import BalancedSampler
+
+    person = _person(sg, embedder, threshold=0.55, radius=60.0)
+    labs = load_labelers()
+    plain = BalancedSampler(sg, sg_model, seed=2, block_size=8, labelers=labs).sample(8, images=True)
+    assert person.matches(embedder(plain.images)).any()
+    runs = [BalancedSampler(sg, sg_model, seed=2, block_size=8, labelers=labs, exclude=[person]).sample(8, images=True)
+            for _ in range(2)]
+    res = runs[0]
+    assert not person.matches(embedder(res.images)).any()
+    assert res.stats["exclude_images_rejected"][0] >= 1
+    assert res.stats["synthesis_calls"] == 8 + res.stats["exclude_images_rejected"][0]
+    # the replaced rows' labels are those of their new images
+    again = {a: np.asarray(lab(res.images), np.float64) for a, lab in
+             zip(("gender", "age", "smile"), [l for l in labs if l.name in ("gender", "age", "smile")])}
+    for a, p in again.items():
+        np.testing.assert_allclose(res.probs[a], p, atol=1e-6)
+    np.testing.assert_array_equal(runs[1].seeds, res.seeds)
+    torch.testing.assert_close(runs[1].images, res.images)
