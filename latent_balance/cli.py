@@ -820,7 +820,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         click.echo(f"achieved (labelers): {_metrics_line(m, card.get('target_band'))}; "
                    + ", ".join(f"{k} {v:.2f}" for k, v in card["cost"].items()))
         for p in card.get("forget", {}).get("persons", []):
-            click.echo(f"excluded person {p['name']}: {p['latent_rejected']} candidates rejected in latent space, "
+            click.echo(f"excluded person {p['person']} ({p['fingerprint']}): {p['latent_rejected']} candidates rejected in latent space, "
                        f"{p['images_rejected']} images rejected on their face embedding")
 
 

@@ -881,8 +881,8 @@ def _card_markdown(card: dict) -> str:
     fg = card.get("forget")
     if fg:
         for p in fg["persons"]:
-            lines.append(f"- excluded person `{_md_cell(p['name'])}` ({p['references']} reference(s), threshold "
-                         f"{p['threshold']:g}): {p['latent_rejected']} candidates rejected in latent space before "
+            lines.append(f"- excluded person {p['person']} (fingerprint `{p['fingerprint']}`, {p['references']} "
+                         f"reference(s), threshold {p['threshold']:g}): {p['latent_rejected']} candidates rejected in latent space before "
                          f"synthesis, {p['images_rejected']} synthesized images rejected on their face embedding")
         lines.append(f"- excluded persons: all {fg['images_checked']} synthesized candidates were checked; guaranteed: "
                      f"{fg['guarantee']}")

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ._utils import logger, read_npz, warn_once, write_npz
+from ._utils import logger, read_npz, write_npz
 from .framing import frame_labelers
 
 __all__ = ["Person", "PersonFileError", "make_person", "person_from_seeds", "save_person", "load_person",
@@ -98,8 +99,9 @@ class Person:
         return _min_dist(np.asarray(embeddings, np.float64), self.embeddings) < self.threshold
 
     def describe(self) -> dict[str, Any]:
-        """What a dataset records about this person (no embeddings: they identify the person)."""
-        return {"name": self.name, "references": int(len(self.latents)), "threshold": self.threshold,
+        """What a dataset records about this person: no embeddings and no name (they identify the person), a
+        fingerprint of the references instead."""
+        return {"references": int(len(self.latents)), "threshold": self.threshold,
                 "radius": self.radius, "embedder": self.embedder_id, "fingerprint": self.fingerprint}
 
     @property
@@ -227,16 +229,9 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
         raise ValueError(f"{emb.fallback_count - before} of the {len(lat)} reference image(s) have no plausible face "
                          f"landmarks (no face found where the generator's faces are): a person needs a clear face")
 
-    rng = np.random.default_rng([int(seed), 0xF06])
-    nat = generator.to_latent(generator.sample_z(rng.integers(0, 2 ** 31, max(int(natural_probes), 64)))).detach().cpu().numpy()
-    sigma = nat.astype(np.float64).std(axis=0)  # natural per-dimension spread (>= 64 latents)
-    nat = nat[:int(natural_probes)]
     m = int(probes_per_reference)
-    scales = np.resize(np.asarray(PROBE_SCALES, np.float64), m)
-    near = [lat[r][None] + (scales[:, None] * sigma[None]) * rng.standard_normal((m, lat.shape[1]))
-            for r in range(len(lat))]
-    probes = np.concatenate(near + [nat]).astype(np.float32)
-    is_natural = np.r_[np.zeros(m * len(lat), bool), np.ones(len(nat), bool)]
+    probes, is_natural, scales = _draw_probes(generator, lat, m, int(natural_probes), int(seed))
+    nat = probes[is_natural]
     probe_emb = _embed_latents(generator, emb, probes, batch_size)
     ident = _min_dist(probe_emb, ref_emb)
     ldist = _min_dist(probes, lat)
@@ -256,11 +251,11 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
     self_dist = 0.0 if images is None else float(np.diag(_min_dist_matrix(
         _embed_latents(generator, emb, lat, batch_size), ref_emb)).max())
     if nat_inside is not None and (nat_inside > MAX_NATURAL_INSIDE or nat_match > MAX_NATURAL_MATCH):
-        warn_once(f"forget.region.{name}",
-                  f"person {name!r}: {100 * nat_match:.0f}% of the natural probes match under threshold {threshold:g} "
-                  f"and the latent region (radius {radius:.3g}) holds {100 * nat_inside:.0f}% of them: the threshold is "
-                  f"loose for this generator's faces, and excluding the person removes that share of the "
-                  f"distribution; consider threshold='calibrate' (--threshold calibrate) or a lower threshold")
+        warnings.warn(f"person {name!r}: {100 * nat_match:.0f}% of the natural probes match under threshold "
+                      f"{threshold:g} and the latent region (radius {radius:.3g}) holds {100 * nat_inside:.0f}% of "
+                      f"them: the threshold is loose for this generator's faces, and excluding the person removes "
+                      f"that share of the distribution; consider threshold='calibrate' (--threshold calibrate) or a "
+                      f"lower threshold", RuntimeWarning, stacklevel=2)
     meta = {
         "generator": {k: v for k, v in generator.describe().items() if k != "clamped_pixel_share"},
         "embedder": emb.id, "threshold": threshold, "radius": radius, "margin": float(margin), "seed": int(seed),
@@ -280,6 +275,26 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
     person = Person(ref_emb, lat, threshold, radius, meta, name=name)
     person.probes_ = {"latent_distance": ldist, "identity_distance": ident, "natural": is_natural}
     return person
+
+
+def _draw_probes(generator, lat: np.ndarray, m: int, n_natural: int, seed: int):
+    """Probe latents: `m` per reference ``w_ref + s * sigma * n`` (s cycling over :data:`PROBE_SCALES`, sigma
+    the natural per-dimension spread measured on >= 64 natural latents), then `n_natural` natural ones.
+
+    Returns:
+        (probes float32 [m * R + n_natural, D], is_natural bool [...], scales float64 [m]: each reference's
+        probe scales in order).
+    """
+    rng = np.random.default_rng([seed, 0xF06])
+    seeds = rng.integers(0, 2 ** 31, max(n_natural, 64))
+    nat = generator.to_latent(generator.sample_z(seeds)).detach().cpu().numpy()
+    sigma = nat.astype(np.float64).std(axis=0)
+    nat = nat[:n_natural]
+    scales = np.resize(np.asarray(PROBE_SCALES, np.float64), m)
+    near = [lat[r][None] + (scales[:, None] * sigma[None]) * rng.standard_normal((m, lat.shape[1]))
+            for r in range(len(lat))]
+    probes = np.concatenate(near + [nat]).astype(np.float32)
+    return probes, np.r_[np.zeros(m * len(lat), bool), np.ones(len(nat), bool)], scales
 
 
 def _region_radius(ldist: np.ndarray, match: np.ndarray) -> float:
@@ -402,19 +417,11 @@ class Exclusion:
             else:
                 raise TypeError(f"exclude takes Person objects or person-file paths, got {type(p).__name__}")
             self.persons.append(p)
-        names = [p.name for p in self.persons]
-        if len(set(names)) != len(names):
-            self.persons = [Person(p.embeddings, p.latents, p.threshold, p.radius, p.meta, name=f"{p.name}#{i}")
-                            for i, p in enumerate(self.persons)]
         self.embedder = _embedder_for(generator, embedder)
         for p in self.persons:
             if p.embedder_id != self.embedder.id:
                 raise PersonFileError(f"person {p.name!r} was made with embedder {p.embedder_id!r}, but this generator's "
                                       f"images are embedded with {self.embedder.id!r}; remake the person file")
-
-    @property
-    def names(self) -> list[str]:
-        return [p.name for p in self.persons]
 
     def inside(self, latents) -> np.ndarray:
         """bool [N, P]: latent inside each person's region."""
@@ -428,5 +435,6 @@ class Exclusion:
         return np.stack([p.matches(emb) for p in self.persons], axis=1)
 
     def settings(self) -> list[dict]:
-        """The exclusion as recorded in a dataset's settings and manifest (per person)."""
-        return [p.describe() for p in self.persons]
+        """The exclusion as recorded in a dataset's settings and card: per person, its number (1, 2, ... in
+        the order given) and :meth:`Person.describe`."""
+        return [{"person": i + 1, **p.describe()} for i, p in enumerate(self.persons)]

@@ -231,7 +231,7 @@ def test_sample_exclude_cli_verified(sg, embedder, tmp_path):
     from latent_balance.forget import save_person
 
     person = _person(sg, embedder, threshold=0.55, radius=60.0)
-    pfile = tmp_path / "person.npz"
+    pfile = tmp_path / "jane_doe.npz"
     save_person(person, pfile)
     common = ["sample", "--model", "stylegan2-faces", "--n", "12", "--block-size", "12", "--verify", "--seed", "3",
               "--device", "cpu", "--encode-workers", "0"]
@@ -248,7 +248,9 @@ def test_sample_exclude_cli_verified(sg, embedder, tmp_path):
     assert fg["persons"][0]["images_rejected"] >= 1 and fg["images_checked"] >= 12 + fg["persons"][0]["images_rejected"]
     assert "within the person's threshold" in fg["guarantee"]
     assert json.loads((out / "settings.json").read_text())["exclude"][0]["fingerprint"] == person.fingerprint
-    assert "excluded person" in (out / "dataset_card.md").read_text()
+    assert "excluded person 1" in (out / "dataset_card.md").read_text()
+    for f in ("settings.json", "dataset_card.json", "dataset_card.md", "manifest.jsonl"):  # the file's name
+        assert "jane_doe" not in (out / f).read_text()  # could identify the person: never recorded
     # resume with another exclusion: refused, nothing changed
     other = tmp_path / "other.npz"
     save_person(_person(sg, embedder, threshold=0.5, radius=60.0), other)
@@ -304,3 +306,23 @@ def test_latent_only_with_images_replaces_matches(sg, sg_model, embedder):
         np.testing.assert_allclose(res.probs[a], p, atol=1e-6)
     np.testing.assert_array_equal(runs[1].seeds, res.seeds)
     torch.testing.assert_close(runs[1].images, res.images)
+
+
+def test_calibrated_threshold_bounds_the_natural_match_rate(sg, embedder):
+    """threshold='calibrate': at most max_natural_match of the natural probes match (by construction: the
+    threshold is the k-th smallest natural distance, k = floor(rate * n), and matching is strict), the
+    threshold never exceeds dlib's 0.6, and too few natural probes for the rate are refused."""
+    from latent_balance.forget import make_person
+
+    ref = sg.to_latent(sg.sample_z(np.array([PERSON_SEED]))).numpy()
+    with pytest.raises(ValueError, match="at least 50 natural probes"):
+        make_person(sg, ref, threshold="calibrate", natural_probes=49, max_natural_match=0.02, embedder=embedder)
+    with pytest.raises(ValueError, match="'calibrate'"):
+        make_person(sg, ref, threshold="auto", embedder=embedder)
+    p = make_person(sg, ref, threshold="calibrate", probes_per_reference=6, natural_probes=50, max_natural_match=0.02,
+                    seed=4, embedder=embedder)
+    st = p.meta["stats"]
+    assert st["threshold_calibrated"] and 0 < p.threshold <= SAME_PERSON_THRESHOLD
+    assert st["natural_match_rate"] <= 0.02
+    ident, nat = p.probes_["identity_distance"], p.probes_["natural"]
+    assert (ident[nat] < p.threshold).sum() <= 1 and (ident[~nat] < p.threshold).any()
