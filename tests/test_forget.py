@@ -280,6 +280,10 @@ def test_forget_cli(sg, tmp_path):
     r = CliRunner().invoke(main, ["sample", "--model", "stylegan2-faces", "--n", "4", "--out", str(tmp_path / "d"),
                                   "--exclude", str(tmp_path / "nope.npz")])
     assert r.exit_code == 2 and "no such person file" in r.output
+    r = CliRunner().invoke(main, ["sample", "--model", "stylegan2-faces", "--n", "4", "--out", str(tmp_path / "d"),
+                                  "--exclude", str(out), "--mode", "natural"])
+    assert r.exit_code == 2 and "--exclude needs a sampler mode" in r.output
+    assert not (tmp_path / "d").exists()
 
 
 def test_latent_only_with_images_replaces_matches(sg, sg_model, embedder):
