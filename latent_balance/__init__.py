@@ -14,6 +14,8 @@ Public API (everything else is private):
   image-to-image systems), :class:`EvaluationError`;
 * labelers made from examples: :func:`make_labeler`, :func:`load_labeler` (importing the package
   lets labeler specs name ``.labeler`` files);
+* forgetting a person (``BalancedSampler(exclude=...)``): :func:`person_from_seeds`, :func:`make_person`,
+  :func:`save_person`, :func:`load_person`, :class:`Person`, :class:`PersonFileError`;
 * progress output on stderr: :func:`set_progress`.
 
 Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 runtime in ``stylegan_ops``.
@@ -26,6 +28,7 @@ from .distributed import build_probes_ray, write_dataset_ray
 from .evaluate import EvaluationError, evaluate_dataset
 from .example_labelers import ExamplesError, load_labeler, make_labeler
 from .export import DatasetError, merge_shards, write_dataset
+from .forget import Person, PersonFileError, load_person, make_person, person_from_seeds, save_person
 from .generators import (
     CallableGenerator,
     DCGANFaces,
@@ -80,4 +83,10 @@ __all__ = [
     "set_progress",
     "write_dataset",
     "write_dataset_ray",
+    "Person",
+    "PersonFileError",
+    "load_person",
+    "make_person",
+    "person_from_seeds",
+    "save_person",
 ]

@@ -327,7 +327,7 @@ def _rebuild_sample_source(p: dict):
                                        p["threshold"], p["seed"], p["batch_size"], p["block_size"], cell=p["cell"],
                                        max_sharpness=p["max_sharpness"],
                                        max_synthesis_per_image=p["max_synthesis_per_image"],
-                                       min_diversity=p.get("min_diversity")))
+                                       min_diversity=p.get("min_diversity"), exclude=p.get("exclude")))
 
 
 def _model_file(model_path: str) -> str:
@@ -557,7 +557,7 @@ def fit(ctx, probes, out, attributes, posterior, seed):
 
 
 def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, threshold, seed, batch_size,
-             block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0, min_diversity=None):
+             block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0, min_diversity=None, exclude=None):
     from .sampling import BalancedSampler
 
     sharp = sharpness if sharpness == "auto" else float(sharpness)
@@ -574,7 +574,8 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
             s = BalancedSampler(generator, model, target, mode=mode, verify=verify, labelers=labelers, sharpness=sharp,
                                 threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size,
                                 max_sharpness=max_sharpness, max_synthesis_per_image=max_synthesis_per_image,
-                                **({} if min_diversity is None else {"min_diversity": min_diversity}))
+                                **({} if min_diversity is None else {"min_diversity": min_diversity}),
+                                **({"exclude": list(exclude)} if exclude else {}))
             return s.for_cell(spec) if cell else s
         except SamplingError as err:  # a budget or target it cannot meet, found while planning: nothing made yet
             hint = " (raise it with --max-synthesis-per-image)" if "max_synthesis_per_image" in str(err) else ""
@@ -649,6 +650,10 @@ def _cell_spec(cell: str, attributes) -> dict:
                    "(rare cells can need more, e.g. 17 for female,old,smiling on dcgan-faces).")
 @click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Accept only latents with P(cell | latent) >= this.")
+@click.option("--exclude", "exclude", multiple=True, type=click.Path(dir_okay=False),
+              help="Person file from `forget` (repeatable): latents in the person's region are rejected before "
+                   "synthesis, and no image whose face embedding is within the person's threshold is written "
+                   "(docs/forget.md).")
 @click.option("--seed", type=click.IntRange(0, 2**20 - 1), default=0, show_default=True)
 @click.option("--block-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Images per block (unit of resumption and sharding).")
@@ -678,7 +683,7 @@ def _cell_spec(cell: str, attributes) -> dict:
 def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
            max_sharpness, min_diversity, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards,
            save_latents, image_format, quality, image_size, layout, encode_workers, truncation_psi, class_index,
-           seed_scheme, batch_size, device, engine, address, num_workers, gpus_per_worker):
+           seed_scheme, batch_size, device, engine, address, num_workers, gpus_per_worker, exclude=()):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
     from .export import _output_settings, check_output, write_dataset
     from .sampling import BalancedSource
@@ -721,6 +726,13 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
     extra = {"generator_spec": {"name": generator_spec,
                                 "kwargs": _generator_kwargs(truncation_psi, class_index, seed_scheme)},
              "labelers_spec": str(Path(labelers_spec).resolve()) if labelers_spec else lab_spec}
+    exclude = [str(Path(e).resolve()) for e in exclude]
+    for e in exclude:
+        if not Path(e).is_file():
+            raise InputError(f"--exclude {e}: no such person file (make one with `latent-balance forget`)")
+    if exclude and mode == "natural":
+        raise InputError("--exclude needs a sampler mode (matched or posterior): --mode natural writes the generator's "
+                         "own images unfiltered")
     if mode == "natural":
         from .targets import Target
 
@@ -739,7 +751,8 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
             try:
                 sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed,
                                    batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
-                                   max_synthesis_per_image=max_synthesis_per_image, min_diversity=min_diversity)
+                                   max_synthesis_per_image=max_synthesis_per_image, min_diversity=min_diversity,
+                                   exclude=exclude)
             except InputError as err:
                 planning_error = err
             else:
@@ -757,7 +770,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                 try:
                     latent = _sampler(ctx, gen, model, target, mode, False, labs, sharpness, threshold, seed,
                                       batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
-                                      min_diversity=min_diversity)
+                                      min_diversity=min_diversity, exclude=exclude)
                 except InputError as latent_err:
                     raise InputError(f"{auto_why}, so verification is on by default, and {err}. Latent-only "
                                      f"sampling is no way out here either: {latent_err}") from None
@@ -797,7 +810,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                   "verify": verify, "cell": cell, "sharpness": sharpness, "threshold": threshold, "seed": seed,
                   "batch_size": batch_size, "block_size": block_size, "max_sharpness": max_sharpness,
                   "max_synthesis_per_image": max_synthesis_per_image, "min_diversity": min_diversity,
-                  "natural_target": source.target() if mode == "natural" else None}
+                  "natural_target": source.target() if mode == "natural" else None, "exclude": exclude or None}
         res = _run(ctx, write_dataset_ray, out, functools.partial(_rebuild_sample_source, recipe), n,
                    block_size=block_size, source=source, save_latents=save_latents, extra_settings=extra,
                    workers=encode_workers, **output, **ray_opts)
@@ -813,6 +826,9 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         m = card["metrics"]
         click.echo(f"achieved (labelers): {_metrics_line(m, card.get('target_band'))}; "
                    + ", ".join(f"{k} {v:.2f}" for k, v in card["cost"].items()))
+        for p in card.get("forget", {}).get("persons", []):
+            click.echo(f"excluded person {p['person']} ({p['fingerprint']}): {p['latent_rejected']} candidates rejected in latent space, "
+                       f"{p['images_rejected']} images rejected on their face embedding")
 
 
 @main.command(epilog="Examples:\n\n  " + EXAMPLES["audit"])
@@ -1045,6 +1061,67 @@ def make_labeler_cmd(ctx, examples, name, out, min_per_class, folds, alpha, size
     for c, row in zip(lab.classes, r["confusion"]):
         click.echo(f"  {c:<{width}}" + " ".join(f"{v:>{max(len(k), 5)}}" for k, v in zip(lab.classes, row)))
     click.echo(f"labeler written to {out_path} (id {lab.id})")
+
+
+@main.command("forget", epilog="Example:\n\n  latent-balance forget --seeds 12,40 --generator stylegan2-faces --out person.npz\n\n"
+              "  latent-balance sample --model stylegan2-faces --n 1000 --out dataset/ --exclude person.npz")
+@config_option
+@quiet_option
+@click.option("--seeds", required=True,
+              help="Generated faces that show the person: comma-separated seeds of --generator, e.g. 12,40.")
+@click.option("--generator", "generator_spec", required=True, help="Built-in generator name or checkpoint path.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Person file to write (.npz).")
+@click.option("--threshold", default=None,
+              help="Same-person threshold on the face-embedding distance (default 0.6, dlib's documented value), "
+                   "or 'calibrate': the distance below which at most --max-natural-match of the generator's own "
+                   "faces fall (0.6 is loose on small generated faces: docs/forget.md).")
+@click.option("--max-natural-match", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="With --threshold calibrate: share of natural faces allowed to match.")
+@click.option("--probes-per-reference", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Latents drawn around each reference to fit the person's latent region.")
+@click.option("--natural-probes", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Natural latents probed (the region's cost: the share of them inside it).")
+@click.option("--margin", type=click.FloatRange(min=1), default=1.0, show_default=True,
+              help="Region radius = margin x the farthest latent distance at which a probe matched.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of the probes.")
+@click.option("--truncation-psi", type=float, default=None, help="StyleGAN2 truncation (as `sample` will use).")
+@class_option
+@seed_scheme_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.pass_context
+def forget_cmd(ctx, seeds, generator_spec, out, threshold, max_natural_match, probes_per_reference, natural_probes,
+               margin, seed, truncation_psi, class_index, seed_scheme, batch_size, device):
+    """Make a person file: a person's face embeddings and latent region, for `sample --exclude`."""
+    from .forget import person_from_seeds, save_person
+
+    try:
+        seed_list = [int(v) for v in _csv(seeds)]
+    except ValueError:
+        raise InputError(f"--seeds must be comma-separated integers, e.g. 12,40; got {seeds!r}") from None
+    if not seed_list:
+        raise InputError("--seeds needs at least one seed, e.g. --seeds 12,40")
+    if threshold is not None and threshold != "calibrate":
+        try:
+            threshold = float(threshold)
+            if not threshold > 0:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"--threshold must be a positive distance or 'calibrate', got {threshold!r}") from None
+    out_path = Path(out)
+    if out_path.suffix != ".npz":
+        raise InputError(f"--out must end in .npz, got {out}")
+    _check_writable_target(out_path)
+    gen = _run(ctx, _generator, generator_spec, truncation_psi, device, class_index, seed_scheme)
+    person = _run(ctx, person_from_seeds, gen, seed_list, threshold=threshold, probes_per_reference=probes_per_reference,
+                  natural_probes=natural_probes, margin=margin, seed=seed, batch_size=batch_size, name=out_path.stem,
+                  max_natural_match=max_natural_match)
+    _run(ctx, save_person, person, out_path)
+    st = person.meta["stats"]
+    nat = ("" if st["natural_match_rate"] is None else
+           f"; natural probes: {100 * st['natural_match_rate']:.1f}% match, {100 * st['natural_inside']:.1f}% inside the region")
+    click.echo(f"{out_path}: {len(seed_list)} reference(s), threshold {person.threshold:g}, latent radius "
+               f"{person.radius:.4g} ({st['probe_matches']} of {st['probes']} probes match{nat})")
 
 
 if __name__ == "__main__":  # pragma: no cover

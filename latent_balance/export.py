@@ -142,6 +142,13 @@ def interleave(counts) -> np.ndarray:
 _CLAMPED, _SYNTHESIZED = "clamped_pixel_values", "synthesized_pixel_values"
 # block stat a verifying source reports: synthesized candidates labelled in a zero-target cell and rejected
 EXCLUDED_REJECTED = "verify_rejected_in_excluded_cells"
+#: Block stats of excluded persons (``forget_latent_rejected:<i>``, ``forget_images_rejected:<i>``,
+#: ``forget_images_checked``): the card's ``forget`` section, not a cost.
+FORGET_PREFIX = "forget_"
+#: What excluding a person guarantees, as the card says it (docs/forget.md).
+FORGET_GUARANTEE = ("no written image's face embedding (dlib's face-recognition ResNet on this aligner's chips) lies "
+                    "within the person's threshold of the person's reference embeddings; not guaranteed: that another "
+                    "face recognizer, or a person, would not see the person in a lookalike")
 # slot names of a source whose slots are sampler components aimed at cells (matched mode): prefix + cell
 COMPONENT_PREFIX = "component:"
 
@@ -785,6 +792,8 @@ def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
     stats = dict(stats)
     clamped, synthesized = stats.pop(_CLAMPED, None), stats.pop(_SYNTHESIZED, None)
     rejected_excluded = stats.pop(EXCLUDED_REJECTED, None)
+    forget = _forget_section({k[len(FORGET_PREFIX):]: stats.pop(k) for k in list(stats) if k.startswith(FORGET_PREFIX)},
+                             settings, int(stats.get("latent_proposals", 0)))
     excluded = [c for c in names if target.get(c, 0.0) == 0]
     verified = bool(settings.get("verify"))
     exclusions = None
@@ -799,7 +808,7 @@ def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
         notes.append("grayscale generator (img_channels=1): the labelers and image metrics saw the gray channel "
                      "repeated to RGB; the PNGs are grayscale")
     return {"clamped_pixel_share": (clamped / synthesized) if synthesized else None, "notes": notes,
-            "exclusions": exclusions,
+            "exclusions": exclusions, **({"forget": forget} if forget else {}),
             "n_images": n, "mode": dataset_mode(settings), "target_attributes": attrs, "target": target,
             "achieved": {c["cell"]: {"count": c["count"], "share": c["achieved"], "low": c["low"], "high": c["high"]}
                          for c in m["cells"]},
@@ -809,6 +818,20 @@ def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
             "intended_equals_labelled": float(np.mean([_intended_cell(r) == r["labelled_cell"] for r in rows])),
             "cost": {f"{k}_per_image": v / n for k, v in stats.items()},
             "settings": settings, "versions": package_versions()}
+
+
+def _forget_section(stats: dict, settings: dict, proposals: int) -> dict | None:
+    """The card's ``forget`` entry: per excluded person, candidates rejected before synthesis (latent region)
+    and after it (face embeddings), and what that guarantees."""
+    persons = settings.get("exclude")
+    if not persons:
+        return None
+    out = []
+    for i, p in enumerate(persons):
+        lat = int(stats.get(f"latent_rejected:{i}", 0))
+        out.append({**p, "latent_rejected": lat, "images_rejected": int(stats.get(f"images_rejected:{i}", 0)),
+                    "latent_rejected_share_of_proposals": lat / proposals if proposals else None})
+    return {"persons": out, "images_checked": int(stats.get("images_checked", 0)), "guarantee": FORGET_GUARANTEE}
 
 
 def _md_cell(text) -> str:
@@ -855,6 +878,14 @@ def _card_markdown(card: dict) -> str:
         else:
             lines.append(f"- excluded cells (target 0: {cells}): {ex['images']} images labelled in them; not enforced "
                          f"(latent-only sampling: --verify / verify=True rejects every image labelled in them)")
+    fg = card.get("forget")
+    if fg:
+        for p in fg["persons"]:
+            lines.append(f"- excluded person {p['person']} (fingerprint `{p['fingerprint']}`, {p['references']} "
+                         f"reference(s), threshold {p['threshold']:g}): {p['latent_rejected']} candidates rejected in latent space before "
+                         f"synthesis, {p['images_rejected']} synthesized images rejected on their face embedding")
+        lines.append(f"- excluded persons: all {fg['images_checked']} synthesized candidates were checked; guaranteed: "
+                     f"{fg['guarantee']}")
     if card.get("clamped_pixel_share") is not None:
         lines.append(f"- share of synthesized pixel values outside [-1, 1], clamped: {card['clamped_pixel_share']:.6f}")
     for note in card.get("notes", []):

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .._utils import logger
+from .._utils import logger, warn_once
 from ..framing import frame_labelers
 from ..seeds import EXTRA_STREAM_LENGTH, MAX_STREAMS, MAX_USER_SEED, TOTAL_STREAMS
 from ..subgroups import CellSpace, SubgroupModel
@@ -79,6 +79,12 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                      diverse one and the automatic sharpness chosen so that it holds, at a predicted cost
                      the plan reports (``diversity_cost``). 0 turns the floor off (the closest / cheapest
                      allocation).
+        exclude:     persons not to depict (:mod:`latent_balance.forget`): :class:`~latent_balance.forget.Person`
+                     objects or person-file paths. Proposals inside a person's latent region are rejected before
+                     synthesis; with images, every image is embedded and one within the person's threshold is
+                     rejected and replaced (from the same proposal stream). Without images (latents only) only
+                     the latent filter applies. Stats: ``exclude_latent_rejected`` and
+                     ``exclude_images_rejected`` (per person), ``exclude_images_checked``.
     """
 
     def __init__(self, generator, model, target=None, *, attributes: Sequence[str] | None = None,
@@ -87,7 +93,8 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                  batch_size: int = 256, block_size: int = 1000, allocation: str = "exact", confusion: str = "hard",
                  tolerance: float = 0.01, strict: bool = False, min_count: int = 5,
                  max_proposals_per_image: float = 10_000, max_synthesis_per_image: float = 10.0,
-                 min_ess: float = 30.0, proposal_batch: int = 8192, min_diversity: float = MIN_DIVERSITY):
+                 min_ess: float = 30.0, proposal_batch: int = 8192, min_diversity: float = MIN_DIVERSITY,
+                 exclude=None):
         if mode not in ("posterior", "matched"):
             raise ValueError(f"mode must be 'posterior' or 'matched', got {mode!r}")
         if allocation not in ("exact", "iid"):
@@ -104,6 +111,11 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         if not max_proposals_per_image >= 1 or not max_synthesis_per_image >= 1:
             raise ValueError("max_proposals_per_image and max_synthesis_per_image must be >= 1")
         self.generator = _as_adapter(generator)
+        self.exclusion = None
+        if exclude is not None and not (isinstance(exclude, (list, tuple)) and len(exclude) == 0):
+            from ..forget import Exclusion
+
+            self.exclusion = Exclusion(self.generator, exclude)
         self.mode, self.verify, self.seed = mode, bool(verify), int(seed)
         self.batch_size, self.block_size, self.proposal_batch = int(batch_size), int(block_size), int(proposal_batch)
         self.allocation, self.confusion, self.tolerance, self.strict = allocation, confusion, float(tolerance), bool(strict)
@@ -322,6 +334,10 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         synth = 0
         if not images:
             self._propose_block(streams, slots, need, out)
+            if self.exclusion is not None:
+                warn_once("sampling.exclude.latents_only",
+                          "exclude: latents without images are only filtered in latent space (the person's region); "
+                          "no image was synthesized, so none was checked against the person's face embeddings")
         else:
             # a producer thread proposes (prior draws, mapping, posterior, acceptance) while this thread
             # synthesizes and labels each batch as soon as its rows have latents. Every stream proposes
@@ -350,8 +366,53 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                 res.probs = {a: np.concatenate([p[a] for p in probs]) if probs else np.zeros((0, len(lab.classes)))
                              for a, lab in self.labelers.items()}
                 res.labelled = self.space.cell_of_probs(res.probs)
+            if self.exclusion is not None:
+                synth += self._replace_matches(res, streams, timings)
+                if self.labelers is not None:
+                    res.labelled = self.space.cell_of_probs(res.probs)
         res.stats["synthesis_calls"] = synth
         return res
+
+    def _replace_matches(self, res: SampleResult, streams, timings) -> int:
+        """Replace, in place, every output whose image matches an excluded person by the component's next
+        accepted latents (same stream, so results stay deterministic), until none matches. Returns the
+        synthesis calls spent on replacements.
+
+        Raises:
+            BudgetError: more than ``max_synthesis_per_image`` calls per output would be needed.
+        """
+        n = len(res.latents)
+        budget = self.max_synthesis_per_image * n - n
+        rows, extra = np.arange(n), 0
+        while len(rows):
+            t0 = time.perf_counter()
+            hit = self.exclusion.matches(res.images[rows])
+            timings["labeling"] += time.perf_counter() - t0
+            streams.exclude_checked += len(rows)
+            streams.exclude_images += hit.sum(axis=0)
+            rows = rows[hit.any(axis=1)]
+            if not len(rows):
+                break
+            if extra + len(rows) > budget:
+                raise BudgetError(f"exclude: {extra + len(rows)} replacement images for {n} outputs exceed the "
+                                  f"budget (max_synthesis_per_image={self.max_synthesis_per_image:g}); the excluded "
+                                  f"person matches too many of this generator's images (lower its threshold)")
+            for g in np.unique(res.components[rows]).tolist():
+                r = rows[res.components[rows] == g]
+                seeds, z, lat = streams.take(int(g), len(r))
+                res.seeds[r], res.z[r], res.latents[r] = seeds, z, lat
+            t0 = time.perf_counter()
+            imgs = self._synthesize(res.latents[rows])
+            timings["synthesis"] += time.perf_counter() - t0
+            res.images[rows] = imgs
+            if self.labelers is not None:
+                t0 = time.perf_counter()
+                probs = self._label(imgs)
+                timings["labeling"] += time.perf_counter() - t0
+                for a in res.probs:
+                    res.probs[a][rows] = probs[a]
+            extra += len(rows)
+        return extra
 
     def _propose_block(self, streams, slots, need, out, publish=None, stop=None) -> None:
         """Fill `out` = (seeds, z, latents) of a latent block: component g's j-th accepted latent goes to the
@@ -438,6 +499,11 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             "truncation_psi": float(self.generator.describe().get("truncation_psi", 1.0)),
             "cells": list(self.space.ids), "n_cells": k,
         }
+        if self.exclusion is not None:
+            res.stats["exclude"] = self.exclusion.settings()
+            for key in ("exclude_latent_rejected", "exclude_images_rejected"):
+                res.stats[key] = np.sum([p.stats[key] for p in parts], axis=0).astype(int).tolist()
+            res.stats["exclude_images_checked"] = int(sum(p.stats["exclude_images_checked"] for p in parts))
         res.timings = {key: float(sum(p.timings.get(key, 0.0) for p in parts)) for key in ("latent", "synthesis", "labeling")}
         res.stats.update({key: float(sum(p.stats.get(key, 0.0) for p in parts)) for key in STAGE_TIMES})
         return res

@@ -52,6 +52,8 @@ class BalancedSource:
                 # the floor only when set: datasets written before it existed (no floor) still resume
                 **({"min_diversity": s.min_diversity, "diversity_blend": s.plan_["diversity_blend"]}
                    if s.min_diversity > 0 else {}),
+                # excluded persons only when set: datasets written before `exclude` existed still resume
+                **({"exclude": s.exclusion.settings()} if s.exclusion is not None else {}),
                 "allocation": s.allocation, "confusion": s.confusion, "sampler_block_size": s.block_size,
                 "model": {"n_probes": m.meta_.get("n_probes"), "settings": m.meta_.get("settings"),
                           "natural_counts": m.natural_["counts"].tolist()}}
@@ -64,7 +66,7 @@ class BalancedSource:
     def produce(self, block: int, slots: np.ndarray, progress=None):
         """One block of the dataset (see :class:`latent_balance.export.BlockSource`); `progress` is called
         with the number of images finished after each batch or verification round."""
-        from ..export import EXCLUDED_REJECTED, BlockOutput
+        from ..export import EXCLUDED_REJECTED, FORGET_PREFIX, BlockOutput
 
         res = self.sampler.sample_block(block, slots, images=True, progress=progress)
         st = res.stats
@@ -73,4 +75,9 @@ class BalancedSource:
         if self.sampler.verify:
             zero = np.asarray(self.sampler.q) == 0
             stats[EXCLUDED_REJECTED] = float(np.asarray(st["verify_rejected_per_cell"])[zero].sum())
+        if self.sampler.exclusion is not None:  # per person i: candidates rejected at each stage (the card's "forget")
+            for i in range(len(self.sampler.exclusion.persons)):
+                stats[f"{FORGET_PREFIX}latent_rejected:{i}"] = float(st["exclude_latent_rejected"][i])
+                stats[f"{FORGET_PREFIX}images_rejected:{i}"] = float(st["exclude_images_rejected"][i])
+            stats[f"{FORGET_PREFIX}images_checked"] = float(st["exclude_images_checked"])
         return BlockOutput(res.seeds, res.latents, res.images, res.probs, stats=stats, timings=dict(res.timings))

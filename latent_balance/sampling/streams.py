@@ -40,6 +40,10 @@ class _Streams:
         self.buf: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self.latent_time = 0.0
         self.sharp = sampler.plan_["sharpness"]
+        npers = 0 if sampler.exclusion is None else len(sampler.exclusion.persons)
+        self.exclude_latent = np.zeros(npers, np.int64)  # accepted proposals inside a person's region, rejected
+        self.exclude_images = np.zeros(npers, np.int64)  # synthesized candidates matching a person, rejected
+        self.exclude_checked = 0  # synthesized candidates checked against the persons' embeddings
         self.rate = sampler.plan_["acceptance"]
 
     def take(self, g: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,6 +93,10 @@ class _Streams:
         a = s._accept_prob(P, self.sharp[[g]], comps=[g])[:, 0]
         u = self.rngs[g].random(size)
         ok = u < a
+        if s.exclusion is not None and ok.any():  # the latent filter: a person's region is never proposed
+            inside = s.exclusion.inside(lat[ok])
+            self.exclude_latent += inside.sum(axis=0)
+            ok[np.flatnonzero(ok)[inside.any(axis=1)]] = False
         self.proposals[g] += size
         if ok.any():
             self.buf[g].append((seeds[ok], z_t.detach().cpu().numpy()[ok], lat[ok]))
@@ -113,9 +121,13 @@ class _Streams:
         return seeds[:count], z[:count], lat[:count]
 
     def stats(self) -> dict[str, Any]:
-        return {"latent_proposals_per_component": self.proposals.copy(),
-                "accepted_per_component": self.accepted.copy(),
-                "kept_per_component": self.kept.copy()}
+        out = {"latent_proposals_per_component": self.proposals.copy(),
+               "accepted_per_component": self.accepted.copy(),
+               "kept_per_component": self.kept.copy()}
+        if self.s.exclusion is not None:
+            out.update(exclude_latent_rejected=self.exclude_latent.copy(),
+                       exclude_images_rejected=self.exclude_images.copy(), exclude_images_checked=int(self.exclude_checked))
+        return out
 
 
 def _count():

@@ -74,6 +74,12 @@ class _VerifyMixin:
             timings["synthesis"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             probs = self._label(imgs)
+            hit = None
+            if self.exclusion is not None:  # every candidate is checked against the excluded persons
+                hit = self.exclusion.matches(imgs)
+                streams.exclude_checked += len(imgs)
+                streams.exclude_images += hit.sum(axis=0)
+                hit = hit.any(axis=1)
             timings["labeling"] += time.perf_counter() - t0
             synth += len(lat)
             cells = self.space.cell_of_probs(probs)
@@ -84,6 +90,8 @@ class _VerifyMixin:
             missing = int(need.sum())
             for i in np.lexsort((comp, rank)).tolist():
                 c = int(cells[i])
+                if hit is not None and hit[i]:
+                    continue  # depicts an excluded person: never kept (counted above, per person)
                 if need[c] > 0:
                     need[c] -= 1
                     kept[c].append((seeds[i], z[i], lat[i], comp[i], imgs[i], {a: p[i] for a, p in probs.items()}))

@@ -1,0 +1,440 @@
+"""Forgetting a person: a person file (identity + latent region) and the exclusion the sampler applies.
+
+A *person* is what a generator must not depict: reference face embeddings (dlib's face-recognition
+ResNet, :class:`attributes.identity.FaceEmbedder`), a same-person threshold on the embedding distance,
+and a *region* of the generator's sampling space (W for StyleGAN2, z for the DCGAN) around the
+person's reference latents. :func:`make_person` builds one from reference latents and their images
+(:func:`person_from_seeds` is the front end for generated seeds; inverted photos plug into the same
+function with their W latents); :func:`save_person` / :func:`load_person` store it as a ``.npz``.
+
+**The region** (fitted in :func:`make_person`). Probes are latents near the references and natural
+ones: for each reference, ``probes_per_reference`` latents ``w_ref + s * sigma * n`` (n standard
+normal, sigma the natural per-dimension spread of the latents, s cycling over :data:`PROBE_SCALES`),
+plus ``natural_probes`` latents of the generator's own distribution, all drawn from the user's seed.
+Each probe is synthesized and embedded; it *matches* when its embedding lies within the threshold of
+a reference embedding. The radius is the largest latent (Euclidean) distance to the nearest reference
+latent at which the *local* match rate (the share of matches among the probes nearest in latent
+distance, see :func:`_region_radius`) is still at least one half, times ``margin``: inside the region,
+latents show the person more often than not. Farther out, matches do not stop: a generator of small
+faces makes lookalikes everywhere in its latent space (on the packaged 64 px faces, 67% of natural faces
+are within dlib's 0.6 of a given face, 2% within 0.4), and no ball around the person catches them
+without rejecting most of the distribution; those are left to the image check. The share of natural
+matches that fall inside the region (``natural_matches_inside_region``) is the latent filter's
+reduction on the probes. The share of natural probes inside the radius estimates the share of the generator's
+latents the filter rejects (``natural_inside``), and the share of natural probes that match
+(``natural_match_rate``) how common the person's face is under the threshold; a region covering more
+than :data:`MAX_NATURAL_INSIDE` of natural latents is warned about (the threshold is too loose for
+this generator's faces: every face "matches").
+
+**The exclusion** (:class:`Exclusion`, used by the sampler's ``exclude=``): before synthesis,
+proposals inside any person's region are rejected; after synthesis, every image is embedded and an
+image within the threshold of any reference embedding is rejected and replaced. What is guaranteed:
+no written image's embedding (this model, this aligner) lies within the threshold of a reference
+embedding. What is not: another face recognizer, or a human, may still see the person in a lookalike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ._utils import logger, read_npz, write_npz
+from .framing import frame_labelers
+
+__all__ = ["Person", "PersonFileError", "make_person", "person_from_seeds", "save_person", "load_person",
+           "Exclusion", "PROBE_SCALES", "MAX_NATURAL_INSIDE"]
+
+_FORMAT, _VERSION = "latent-balance-person", 1
+#: Noise scales of the neighbourhood probes, in units of the natural per-dimension spread of the latents
+#: (a scale of 1 moves a latent about as far as two natural latents are apart, divided by sqrt(2)).
+PROBE_SCALES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+#: Above this share of natural latents inside a region, :func:`make_person` warns that the region (and
+#: the threshold) would remove a large part of the generator's distribution.
+MAX_NATURAL_INSIDE = 0.2
+#: Above this share of natural faces matching the person, :func:`make_person` warns (the threshold is loose).
+MAX_NATURAL_MATCH = 0.05
+
+
+class PersonFileError(ValueError):
+    """A person file is missing, corrupt, of another format, or made for another generator."""
+
+
+class Person:
+    """A person to exclude (see the module docstring).
+
+    Attributes:
+        embeddings: float32 [R, 128] reference embeddings.
+        latents:    float32 [R, D] reference latents in the generator's sampling space.
+        threshold:  same-person threshold on the embedding distance.
+        radius:     latent-region radius (Euclidean, in the sampling space); latents within it of any
+                    reference latent are rejected before synthesis.
+        meta:       generator description, embedder id, settings, probe statistics.
+        name:       a label for reports (the file's stem when loaded).
+    """
+
+    def __init__(self, embeddings, latents, threshold: float, radius: float, meta: dict, name: str = "person"):
+        self.embeddings = np.asarray(embeddings, np.float32)
+        self.latents = np.asarray(latents, np.float32)
+        self.threshold, self.radius = float(threshold), float(radius)
+        self.meta, self.name = dict(meta), str(name)
+
+    @property
+    def embedder_id(self) -> str:
+        return str(self.meta["embedder"])
+
+    def inside(self, latents) -> np.ndarray:
+        """bool [N]: latents [N, D] within :attr:`radius` of a reference latent."""
+        lat = np.asarray(latents, np.float64)
+        if lat.ndim != 2 or lat.shape[1] != self.latents.shape[1]:
+            raise ValueError(f"latents must be [N, {self.latents.shape[1]}], got {lat.shape}")
+        return _min_dist(lat, self.latents) <= self.radius
+
+    def matches(self, embeddings) -> np.ndarray:
+        """bool [N]: embeddings [N, 128] within (strictly below) :attr:`threshold` of a reference embedding."""
+        return _min_dist(np.asarray(embeddings, np.float64), self.embeddings) < self.threshold
+
+    def describe(self) -> dict[str, Any]:
+        """What a dataset records about this person: no embeddings and no name (they identify the person), a
+        fingerprint of the references instead."""
+        return {"references": int(len(self.latents)), "threshold": self.threshold,
+                "radius": self.radius, "embedder": self.embedder_id, "fingerprint": self.fingerprint}
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the references, threshold and radius (names the exclusion in settings and manifests)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for a in (self.embeddings, self.latents):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(f"{self.threshold!r}|{self.radius!r}".encode())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (f"Person({self.name!r}, references={len(self.latents)}, threshold={self.threshold:g}, "
+                f"radius={self.radius:.4g})")
+
+
+def _min_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if len(a) == 0:
+        return np.zeros(0)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0.0)).min(axis=1)
+
+
+def _embedder_for(generator, embedder=None):
+    if embedder is None:
+        from attributes.identity import FaceEmbedder
+
+        embedder = FaceEmbedder()
+    return frame_labelers(generator, [embedder])[0]  # the generator's face box (packaged faces: unchanged)
+
+
+def _embed_latents(generator, embedder, latents: np.ndarray, batch_size: int) -> np.ndarray:
+    out = []
+    for i in range(0, len(latents), batch_size):
+        img = generator.synthesize(torch.from_numpy(np.ascontiguousarray(latents[i:i + batch_size]))).float().cpu()
+        out.append(embedder(img))
+    return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
+
+
+def make_person(generator, latents, images=None, *, threshold: float | None = None, probes_per_reference: int = 64,
+                natural_probes: int = 256, margin: float = 1.0, seed: int = 0, embedder=None, batch_size: int = 64,
+                max_natural_match: float = 0.01,
+                name: str = "person", sources: dict | None = None) -> Person:
+    """A person from reference latents (and their images), with the latent region fitted on probes.
+
+    Args:
+        generator: the generator adapter whose datasets must not depict the person.
+        latents:   float [R, D] reference latents in the generator's sampling space (W for StyleGAN2:
+                   ``generator.to_latent(z)`` of seeds, or a projector's inversion of photos).
+        images:    [R, 3, H, W] in [-1, 1]: the person's reference images (photos, re-framed to the
+                   generator's framing); None: the images of `latents`.
+        threshold: same-person threshold (default :data:`attributes.identity.SAME_PERSON_THRESHOLD`, 0.6), or
+                   ``"calibrate"``: the distance below which at most `max_natural_match` of the natural probes
+                   fall (:func:`attributes.identity.calibrate_threshold` with the nearest neighbourhood probes as
+                   same-person pairs and natural faces as different persons), capped at 0.6.
+        max_natural_match: with ``threshold="calibrate"``: the share of natural faces allowed to match.
+        probes_per_reference: neighbourhood probes per reference (noise scales :data:`PROBE_SCALES`).
+        natural_probes: probes of the generator's natural distribution.
+        margin:    the radius is `margin` times the fitted one (>= 1; see the module docstring).
+        seed:      seed of the probes' draws (0 <= seed < 2**32).
+        embedder:  a :class:`attributes.identity.FaceEmbedder` (default: a new one, framed for `generator`).
+        batch_size: synthesis / embedding batch (does not change results).
+        name:      label for reports.
+        sources:   what the references came from (recorded, e.g. ``{"seeds": [12, 40]}``).
+
+    Returns:
+        :class:`Person`.
+
+    Raises:
+        ValueError: no reference, latents of the wrong shape, images not matching them in number or not
+            of the generator's size, a reference image without a plausible face, a threshold <= 0, bad
+            counts, or a margin < 1.
+        attributes.framing.FramingError: the generator's images are not framed faces.
+    """
+    from attributes.identity import SAME_PERSON_THRESHOLD
+
+    lat = np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents, np.float32)
+    if lat.ndim != 2 or lat.shape[0] < 1 or lat.shape[1] != generator.latent_dim:
+        raise ValueError(f"reference latents must be [R >= 1, {generator.latent_dim}] ({generator.latent_space} of "
+                         f"{generator.id}), got shape {tuple(lat.shape)}")
+    if not np.isfinite(lat).all():
+        raise ValueError("reference latents contain non-finite values")
+    calibrate = isinstance(threshold, str)
+    if calibrate and threshold != "calibrate":
+        raise ValueError(f"threshold must be a positive embedding distance, None (0.6) or 'calibrate', got {threshold!r}")
+    if not calibrate:
+        threshold = SAME_PERSON_THRESHOLD if threshold is None else float(threshold)
+        if not threshold > 0:
+            raise ValueError(f"threshold must be a positive embedding distance, got {threshold}")
+    if not 0.0 < float(max_natural_match) < 1.0:
+        raise ValueError(f"max_natural_match must be in (0, 1), got {max_natural_match}")
+    if calibrate and int(natural_probes) * float(max_natural_match) < 1:
+        raise ValueError(f"threshold='calibrate' with max_natural_match={max_natural_match:g} needs at least "
+                         f"{int(np.ceil(1 / float(max_natural_match)))} natural probes, got {natural_probes}")
+    if int(probes_per_reference) < 0 or int(natural_probes) < 0 or int(probes_per_reference) + int(natural_probes) < 1:
+        raise ValueError(f"probe counts must be >= 0 and not both 0, got probes_per_reference={probes_per_reference}, "
+                         f"natural_probes={natural_probes}")
+    if not margin >= 1.0:
+        raise ValueError(f"margin must be >= 1, got {margin}")
+    if not (isinstance(seed, (int, np.integer)) and 0 <= int(seed) < 2 ** 32):
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    emb = _embedder_for(generator, embedder)
+    before = emb.fallback_count
+    if images is None:
+        ref_emb = _embed_latents(generator, emb, lat, batch_size)
+    else:
+        imgs = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+        if imgs.ndim != 4 or imgs.shape[0] != lat.shape[0]:
+            raise ValueError(f"images must be [R, 3, H, W] with one image per reference latent (R={lat.shape[0]}), "
+                             f"got shape {tuple(imgs.shape)}")
+        res = int(generator.img_resolution)
+        if tuple(imgs.shape[1:]) != (3, res, res):
+            raise ValueError(f"reference images must be RGB at the generator's size [R, 3, {res}, {res}] (re-frame photos "
+                             f"to the generator's framing first), got shape {tuple(imgs.shape)}")
+        no_face = np.flatnonzero(~emb.has_face(imgs.float()))
+        if len(no_face):
+            raise ValueError(f"no face found in reference image(s) {no_face.tolist()} (dlib's face detector): a "
+                             f"person needs photos of the face, re-framed to the generator's framing")
+        ref_emb = emb(imgs.float())
+    if emb.fallback_count > before:
+        raise ValueError(f"{emb.fallback_count - before} of the {len(lat)} reference image(s) have no plausible face "
+                         f"landmarks (no face found where the generator's faces are): a person needs a clear face")
+
+    m = int(probes_per_reference)
+    probes, is_natural, scales = _draw_probes(generator, lat, m, int(natural_probes), int(seed))
+    nat = probes[is_natural]
+    probe_emb = _embed_latents(generator, emb, probes, batch_size)
+    ident = _min_dist(probe_emb, ref_emb)
+    ldist = _min_dist(probes, lat)
+    if calibrate:
+        from attributes.identity import calibrate_threshold
+
+        nearest = np.r_[np.tile(scales == scales.min(), len(lat)), np.zeros(len(nat), bool)] if m else None
+        same = ident[nearest] if m else np.zeros(1)  # no neighbourhood probes: the references themselves
+        threshold = min(SAME_PERSON_THRESHOLD, calibrate_threshold(same, ident[is_natural], float(max_natural_match)))
+    match = ident < threshold
+    radius = float(margin * _region_radius(ldist, match))
+    nat_inside = float((ldist[is_natural] <= radius).mean()) if is_natural.any() else None
+    nat_match = float(match[is_natural].mean()) if is_natural.any() else None
+    nat_hits = match & is_natural
+    filtered = float((ldist[nat_hits] <= radius).mean()) if nat_hits.any() else None
+    # photos: how far the images of their latents (inversions) are from the photos' own embeddings
+    self_dist = 0.0 if images is None else float(np.diag(_min_dist_matrix(
+        _embed_latents(generator, emb, lat, batch_size), ref_emb)).max())
+    if nat_inside is not None and (nat_inside > MAX_NATURAL_INSIDE or nat_match > MAX_NATURAL_MATCH):
+        warnings.warn(f"person {name!r}: {100 * nat_match:.0f}% of the natural probes match under threshold "
+                      f"{threshold:g} and the latent region (radius {radius:.3g}) holds {100 * nat_inside:.0f}% of "
+                      f"them: the threshold is loose for this generator's faces, and excluding the person removes "
+                      f"that share of the distribution; consider threshold='calibrate' (--threshold calibrate) or a "
+                      f"lower threshold", RuntimeWarning, stacklevel=2)
+    meta = {
+        "generator": {k: v for k, v in generator.describe().items() if k != "clamped_pixel_share"},
+        "embedder": emb.id, "threshold": threshold, "radius": radius, "margin": float(margin), "seed": int(seed),
+        "probes_per_reference": m, "natural_probes": int(len(nat)), "probe_scales": list(PROBE_SCALES),
+        "sources": dict(sources or {}), "name": str(name),
+        "stats": {"probe_matches": int(match.sum()), "probes": int(len(probes)),
+                  "natural_match_rate": nat_match, "natural_inside": nat_inside,
+                  "natural_matches_inside_region": filtered, "threshold_calibrated": bool(calibrate),
+                  "max_natural_match": float(max_natural_match) if calibrate else None,
+                  "reference_self_distance": self_dist,
+                  "match_rate_by_scale": {f"{s:g}": float(match[:m * len(lat)][np.tile(scales, len(lat)) == s].mean())
+                                          for s in PROBE_SCALES if m and (scales == s).any()},
+                  "fallback_probes": int(emb.fallback_count - before)},
+    }
+    logger.info("person %s: radius %.4g (%d of %d probes match; natural match rate %s, natural inside %s)", name,
+                radius, int(match.sum()), len(probes), nat_match, nat_inside)
+    person = Person(ref_emb, lat, threshold, radius, meta, name=name)
+    person.probes_ = {"latent_distance": ldist, "identity_distance": ident, "natural": is_natural}
+    return person
+
+
+def _draw_probes(generator, lat: np.ndarray, m: int, n_natural: int, seed: int):
+    """Probe latents: `m` per reference ``w_ref + s * sigma * n`` (s cycling over :data:`PROBE_SCALES`, sigma
+    the natural per-dimension spread measured on >= 64 natural latents), then `n_natural` natural ones.
+
+    Returns:
+        (probes float32 [m * R + n_natural, D], is_natural bool [...], scales float64 [m]: each reference's
+        probe scales in order).
+    """
+    rng = np.random.default_rng([seed, 0xF06])
+    seeds = rng.integers(0, 2 ** 31, max(n_natural, 64))
+    nat = generator.to_latent(generator.sample_z(seeds)).detach().cpu().numpy()
+    sigma = nat.astype(np.float64).std(axis=0)
+    nat = nat[:n_natural]
+    scales = np.resize(np.asarray(PROBE_SCALES, np.float64), m)
+    near = [lat[r][None] + (scales[:, None] * sigma[None]) * rng.standard_normal((m, lat.shape[1]))
+            for r in range(len(lat))]
+    probes = np.concatenate(near + [nat]).astype(np.float32)
+    return probes, np.r_[np.zeros(m * len(lat), bool), np.ones(len(nat), bool)], scales
+
+
+def _region_radius(ldist: np.ndarray, match: np.ndarray) -> float:
+    """The largest latent distance at which the local match rate is at least one half (0 when none).
+
+    The local rate at a probe is the share of matches among the `w` probes nearest to it in latent
+    distance (w = max(9, n // 10), odd; a centred window clipped at the ends), so the radius is where
+    a latent at that distance from a reference shows the person more often than not on the probes.
+    """
+    n = len(ldist)
+    if n == 0 or not match.any():
+        return 0.0
+    order = np.argsort(ldist, kind="stable")
+    d, hit = ldist[order], match[order].astype(np.float64)
+    w = max(9, n // 10) | 1
+    w = min(w, n if n % 2 else n - 1) if n > 1 else 1
+    csum = np.r_[0.0, np.cumsum(hit)]
+    half = w // 2
+    lo = np.clip(np.arange(n) - half, 0, n - w)
+    rate = (csum[lo + w] - csum[lo]) / w
+    ok = np.flatnonzero(rate >= 0.5)
+    return float(d[ok.max()]) if len(ok) else 0.0
+
+
+def _min_dist_matrix(a, b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0))
+
+
+def person_from_seeds(generator, seeds: Sequence[int], **kwargs) -> Person:
+    """A person from generated faces: the images of `seeds` are the references (see :func:`make_person`).
+
+    Raises:
+        ValueError: an empty or invalid seed list (and everything :func:`make_person` raises).
+    """
+    from .seeds import check_seeds
+
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("a person needs at least one seed (e.g. --seeds 12,40)")
+    s = check_seeds(np.asarray(seeds))
+    lat = generator.to_latent(generator.sample_z(s)).detach().cpu().numpy()
+    sources = {"seeds": [int(v) for v in s]}
+    return make_person(generator, lat, None, sources=sources, **kwargs)
+
+
+def save_person(person: Person, path: str | os.PathLike[str]) -> None:
+    """Write `person` to `path` (``.npz``, no code; replaced atomically)."""
+    meta = dict(person.meta, format=_FORMAT, format_version=_VERSION, name=person.name)
+    write_npz(path, {"embeddings": person.embeddings, "latents": person.latents}, meta)
+
+
+def load_person(path: str | os.PathLike[str], generator=None) -> Person:
+    """Read a person file; with `generator`, refuse one made for another generator.
+
+    Raises:
+        PersonFileError: missing, corrupt or foreign file, inconsistent contents, or (with `generator`)
+            a file whose generator description differs (the differing keys are named).
+    """
+    arrays, meta = read_npz(path, _FORMAT, _VERSION, "person", PersonFileError)
+    emb, lat = arrays.get("embeddings"), arrays.get("latents")
+    if emb is None or lat is None or emb.ndim != 2 or lat.ndim != 2 or len(emb) != len(lat) or len(emb) < 1 \
+            or emb.shape[1] != 128 or not (np.isfinite(emb).all() and np.isfinite(lat).all()):
+        raise PersonFileError(f"{path}: a person file needs embeddings [R, 128] and latents [R, D] with R >= 1 "
+                              f"finite rows; got {None if emb is None else emb.shape} and {None if lat is None else lat.shape}")
+    for key in ("threshold", "radius", "embedder", "generator"):
+        if key not in meta:
+            raise PersonFileError(f"{path}: person file lacks {key!r}")
+    if not (float(meta["threshold"]) > 0 and float(meta["radius"]) >= 0):
+        raise PersonFileError(f"{path}: threshold must be > 0 and radius >= 0, got {meta['threshold']}, {meta['radius']}")
+    name = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    person = Person(emb, lat, meta["threshold"], meta["radius"], meta, name=name)
+    if generator is not None:
+        check_person(person, generator, what=str(path))
+    return person
+
+
+def check_person(person: Person, generator, what: str = "the person") -> None:
+    """Refuse a person made for another generator (naming what differs).
+
+    Raises:
+        PersonFileError: generator id, latent space, latent size or settings differ.
+    """
+    mine = {k: v for k, v in generator.describe().items() if k != "clamped_pixel_share"}
+    theirs = person.meta.get("generator", {})
+    diff = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(mine) | set(theirs))
+            if json.dumps(theirs.get(k), default=str) != json.dumps(mine.get(k), default=str)}
+    if diff:
+        raise PersonFileError(f"{what} was made for another generator; differing settings (file, this one): "
+                              + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items()))
+    if person.latents.shape[1] != generator.latent_dim:
+        raise PersonFileError(f"{what}: latents are {person.latents.shape[1]}-d, the generator's are {generator.latent_dim}-d")
+
+
+class Exclusion:
+    """Persons excluded from a sampler's outputs: the latent filter and the image check (see module docstring).
+
+    Args:
+        generator: the generator adapter the sampler drives.
+        persons:   :class:`Person` objects or person-file paths (at least one).
+        embedder:  a :class:`attributes.identity.FaceEmbedder` (default: a new one framed for the generator);
+                   its id must equal the one each person was made with.
+
+    Raises:
+        PersonFileError: a file is bad, made for another generator or with another embedder.
+        ValueError: no person.
+    """
+
+    def __init__(self, generator, persons, embedder=None):
+        persons = [persons] if isinstance(persons, (str, os.PathLike, Person)) else list(persons)
+        if not persons:
+            raise ValueError("exclude needs at least one person (a Person or a person file)")
+        self.persons = []
+        for p in persons:
+            if isinstance(p, Person):
+                check_person(p, generator, what=f"person {p.name!r}")
+            elif isinstance(p, (str, os.PathLike)):
+                p = load_person(p, generator)
+            else:
+                raise TypeError(f"exclude takes Person objects or person-file paths, got {type(p).__name__}")
+            self.persons.append(p)
+        self.embedder = _embedder_for(generator, embedder)
+        for p in self.persons:
+            if p.embedder_id != self.embedder.id:
+                raise PersonFileError(f"person {p.name!r} was made with embedder {p.embedder_id!r}, but this generator's "
+                                      f"images are embedded with {self.embedder.id!r}; remake the person file")
+
+    def inside(self, latents) -> np.ndarray:
+        """bool [N, P]: latent inside each person's region."""
+        return np.stack([p.inside(latents) for p in self.persons], axis=1) if len(latents) else np.zeros((0, len(self.persons)), bool)
+
+    def matches(self, images) -> np.ndarray:
+        """bool [N, P]: image [N, 3, H, W] in [-1, 1] matching each person (embedding within the threshold)."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.persons)), bool)
+        emb = self.embedder(images)
+        return np.stack([p.matches(emb) for p in self.persons], axis=1)
+
+    def settings(self) -> list[dict]:
+        """The exclusion as recorded in a dataset's settings and card: per person, its number (1, 2, ... in
+        the order given) and :meth:`Person.describe`."""
+        return [{"person": i + 1, **p.describe()} for i, p in enumerate(self.persons)]
