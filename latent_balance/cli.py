@@ -1002,7 +1002,8 @@ def evaluate(ctx, dataset, classifier, task, groups, threshold, counterfactual, 
 @main.command("make-labeler", epilog="Example:\n\n  latent-balance make-labeler --examples glasses_examples/ "
               "--name glasses --out glasses.labeler\n\n  (glasses_examples/ holds one folder of images per class, "
               "e.g. no_glasses/ and glasses/; use the file as --attributes glasses.labeler or in a --labelers YAML "
-              "with 'path: glasses.labeler')")
+              "with 'path: glasses.labeler')\n\n  Photos are re-framed by face detection (--framing detect); for "
+              "generated images you sorted use --framing as-is.")
 @config_option
 @click.option("--examples", type=click.Path(file_okay=False), required=True,
               help="Folder with one sub-folder of images per class (the sub-folder's name is the class).")
