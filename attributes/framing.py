@@ -407,16 +407,17 @@ def _photo_rgb(photo, name: str) -> np.ndarray:
     """A photo (path, PIL image or uint8 numpy array HW / HWC) -> contiguous uint8 [H, W, 3] RGB."""
     from pathlib import Path
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
+    # a camera's EXIF orientation is applied (a phone photo stored sideways shows an upright face)
     if isinstance(photo, (str, Path)):
         try:
             with Image.open(photo) as im:
-                return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+                return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8))
         except OSError as err:
             raise ValueError(f"cannot read image {photo}: {err}") from err
     if isinstance(photo, Image.Image):
-        return np.ascontiguousarray(np.asarray(photo.convert("RGB"), dtype=np.uint8))
+        return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(photo).convert("RGB"), dtype=np.uint8))
     if isinstance(photo, torch.Tensor):
         photo = photo.detach().cpu().numpy()
     arr = np.asarray(photo)
@@ -541,9 +542,10 @@ def frame_faces(photos, face_box: Sequence[float] = DCGAN_FACE_BOX, size: int = 
     """Re-frame photos so each one's face sits where a generator puts its faces (module docstring).
 
     Args:
-        photos:     a sequence of photos of any size: file paths, PIL images, or uint8 numpy arrays
-                    (H, W) / (H, W, 1) (grayscale, repeated to RGB) / (H, W, 3) (RGB). One at a time
-                    is read and framed, so a folder of large photos needs no memory for all of them.
+        photos:     a sequence of photos of any size: file paths, PIL images (EXIF orientation applied),
+                    or uint8 numpy arrays (H, W) / (H, W, 1) (grayscale, repeated to RGB) / (H, W, 3)
+                    (RGB). One at a time is read and framed, so a folder of large photos needs no
+                    memory for all of them.
         face_box:   (left, top, right, bottom): where the face goes, as fractions of the output frame
                     (the generator's box: :data:`~attributes.faces.DCGAN_FACE_BOX` for the packaged
                     faces, ``latent_balance.framing.framing_calibration(G).face_box`` for others).

@@ -260,6 +260,7 @@ def made_photos(photo_examples, tmp_path_factory):
     return load_labeler(out), res.output
 
 
+@pytest.mark.slow
 def test_photo_examples_are_framed_by_detection(made_photos, faces):
     lab, output = made_photos
     fr = lab.report["framing"]
@@ -287,6 +288,7 @@ def test_photo_examples_are_framed_by_detection(made_photos, faces):
     assert binomtest(k, 60, 0.5, alternative="greater").pvalue < 0.01, k
 
 
+@pytest.mark.slow
 def test_photo_labeler_balances_the_dcgan(made_photos, faces):
     """End to end, as test_user_made_labeler_balances_the_dcgan, with the labeler made from photos."""
     from latent_balance import BalancedSampler
@@ -310,7 +312,7 @@ def test_photo_labeler_balances_the_dcgan(made_photos, faces):
     assert binomtest(k, 120, natural, alternative="greater").pvalue < 0.01, (k, natural, lab.classes[rare])
 
 
-def test_framed_labeler_refuses_a_generator_with_another_framing(made_photos, faces, tmp_path):
+def test_framed_labeler_refuses_a_generator_with_another_framing(made, faces, tmp_path):
     """A labeler whose examples were framed into one face box refuses a generator that puts its faces
     elsewhere (it cannot be re-framed: it labels the generator's images as they are)."""
     from attributes.framing import FramingError
@@ -318,7 +320,11 @@ def test_framed_labeler_refuses_a_generator_with_another_framing(made_photos, fa
     from latent_balance.framing import FACE_BOX_TOLERANCE, frame_labelers
 
     G = faces[0]
-    lab, _ = made_photos
+    as_is, _ = made
+    assert as_is.framed_face_box is None and frame_labelers(G, [as_is]) == [as_is]  # nothing to check
+    lab = ExampleLabeler(as_is.name, as_is.classes, 64, as_is._mean, as_is._scale, as_is._coef, as_is._intercept, {},
+                         framed_face_box=(0.125, 0.25, 0.875, 1.0))
+    assert lab.id != as_is.id and "|faces-box0.125,0.25,0.875,1-64px|" in lab.id
     assert frame_labelers(G, [lab]) == [lab]
     ffhq = (0.195, 0.290, 0.805, 0.900)  # tests/_reframe.py's FFHQ box
     other = ExampleLabeler(lab.name, lab.classes, 64, lab._mean, lab._scale, lab._coef, lab._intercept, {},
@@ -333,11 +339,12 @@ def test_framed_labeler_refuses_a_generator_with_another_framing(made_photos, fa
                           framed_face_box=(0.125 + FACE_BOX_TOLERANCE / 2, 0.25, 0.875, 1.0))
     assert frame_labelers(G, [near]) == [near]
     # the framing is part of the file's id: a file whose recorded box was edited is refused
-    import json
     import zipfile
 
     out = tmp_path / "edited.labeler"
     lab.save(out)
+    again = load_labeler(out)
+    assert again.id == lab.id and again.framed_face_box == lab.framed_face_box
     with zipfile.ZipFile(out) as z:
         members = {n: z.read(n) for n in z.namelist()}
     key = next(n for n in members if members[n].count(b'"face_box": [0.125, 0.25, 0.875, 1.0]'))
@@ -347,9 +354,9 @@ def test_framed_labeler_refuses_a_generator_with_another_framing(made_photos, fa
             z.writestr(n, b)
     with pytest.raises(LabelerFileError, match="does not match the classifier"):
         load_labeler(out)
-    assert json  # (used for reading the file's metadata above when debugging)
 
 
+@pytest.mark.slow
 def test_examples_without_faces_are_refused_by_name(tmp_path, faces):
     _, x, _ = faces
     rng = np.random.default_rng(5)

@@ -91,6 +91,7 @@ def framed(faces):
     return direct, photos, ts, res
 
 
+@pytest.mark.slow
 def test_embedded_faces_are_framed_back(faces, framed):
     direct, photos, ts, res = framed
     # the detector finds ~3/4 of the packaged faces at 64 px (docs/labelers.md); the photos show them 2-4x
