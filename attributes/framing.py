@@ -413,11 +413,11 @@ def _photo_rgb(photo, name: str) -> np.ndarray:
     if isinstance(photo, (str, Path)):
         try:
             with Image.open(photo) as im:
-                return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8))
+                return np.array(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)  # a writable copy
         except OSError as err:
             raise ValueError(f"cannot read image {photo}: {err}") from err
     if isinstance(photo, Image.Image):
-        return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(photo).convert("RGB"), dtype=np.uint8))
+        return np.array(ImageOps.exif_transpose(photo).convert("RGB"), dtype=np.uint8)
     if isinstance(photo, torch.Tensor):
         photo = photo.detach().cpu().numpy()
     arr = np.asarray(photo)
@@ -431,7 +431,7 @@ def _photo_rgb(photo, name: str) -> np.ndarray:
                          f"shape {arr.shape}")
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
-    return np.ascontiguousarray(arr)
+    return np.array(arr, dtype=np.uint8, order="C")  # a copy: the caller's array is never touched
 
 
 def _warp(img: np.ndarray, transform: np.ndarray, out_h: int, out_w: int) -> torch.Tensor:

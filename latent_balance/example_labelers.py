@@ -264,17 +264,27 @@ def _read_detected(classes: list[str], files: list[list[Path]], size: int, face_
 
     from attributes.framing import frame_faces
 
+    from ._utils import progress
+
     images, skipped = [], {}
+    bar = progress(total=sum(len(fs) for fs in files), desc="framing examples", unit="images")
     for cls, fs in zip(classes, files):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # the skip summary: reported below / in the report
-            try:
-                res = frame_faces(fs, face_box, size, on_missing="skip")
-            except ValueError as err:  # an unreadable image (frame_faces names it)
-                raise ExamplesError(str(err)) from err
-        images.append(res.images)
-        if res.skipped:
-            skipped[cls] = res.skipped
+        parts = []
+        for s in range(0, len(fs), 16):  # in chunks, for the progress display
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the skip summary: reported below / in the report
+                try:
+                    res = frame_faces(fs[s:s + 16], face_box, size, on_missing="skip")
+                except ValueError as err:  # an unreadable image (frame_faces names it)
+                    bar.close()
+                    raise ExamplesError(str(err)) from err
+            parts.append(res.images)
+            skipped.setdefault(cls, []).extend(res.skipped)
+            bar.update(len(fs[s:s + 16]))
+        images.append(torch.cat(parts) if parts else torch.zeros((0, 3, size, size)))
+        if not skipped.get(cls):
+            skipped.pop(cls, None)
+    bar.close()
     if skipped and not skip_no_face:
         n = sum(len(v) for v in skipped.values())
         names = [f for v in skipped.values() for f in v]
