@@ -450,12 +450,14 @@ def _warp(img: np.ndarray, transform: np.ndarray, out_h: int, out_w: int) -> tor
     corners = np.array([[0, 0], [out_w, 0], [0, out_h], [out_w, out_h]], dtype=np.float64)
     src = (corners - t) @ inv.T
     reach = 2.0 / min(scale, 1.0) + 2.0
-    x0, y0 = (int(np.floor(max(0.0, v - reach))) for v in src.min(0))
-    x1, y1 = (int(np.ceil(min(lim, v + reach))) for v, lim in zip(src.max(0), (w, h)))
-    if x1 - x0 < 1 or y1 - y0 < 1:  # the frame lies wholly outside the photo: reflect the whole photo
-        x0, y0, x1, y1 = 0, 0, w, h
-    x0, y0 = min(x0, w - 1), min(y0, h - 1)
-    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    lo, hi = src.min(0) - reach, src.max(0) + reach
+    bounds = []
+    for a0, a1, lim in ((lo[0], hi[0], w), (lo[1], hi[1], h)):
+        # what lies past an edge is read, mirrored, as far inside that edge
+        a0, a1 = min(a0, lim - max(0.0, a1 - lim)), max(a1, -min(0.0, a0))
+        a0, a1 = int(np.floor(max(0.0, a0))), int(np.ceil(min(float(lim), a1)))
+        bounds.append((a0, a1) if a1 - a0 >= 1 else (0, lim))
+    (x0, x1), (y0, y1) = bounds
     crop = torch.from_numpy(np.ascontiguousarray(img[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
     ch, cw = crop.shape[2:]
     fx = fy = 1.0

@@ -191,3 +191,34 @@ def test_bad_arguments_are_refused(faces):
         frame_faces([faces[0]], face_box=(0.5, 0.5, 0.2, 0.9))
     with pytest.raises(ValueError, match="on_missing must be"):
         frame_faces([faces[0]], on_missing="ignore")
+
+
+def _full_reference(img: np.ndarray, m: np.ndarray, n: int) -> torch.Tensor:
+    """The whole photo sampled through m^-1 (bilinear, grid_sample's reflection at the photo's edges)."""
+    h, w = img.shape[:2]
+    v, u = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5, indexing="ij")
+    q = (np.stack([u, v], -1) - m[:, 2]) @ np.linalg.inv(m[:, :2]).T
+    g = torch.from_numpy(np.stack([q[..., 0] / w * 2 - 1, q[..., 1] / h * 2 - 1], -1)).float()[None]
+    return F.grid_sample(torch.from_numpy(img).permute(2, 0, 1)[None].float(), g, mode="bilinear",
+                         padding_mode="reflection", align_corners=False)[0]
+
+
+def test_resampling_reflects_outside_and_does_not_alias():
+    from attributes.framing import _warp
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    # frames reaching past each edge (and one mostly outside): the cropped warp reads exactly what
+    # reflecting the whole photo reads (float32 rounding: 1e-2 of a grey level)
+    for m in ([[1.0, 0, -60], [0, 1, -10]], [[1.0, 0, 30], [0, 1, 20]], [[1.2, 0.1, -50], [-0.1, 1.2, -40]],
+              [[1.0, 0, -100], [0, 1, 0]]):
+        m = np.array(m)
+        assert (_warp(img, m, 40, 40) - _full_reference(img, m, 40)).abs().max() < 1e-2
+    # shrinking 4x: 1 px stripes (black / white) average to grey (antialiased); plain bilinear
+    # sampling of the same points reads single stripes (aliasing: black or white, or a beat)
+    stripes = np.zeros((256, 256, 3), np.uint8)
+    stripes[:, ::2] = 255
+    m = np.array([[0.25, 0.0, -0.125], [0.0, 0.25, 0.0]])  # output pixel centres read photo pixel centres
+    out = _warp(stripes, m, 64, 64)
+    assert (out[:, 2:-2, 2:-2] - 127.5).abs().max() < 4  # the triangle filter of 8 px leaves ~1/8 of a level
+    assert (_full_reference(stripes, m, 64)[:, 2:-2, 2:-2] - 127.5).abs().max() > 100
