@@ -29,7 +29,8 @@ Preprocessing:
     (a median 3.8 px at the face box's corners, docs/labelers.md);
 
   the default is ``"detect"`` because centre-cropping a photo gives a silently wrong framing, while
-  detection on already framed images either frames them about as they were or refuses them by name;
+  detection on already framed images keeps each face within a few pixels of where the generator put
+  it (normalised to the mean face) or refuses it by name, with a message pointing to ``"as-is"``;
 * images labelled later (the generator's images) are already framed: they are only centre-cropped
   to a square and resized to ``size``. A detect-framed labeler records its face box; the generator
   it labels must frame faces in that box (:func:`latent_balance.framing.frame_labelers` checks it:
