@@ -222,3 +222,25 @@ def test_resampling_reflects_outside_and_does_not_alias():
     out = _warp(stripes, m, 64, 64)
     assert (out[:, 2:-2, 2:-2] - 127.5).abs().max() < 4  # the triangle filter of 8 px leaves ~1/8 of a level
     assert (_full_reference(stripes, m, 64)[:, 2:-2, 2:-2] - 127.5).abs().max() > 100
+
+
+def test_the_largest_of_several_faces_is_framed(framed, faces):
+    """Two faces in one photo (2x and 3x the 64 px face): the larger one is framed."""
+    direct, _, _, _ = framed
+    face = faces[direct.kept[0]]
+    rng = np.random.default_rng(3)
+    small, _ = embed(face, 2.0, 0, (20, 40), 240, 480, rng)
+    big, t = embed(face, 3.0, 0, (250, 20), 240, 480, rng)
+    photo = small.copy()
+    photo[:, 240:] = big[:, 240:]  # the small face spans x 20..148, the big one x 250..442
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = frame_faces([photo])
+    assert out.n_faces.tolist() == [2]
+    # the big face: its box is 3 x ~48 px, and A o T is the face's own framing (as in the first test)
+    assert 120 < out.face_px[0] < 175
+    tgt = targets()
+    m0 = direct.transforms[0]
+    c = compose(out.transforms[0], t)
+    src = (tgt - m0[:, 2]) @ np.linalg.inv(m0[:, :2]).T
+    assert np.linalg.norm(src @ c[:, :2].T + c[:, 2] - tgt, axis=1).mean() < 2.0
