@@ -1025,7 +1025,8 @@ def evaluate(ctx, dataset, classifier, task, groups, threshold, counterfactual, 
 @main.command("make-labeler", epilog="Example:\n\n  latent-balance make-labeler --examples glasses_examples/ "
               "--name glasses --out glasses.labeler\n\n  (glasses_examples/ holds one folder of images per class, "
               "e.g. no_glasses/ and glasses/; use the file as --attributes glasses.labeler or in a --labelers YAML "
-              "with 'path: glasses.labeler')")
+              "with 'path: glasses.labeler')\n\n  Photos are re-framed by face detection (--framing detect); for "
+              "generated images you sorted use --framing as-is.")
 @config_option
 @click.option("--examples", type=click.Path(file_okay=False), required=True,
               help="Folder with one sub-folder of images per class (the sub-folder's name is the class).")
@@ -1039,9 +1040,19 @@ def evaluate(ctx, dataset, classifier, task, groups, threshold, counterfactual, 
 @click.option("--size", type=click.IntRange(min=16), default=64, show_default=True,
               help="Framing size in pixels (the generator's image size).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Fold split seed.")
+@click.option("--framing", type=click.Choice(["detect", "as-is"]), default="detect", show_default=True,
+              help="detect: re-frame each example by face detection so its face sits where the generator puts "
+                   "faces (photos); as-is: centre crop and resize (images already framed by the generator, e.g. "
+                   "generated images you sorted).")
+@click.option("--generator", "generator_spec", default=None,
+              help="With --framing detect: the generator the labeler is for (its face box; default: the packaged "
+                   "faces' box).")
+@click.option("--skip-no-face", is_flag=True, default=False,
+              help="With --framing detect: leave out examples without a usable face (counted) instead of refusing.")
 @click.option("--device", default=None)
 @click.pass_context
-def make_labeler_cmd(ctx, examples, name, out, min_per_class, folds, alpha, size, seed, device):
+def make_labeler_cmd(ctx, examples, name, out, min_per_class, folds, alpha, size, seed, framing, generator_spec,
+                     skip_no_face, device):
     """Make a labeler from examples: a linear classifier on frozen VGG16 features, cross-validated."""
     from .example_labelers import make_labeler
 
@@ -1049,10 +1060,21 @@ def make_labeler_cmd(ctx, examples, name, out, min_per_class, folds, alpha, size
     if out_path.suffix != ".labeler":
         raise InputError(f"--out must end in .labeler (labeler specs recognise the file by it), got {out}")
     _check_writable_target(out_path)
+    if framing == "as-is" and (generator_spec is not None or skip_no_face):
+        raise InputError("--generator and --skip-no-face apply to --framing detect only")
+    generator = _run(ctx, _generator, generator_spec, None, device) if generator_spec is not None else None
     lab = _run(ctx, make_labeler, examples, name, out=out_path, min_per_class=min_per_class, folds=folds, alpha=alpha,
-               size=size, seed=seed, device=device)
+               size=size, seed=seed, device=device, framing=framing, generator=generator, skip_no_face=skip_no_face)
     r = lab.report
     click.echo(f"{lab.name}: classes " + ", ".join(f"{c} ({r['counts'][c]} images)" for c in lab.classes))
+    fr = r["framing"]
+    if fr["mode"] == "detect":
+        skipped = sum(len(v) for v in fr["skipped_no_face"].values())
+        click.echo(f"framing: {fr['framed_by_detection']} examples framed by face detection into face box "
+                   f"{tuple(fr['face_box'])} at {fr['size']} px" + (f" ({fr['generator']})" if fr["generator"] else "")
+                   + (f"; {skipped} skipped without a usable face" if skipped else ""))
+    else:
+        click.echo(f"framing: as-is (centre crop, resized to {fr['size']} px)")
     click.echo(f"cross-validated accuracy {r['cv_accuracy']:.3f} ({r['folds']} folds; majority class "
                f"{r['majority_rate']:.3f}; one-sided binomial p = {r['binomial_p']:.2g})")
     width = max(len(c) for c in lab.classes)

@@ -52,7 +52,7 @@ def examples(tmp_path_factory, faces):
 @pytest.fixture(scope="module")
 def made(examples, tmp_path_factory):
     out = tmp_path_factory.mktemp("lab") / "lighting.labeler"
-    return make_labeler(examples, "lighting", out=out), out
+    return make_labeler(examples, "lighting", out=out, framing="as-is"), out  # generated images: already framed
 
 
 def test_make_labeler_cross_validates_and_round_trips(made, faces, examples):
@@ -137,17 +137,17 @@ def test_bad_examples_folders_are_refused(tmp_path, faces):
     with pytest.raises(ExamplesError, match="does not exist or is not a folder"):
         make_labeler(tmp_path / "nope", "a")
     with pytest.raises(ExamplesError, match=r"1 class folder\(s\) \(only\); expected at least two"):
-        make_labeler(_folder(tmp_path / "one", {"only": 12}, x), "a")
+        make_labeler(_folder(tmp_path / "one", {"only": 12}, x), "a", framing="as-is")
     loose = _folder(tmp_path / "loose", {"a": 12, "b": 12}, x)
     _save(x[0], loose / "stray.png")
     with pytest.raises(ExamplesError, match="holds images directly .*stray.png.*one sub-folder per class"):
-        make_labeler(loose, "a")
+        make_labeler(loose, "a", framing="as-is")
     with pytest.raises(ExamplesError, match="too few examples: 'b' has 4 image.*at least 10"):
-        make_labeler(_folder(tmp_path / "few", {"a": 12, "b": 4}, x), "a")
+        make_labeler(_folder(tmp_path / "few", {"a": 12, "b": 4}, x), "a")  # refused before any framing
     broken = _folder(tmp_path / "broken", {"a": 12, "b": 12}, x)
     (broken / "b" / "zz.png").write_bytes(b"garbage")
     with pytest.raises(ExamplesError, match="cannot read image .*zz.png"):
-        make_labeler(broken, "a")
+        make_labeler(broken, "a", framing="as-is")
     with pytest.raises(ValueError, match="name must be"):
         make_labeler(broken, "a|b")
 
@@ -162,15 +162,17 @@ def test_chance_accuracy_is_refused(tmp_path, faces):
         _save(x[i], root / ("a" if j % 2 else "b") / f"{i}.png")
     out = tmp_path / "random.labeler"
     with pytest.raises(ExamplesError, match="not above the majority-class rate 0.500"):
-        make_labeler(root, "random", out=out)
+        make_labeler(root, "random", out=out, framing="as-is")
     assert not out.exists()
 
 
 def test_cli_make_labeler_prints_report_and_refuses_bad_folders(examples, tmp_path):
     out = tmp_path / "lighting.labeler"
-    res = CliRunner().invoke(main, ["make-labeler", "--examples", str(examples), "--name", "lighting", "--out", str(out)])
+    res = CliRunner().invoke(main, ["make-labeler", "--examples", str(examples), "--name", "lighting", "--out", str(out),
+                                    "--framing", "as-is"])
     assert res.exit_code == 0, res.output
     assert "cross-validated accuracy" in res.output and "confusion matrix" in res.output and out.exists()
+    assert "framing: as-is (centre crop, resized to 64 px)" in res.output
     info = CliRunner().invoke(main, ["info", str(out)])
     assert info.exit_code == 0 and '"kind": "labeler"' in info.output and '"confusion"' in info.output
     res = CliRunner().invoke(main, ["make-labeler", "--examples", str(tmp_path / "none"), "--name", "x",
@@ -179,6 +181,9 @@ def test_cli_make_labeler_prints_report_and_refuses_bad_folders(examples, tmp_pa
     res = CliRunner().invoke(main, ["make-labeler", "--examples", str(examples), "--name", "x", "--out",
                                     str(tmp_path / "x.npz")])
     assert res.exit_code == 2 and "must end in .labeler" in res.output
+    res = CliRunner().invoke(main, ["make-labeler", "--examples", str(examples), "--name", "x", "--out",
+                                    str(tmp_path / "x.labeler"), "--framing", "as-is", "--skip-no-face"])
+    assert res.exit_code == 2 and "apply to --framing detect only" in res.output
 
 
 def test_user_made_labeler_balances_the_dcgan(made, faces):
@@ -216,3 +221,159 @@ def test_cli_attributes_take_a_labeler_file(made):
     lab, out = made
     gender, light = _labelers(f"gender,{out}", None)
     assert gender.name == "gender" and light.id == lab.id
+
+
+# -- examples that are photos: framed by face detection (make-labeler --framing detect) ---------------
+def _photo(face: torch.Tensor, rng) -> np.ndarray:
+    """`face` ([3, 64, 64] in [-1, 1]) pasted into a bigger random photo: scale 2-3.5, rotation up to
+    8 degrees, random offset, noise canvas of a random colour (tests/test_frame_faces.py's embed)."""
+    from test_frame_faces import embed
+
+    u8 = ((face.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    k = rng.uniform(2.0, 3.5)
+    h, w = (int(64 * k * rng.uniform(1.3, 2.0)) for _ in range(2))
+    return embed(u8, k, rng.uniform(-8, 8), (rng.uniform(0, w - 64 * k), rng.uniform(0, h - 64 * k)), h, w, rng)[0]
+
+
+@pytest.fixture(scope="module")
+def photo_examples(tmp_path_factory, faces):
+    """The same brightest / darkest thirds as `examples`, each face pasted into a bigger photo."""
+    _, x, bright = faces
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(11)
+    order = np.argsort(bright)
+    third = N_FACES // 3
+    for cls, idx in (("dark", order[:third]), ("bright", order[-third:])):
+        for i in idx:
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_photo(x[i], rng)).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def made_photos(photo_examples, tmp_path_factory):
+    """A labeler made by the CLI from the photos, framed into the DCGAN's face box by detection."""
+    out = tmp_path_factory.mktemp("lab_photos") / "lighting.labeler"
+    res = CliRunner().invoke(main, ["make-labeler", "--examples", str(photo_examples), "--name", "lighting", "--out",
+                                    str(out), "--generator", "dcgan-faces", "--skip-no-face"])
+    assert res.exit_code == 0, res.output
+    return load_labeler(out), res.output
+
+
+@pytest.mark.slow
+def test_photo_examples_are_framed_by_detection(made_photos, faces):
+    lab, output = made_photos
+    fr = lab.report["framing"]
+    skipped = sum(len(v) for v in fr["skipped_no_face"].values())
+    assert fr["mode"] == "detect" and fr["face_box"] == [0.125, 0.25, 0.875, 1.0] and fr["size"] == 64
+    assert fr["generator"].startswith("dcgan-faces")
+    # dlib's detector finds 75% of these faces at 64 px and 91% of those again in such photos
+    # (bench/results/frame_faces_cpu.json): ~68%, 41 of 60 expected (sd 3.6); 3 sd below that is 30
+    assert fr["framed_by_detection"] + skipped == 60 and fr["framed_by_detection"] >= 30
+    assert fr["framed_by_detection"] == lab.report["n_images"] == sum(lab.report["counts"].values())
+    assert f"framing: {fr['framed_by_detection']} examples framed by face detection into face box " \
+           f"(0.125, 0.25, 0.875, 1.0) at 64 px (dcgan-faces" in output
+    assert lab.framed_face_box == (0.125, 0.25, 0.875, 1.0) and "|faces-box0.125,0.25,0.875,1-64px|" in lab.id
+    # cross-validated on the framed photos as the centre-cropped generated faces are (>= 0.85, above)
+    assert lab.report["cv_accuracy"] >= 0.85
+    # the generator's own images (not re-framed: only resized) get the classes of the faces the photos
+    # were made from: at least as the refusal threshold demands of a labeler (binomial test vs 0.5 at 1%)
+    _, x, bright = faces
+    order = np.argsort(bright)
+    idx = np.concatenate([order[:30], order[-30:]])
+    truth = np.r_[np.ones(30, int), np.zeros(30, int)]  # classes ("bright", "dark"): dark = 1
+    k = int((lab(x[idx]).argmax(1) == truth).sum())
+    print(f"photo-made labeler on the generated faces: {k}/60 right; counts {lab.report['counts']}, "
+          f"cv {lab.report['cv_accuracy']:.3f}")
+    assert binomtest(k, 60, 0.5, alternative="greater").pvalue < 0.01, k
+
+
+@pytest.mark.slow
+def test_photo_labeler_balances_the_dcgan(made_photos, faces):
+    """End to end, as test_user_made_labeler_balances_the_dcgan, with the labeler made from photos."""
+    from latent_balance import BalancedSampler
+
+    G = faces[0]
+    lab, _ = made_photos
+    probes = build_probes(G, [lab], 400, start=1000, show_progress=False)
+    assert probes.meta["labelers"]["lighting"]["id"] == lab.id
+    # the target favours the class the generator makes less often (90%): the direction with room to move
+    # (the photo-made labeler calls more of the DCGAN's faces bright than the as-is one: 0.67 vs 0.49)
+    rare = int(np.mean(probes.labels("lighting") == 1) < 0.5)
+    natural = float(np.mean(probes.labels("lighting") == rare))
+    model = SubgroupModel().fit(probes)
+    target = {c: (0.9 if j == rare else 0.1) for j, c in enumerate(lab.classes)}
+    s = BalancedSampler(G, model, {"marginals": {"lighting": target}}, verify=False, seed=3)
+    res = s.sample(120, images=True)
+    k = int((lab(res.images).argmax(1) == rare).sum())
+    print(f"photo-made labeler end to end: {lab.classes[rare]} {k}/120 against a natural {natural:.3f}")
+    # as in the test above: the labelled share of that class rises above its natural share (one-sided
+    # binomial test at 1%)
+    assert binomtest(k, 120, natural, alternative="greater").pvalue < 0.01, (k, natural, lab.classes[rare])
+
+
+def test_framed_labeler_refuses_a_generator_with_another_framing(made, faces, tmp_path):
+    """A labeler whose examples were framed into one face box refuses a generator that puts its faces
+    elsewhere (it cannot be re-framed: it labels the generator's images as they are)."""
+    from attributes.framing import FramingError
+    from latent_balance.example_labelers import ExampleLabeler
+    from latent_balance.framing import FACE_BOX_TOLERANCE, frame_labelers
+
+    G = faces[0]
+    as_is, _ = made
+    assert as_is.framed_face_box is None and frame_labelers(G, [as_is]) == [as_is]  # nothing to check
+    lab = ExampleLabeler(as_is.name, as_is.classes, 64, as_is._mean, as_is._scale, as_is._coef, as_is._intercept, {},
+                         framed_face_box=(0.125, 0.25, 0.875, 1.0))
+    assert lab.id != as_is.id and "|faces-box0.125,0.25,0.875,1-64px|" in lab.id
+    assert frame_labelers(G, [lab]) == [lab]
+    ffhq = (0.195, 0.290, 0.805, 0.900)  # tests/_reframe.py's FFHQ box
+    other = ExampleLabeler(lab.name, lab.classes, 64, lab._mean, lab._scale, lab._coef, lab._intercept, {},
+                           framed_face_box=ffhq)
+    assert other.id != lab.id and "faces-box0.195,0.29,0.805,0.9-64px" in other.id
+    with pytest.raises(FramingError, match=r"framed with the face in box \(0.195, 0.29, 0.805, 0.9\), but generator "
+                                           r"dcgan-faces.* puts its faces in \(0.125, 0.25, 0.875, 1.0\).*--generator"):
+        frame_labelers(G, [other])
+    with pytest.raises(FramingError, match="framed with the face in box"):
+        build_probes(G, [other], 8, show_progress=False)
+    near = ExampleLabeler(lab.name, lab.classes, 64, lab._mean, lab._scale, lab._coef, lab._intercept, {},
+                          framed_face_box=(0.125 + FACE_BOX_TOLERANCE / 2, 0.25, 0.875, 1.0))
+    assert frame_labelers(G, [near]) == [near]
+    # the framing is part of the file's id: a file whose recorded box was edited is refused
+    import zipfile
+
+    out = tmp_path / "edited.labeler"
+    lab.save(out)
+    again = load_labeler(out)
+    assert again.id == lab.id and again.framed_face_box == lab.framed_face_box
+    with zipfile.ZipFile(out) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    key = next(n for n in members if members[n].count(b'"face_box": [0.125, 0.25, 0.875, 1.0]'))
+    members[key] = members[key].replace(b'"face_box": [0.125, 0.25, 0.875, 1.0]', b'"face_box": [0.195, 0.29, 0.805, 0.9]', 1)
+    with zipfile.ZipFile(out, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    with pytest.raises(LabelerFileError, match="does not match the classifier"):
+        load_labeler(out)
+
+
+@pytest.mark.slow
+def test_examples_without_faces_are_refused_by_name(tmp_path, faces):
+    _, x, _ = faces
+    rng = np.random.default_rng(5)
+    root = tmp_path / "nofaces"
+    for j in range(4):
+        (root / "a").mkdir(parents=True, exist_ok=True)
+        (root / "b").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_photo(x[j], rng)).save(root / "a" / f"{j}.png")
+        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(root / "b" / f"{j}.png")
+    out = tmp_path / "x.labeler"
+    with pytest.raises(ExamplesError, match=r"example\(s\) have no usable face to frame \(.*'b': 4\).*b/0.png.*"
+                                            r"--skip-no-face.*--framing as-is"):
+        make_labeler(root, "x", out=out, min_per_class=3)
+    with pytest.raises(ExamplesError, match=r"too few examples with a usable face after skipping: .*'b' has 0 of 4"):
+        make_labeler(root, "x", out=out, min_per_class=3, skip_no_face=True)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="apply to framing='detect' only"):
+        make_labeler(root, "x", framing="as-is", skip_no_face=True)
+    with pytest.raises(ValueError, match="either face_box or generator"):
+        make_labeler(root, "x", face_box=(0.1, 0.2, 0.9, 1.0), generator=faces[0])
