@@ -73,4 +73,8 @@ class BalancedSource:
         if self.sampler.verify:
             zero = np.asarray(self.sampler.q) == 0
             stats[EXCLUDED_REJECTED] = float(np.asarray(st["verify_rejected_per_cell"])[zero].sum())
-        return BlockOutput(res.seeds, res.latents, res.images, res.probs, stats=stats, timings=dict(res.timings))
+        gen = self.sampler.generator
+        # the class of each image of a generator sampled over several classes (with its seed: the image)
+        fields = {"class": gen.classes_of(res.z)} if getattr(gen, "classes", None) is not None else {}
+        return BlockOutput(res.seeds, res.latents, res.images, res.probs, stats=stats, timings=dict(res.timings),
+                           fields=fields)

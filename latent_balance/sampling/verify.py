@@ -73,7 +73,7 @@ class _VerifyMixin:
             imgs = self._synthesize(lat)
             timings["synthesis"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            probs = self._label(imgs)
+            probs = self._label(imgs, lat)
             timings["labeling"] += time.perf_counter() - t0
             synth += len(lat)
             cells = self.space.cell_of_probs(probs)
