@@ -751,8 +751,9 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
     fitted = model.meta_.get("generator", {})
     if fitted.get("class_index") != getattr(gen, "class_index", None) or fitted.get("c") != gen.describe().get("c"):
         raise InputError(f"the model {model_path} was fitted on probes of class {fitted.get('class_index')!r} "
-                         f"(label {fitted.get('c')}), but this run generates class "
-                         f"{getattr(gen, 'class_index', None)!r}; give the same --class")
+                         f"(label {fitted.get('c')}; classes {fitted.get('classes')}), but this run generates class "
+                         f"{getattr(gen, 'class_index', None)!r} (classes {gen.describe().get('classes')}); give the "
+                         f"same --class or --classes")
     lab_spec = labelers_spec or (_csv(attributes) if attributes else list(model.space_.attributes))
     labs = _run(ctx, _labelers, None, lab_spec) if labelers_spec else _run(ctx, _labelers, ",".join(lab_spec), None)
     extra = {"generator_spec": {"name": generator_spec,

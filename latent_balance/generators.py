@@ -236,7 +236,7 @@ CLASS_SCHEME = "splitmix64(seed ^ 0x636c617373) / 2**64 -> inverse CDF of class_
 
 def _class_uniforms(seeds) -> np.ndarray:
     """u in [0, 1) per seed (float64 [N]) by :data:`CLASS_SCHEME`: independent of the seed's z draw."""
-    x = np.asarray(seeds, np.int64).astype(np.uint64) ^ np.uint64(0x636C617373)
+    x = np.asarray(seeds).astype(np.uint64) ^ np.uint64(0x636C617373)
     with np.errstate(over="ignore"):
         x = x + np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

@@ -263,3 +263,20 @@ def test_class_target_and_cli_dataset(ckpt, fitted, tmp_path):
     assert r.exit_code == 0, r.output
     audit = json.loads((tmp_path / "ds" / "report" / "audit.json").read_text())
     assert audit["achieved"]["tv"] == 0.0
+
+
+def test_natural_source_and_generator_audit_know_the_class(fitted):
+    from latent_balance.audit import audit_generator
+    from latent_balance.sources import NaturalSource
+
+    gen, probes, model = fitted
+    src = NaturalSource(gen, [_warm()], attributes=["class", "warm"], seed=0)
+    out = src.produce(0, np.zeros(12, np.int64))
+    # the natural source draws each seed's own class (no steering); manifests get it as the 'class' field
+    want = np.asarray(gen.classes)[gen.class_of_seeds(out.seeds)]
+    assert np.array_equal(out.fields["class"], want)
+    assert np.array_equal(out.probs["class"], np.eye(K)[want])
+    res = audit_generator(gen, [_warm()], ["class", "warm"], n=40)
+    # seeds 0..39 by the class scheme: the audit's class marginal is their class counts
+    counts = np.bincount(gen.class_of_seeds(np.arange(40)), minlength=K)
+    assert res["marginals"]["class"]["counts"] == counts.tolist()
