@@ -463,6 +463,8 @@ def probe(ctx, generator_spec, attributes, labelers_spec, n, out, start, batch_s
 
     out = Path(out)
     _check_writable_target(out)
+    if isinstance(class_index, (list, str)) and attributes:  # --classes: 'class' is known, it needs no labeler
+        attributes = ",".join(a for a in _csv(attributes) if a != "class") or None
     ray_opts, device = _engine(engine, address, num_workers, gpus_per_worker, device)
     if ray_opts:
         from .distributed import build_probes_ray
@@ -754,7 +756,9 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                          f"(label {fitted.get('c')}; classes {fitted.get('classes')}), but this run generates class "
                          f"{getattr(gen, 'class_index', None)!r} (classes {gen.describe().get('classes')}); give the "
                          f"same --class or --classes")
-    lab_spec = labelers_spec or (_csv(attributes) if attributes else list(model.space_.attributes))
+    known = {k.name for k in getattr(gen, "known_attributes", []) or []}  # --classes: 'class' needs no labeler
+    lab_spec = labelers_spec or [a for a in (_csv(attributes) if attributes else list(model.space_.attributes))
+                                 if a not in known]
     labs = _run(ctx, _labelers, None, lab_spec) if labelers_spec else _run(ctx, _labelers, ",".join(lab_spec), None)
     extra = {"generator_spec": {"name": generator_spec,
                                 "kwargs": _generator_kwargs(truncation_psi, class_index, seed_scheme)},
