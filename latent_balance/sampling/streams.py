@@ -42,11 +42,9 @@ class _Streams:
         self.buf: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self.latent_time = 0.0
         self.sharp = sampler.plan_["sharpness"]
-        self.rate = np.asarray(sampler.plan_["acceptance"], np.float64)
+        self.rate = sampler.plan_["acceptance"]  # per proposal of the component (in its class when steered)
         steer = getattr(sampler, "_steer", None)
         self.steer = None if steer is None else steer[0]
-        if steer is not None:  # proposals of the component's class only: accepted 1 / prior(class) times as often
-            self.rate = np.minimum(1.0, self.rate / np.maximum(steer[1], 1e-12))
 
     def take(self, g: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The next `count` accepted (seeds [count], z [count, z_dim], latents [count, D]) of component g."""
