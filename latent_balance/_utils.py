@@ -341,3 +341,15 @@ def read_npz(path: str | os.PathLike[str], fmt: str, version: int, what: str, er
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, UnicodeDecodeError) as err:
         raise error(f"{path} is corrupt or not a {what} file: {type(err).__name__}: {err}") from err
     return arrays, meta
+
+
+def _with_known(generator, labelers) -> list:
+    """`labelers` plus the attributes `generator` knows exactly (the class over several classes); a labeler
+    of the same name is refused."""
+    labelers = list(labelers)
+    known = list(getattr(generator, "known_attributes", []) or [])
+    clash = sorted({lab.name for lab in labelers} & {k.name for k in known})
+    if clash:
+        raise ValueError(f"the generator knows the attribute(s) {clash} exactly (sampled over several classes); "
+                         f"do not pass a labeler for them")
+    return labelers + known

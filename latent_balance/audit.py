@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._utils import images_to_uint8, progress
+from ._utils import _with_known, images_to_uint8, progress
 from .cells import cell_names, label_cells
 from .framing import frame_labelers
 from .metrics import distribution_metrics, total_variation, wilson_interval
@@ -262,6 +262,17 @@ def _natural_images(generator, n: int, batch_size: int = 256, show_progress: boo
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+def _known_probs(generator, n: int, batch_size: int = 4096) -> dict[str, np.ndarray]:
+    """Probabilities of the attributes `generator` knows exactly (the class of a generator sampled over several
+    classes) for the natural images of seeds 0 .. n-1, read from their latents (no synthesis)."""
+    known = list(getattr(generator, "known_attributes", []) or [])
+    if not known:
+        return {}
+    lat = np.concatenate([generator.to_latent(generator.sample_z(np.arange(i, min(n, i + batch_size)))).cpu().numpy()
+                          for i in range(0, n, batch_size)]) if n else np.zeros((0, generator.latent_dim), np.float32)
+    return {k.name: k.from_latent(lat) for k in known}
+
+
 def _sheets(images, cells: np.ndarray, names: Sequence[str], per_cell: int) -> dict[str, bytes]:
     from .report import contact_sheet
 
@@ -329,14 +340,18 @@ def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1
         if labelers is None:
             import attributes as attrs_pkg
 
-            labelers = attrs_pkg.load_labelers(settings.get("labelers_spec") or list(settings["labelers"]))
-        labelers = frame_labelers(generator, [lab for lab in labelers if lab.name in probs])
+            known = {k.name for k in getattr(generator, "known_attributes", []) or []}
+            labelers = attrs_pkg.load_labelers(settings.get("labelers_spec")
+                                               or [a for a in settings["labelers"] if a not in known])
+        labelers = frame_labelers(generator, [lab for lab in labelers if lab.name in probs
+                                              and not getattr(lab, "reads_latent", False)])
         for lab in labelers:
             want = settings["labelers"].get(lab.name)
             if want is not None and want != lab.id:
                 raise ValueError(f"labeler {lab.name!r} is {lab.id!r}, the dataset was labelled with {want!r}")
         natural_images = _natural_images(generator, natural_n)
         natural_probs = _label(labelers, natural_images, "labelling natural images")
+        natural_probs.update({a: p for a, p in _known_probs(generator, natural_n).items() if a in probs})
     target = settings["target"]
     out = audit_labels(probs, classes, target, attributes, natural_probs=natural_probs, seed=seed)
     card_path = dataset_dir / "dataset_card.json"
@@ -379,11 +394,13 @@ def audit_generator(generator, labelers, attributes: Sequence[str], target: Mapp
         report_dir: where the report goes (None: no report written).
     """
     labelers = frame_labelers(generator, labelers)  # face labelers framed for this generator
+    labelers = _with_known(generator, labelers)     # the class of a generator sampled over several classes
     classes = {lab.name: tuple(lab.classes) for lab in labelers}
     names = cell_names(classes, attributes)
     target = dict(target) if target is not None else {c: 1.0 / len(names) for c in names}
     images = _natural_images(generator, n)
-    probs = _label(labelers, images, "labelling images")
+    probs = {**_label([lab for lab in labelers if not getattr(lab, "reads_latent", False)], images,
+                      "labelling images"), **_known_probs(generator, n)}
     out = audit_labels(probs, classes, target, attributes, seed=seed)
     if report_dir is not None:
         from .report import write_report

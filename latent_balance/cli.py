@@ -252,21 +252,58 @@ def _generator(spec: str, truncation_psi: float | None, device: str | None, clas
 
 
 def _generator_kwargs(truncation_psi=None, class_index=None, seed_scheme=None) -> dict:
-    """The adapter keyword arguments the generator options give (recorded in dataset settings)."""
+    """The adapter keyword arguments the generator options give (recorded in dataset settings).
+    `class_index`: --class K (an int), or --classes ("all" or a list of ints, see :func:`class_option`)."""
     kwargs = {}
     if truncation_psi is not None:
         kwargs["truncation_psi"] = truncation_psi
-    if class_index is not None:
+    if isinstance(class_index, (list, tuple, str)):
+        kwargs["classes"] = class_index if isinstance(class_index, str) else [int(k) for k in class_index]
+    elif class_index is not None:
         kwargs["class_index"] = class_index
     if seed_scheme is not None and seed_scheme != "pcg64":
         kwargs["seed_scheme"] = seed_scheme
     return kwargs
 
 
+def _one_class(ctx, param, value):
+    several = ctx.meta.get("latent_balance.classes")
+    if value is not None and several is not None:
+        raise click.BadParameter("give --class K (one class) or --classes (several), not both", ctx, param)
+    return several if several is not None else value
+
+
+def _several_classes(ctx, param, value):
+    """--classes: "all" or comma-separated class indices; handed on in the --class parameter (class_index)."""
+    if value is None:
+        return
+    text = value.strip()
+    if text == "all":
+        parsed = "all"
+    else:
+        try:
+            parsed = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"expected 'all' or comma-separated class indices (e.g. 0,3,7), got {value!r}",
+                                     ctx, param) from None
+        if any(k < 0 for k in parsed) or len(set(parsed)) != len(parsed):
+            raise click.BadParameter(f"class indices must be distinct and >= 0, got {value!r}", ctx, param)
+    if ctx.params.get("class_index") is not None:
+        raise click.BadParameter("give --class K (one class) or --classes (several), not both", ctx, param)
+    ctx.meta["latent_balance.classes"] = parsed
+    if "class_index" in ctx.params:  # --class was processed first (not given)
+        ctx.params["class_index"] = parsed
+
+
 def class_option(f):
-    return click.option("--class", "class_index", type=click.IntRange(min=0), default=None,
+    f = click.option("--classes", default=None, expose_value=False, callback=_several_classes,
+                     help="Sample a conditional generator over several classes: 'all' or class indices (0,3,7), "
+                          "each image's class drawn uniformly from its seed. The class becomes the exactly known "
+                          "attribute 'class' (no labeler; targets may balance it). Not with --class.")(f)
+    return click.option("--class", "class_index", type=click.IntRange(min=0), default=None, callback=_one_class,
                         help="Class of a conditional generator (c_dim > 0): one-hot label, as NVIDIA's generate.py "
-                             "--class. Required for conditional generators, refused for unconditional ones.")(f)
+                             "--class. Required for conditional generators (or --classes), refused for "
+                             "unconditional ones.")(f)
 
 
 def seed_scheme_option(f):
@@ -426,6 +463,8 @@ def probe(ctx, generator_spec, attributes, labelers_spec, n, out, start, batch_s
 
     out = Path(out)
     _check_writable_target(out)
+    if isinstance(class_index, (list, str)) and attributes:  # --classes: 'class' is known, it needs no labeler
+        attributes = ",".join(a for a in _csv(attributes) if a != "class") or None
     ray_opts, device = _engine(engine, address, num_workers, gpus_per_worker, device)
     if ray_opts:
         from .distributed import build_probes_ray
@@ -719,9 +758,12 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
     fitted = model.meta_.get("generator", {})
     if fitted.get("class_index") != getattr(gen, "class_index", None) or fitted.get("c") != gen.describe().get("c"):
         raise InputError(f"the model {model_path} was fitted on probes of class {fitted.get('class_index')!r} "
-                         f"(label {fitted.get('c')}), but this run generates class "
-                         f"{getattr(gen, 'class_index', None)!r}; give the same --class")
-    lab_spec = labelers_spec or (_csv(attributes) if attributes else list(model.space_.attributes))
+                         f"(label {fitted.get('c')}; classes {fitted.get('classes')}), but this run generates class "
+                         f"{getattr(gen, 'class_index', None)!r} (classes {gen.describe().get('classes')}); give the "
+                         f"same --class or --classes")
+    known = {k.name for k in getattr(gen, "known_attributes", []) or []}  # --classes: 'class' needs no labeler
+    lab_spec = labelers_spec or [a for a in (_csv(attributes) if attributes else list(model.space_.attributes))
+                                 if a not in known]
     labs = _run(ctx, _labelers, None, lab_spec) if labelers_spec else _run(ctx, _labelers, ",".join(lab_spec), None)
     extra = {"generator_spec": {"name": generator_spec,
                                 "kwargs": _generator_kwargs(truncation_psi, class_index, seed_scheme)},
@@ -983,8 +1025,8 @@ def evaluate(ctx, dataset, classifier, task, groups, threshold, counterfactual, 
             if spec is None:
                 raise InputError(f"{dataset} does not record its generator; give --generator")
             kw = spec.get("kwargs", {})
-            gen = _run(ctx, _generator, spec["name"], kw.get("truncation_psi"), device, kw.get("class_index"),
-                       kw.get("seed_scheme"))
+            gen = _run(ctx, _generator, spec["name"], kw.get("truncation_psi"), device,
+                       kw.get("class_index", kw.get("classes")), kw.get("seed_scheme"))
         else:
             gen = _run(ctx, _generator, generator_spec, None, device)
     if report_dir:

@@ -723,7 +723,10 @@ def _dataset_latents(dataset_dir: Path, settings: dict, rows: list[dict], genera
         raise EvaluationError(f"the dataset's seeds use the {scheme!r} scheme, the generator {generator.seed_scheme!r}")
     seeds = np.array([r["seed"] for r in rows], dtype=np.uint64)
     with torch.no_grad():
-        return generator.to_latent(generator.sample_z(seeds)).cpu()
+        z = generator.sample_z(seeds)
+        if getattr(generator, "classes", None) is not None and all("class" in r for r in rows):
+            z = generator.assign_classes(z, [int(r["class"]) for r in rows])  # sampled over several classes
+        return generator.to_latent(z).cpu()
 
 
 def _label_all(labs, images) -> dict[str, np.ndarray]:

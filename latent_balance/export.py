@@ -76,6 +76,8 @@ class BlockOutput:
         stats:    deterministic counters summed over blocks (e.g. ``synthesis_calls``,
                   ``latent_proposals``).
         timings:  seconds by phase (not part of the dataset; logged to ``run_log.jsonl``).
+        fields:   name -> [k] per-image values (ints, floats or strings) added to each manifest row, e.g.
+                  ``class``: the generator class of each image when sampled over several classes.
     """
 
     seeds: np.ndarray
@@ -84,6 +86,7 @@ class BlockOutput:
     probs: Mapping[str, np.ndarray]
     stats: Mapping[str, float] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 class BlockSource(Protocol):
@@ -579,6 +582,10 @@ def _write_block(out_dir: Path, block: int, start: int, slots: np.ndarray, out: 
     labelled = label_cells(probs, source.classes, source.attributes)
     names = cell_names(source.classes, source.attributes)
     ext, tar = output["format"], output["layout"] == "webdataset"
+    fields = {f: np.asarray(v).tolist() for f, v in (out.fields or {}).items()}
+    bad = [f for f, v in fields.items() if len(v) != k]
+    if bad:
+        raise RuntimeError(f"block {block}: source returned per-image fields {bad} without one value per image ({k})")
     rows = []
     for j in range(k):
         idx = start + j
@@ -587,7 +594,7 @@ def _write_block(out_dir: Path, block: int, start: int, slots: np.ndarray, out: 
         rows.append({"index": idx, **where, "seed": int(seeds[j]), "block": block,
                      "intended_cell": source.slot_names[int(slots[j])], "labelled_cell": names[int(labelled[j])],
                      "probs": {a: {c: round(float(probs[a][j, i]), 6) for i, c in enumerate(source.classes[a])} for a in attrs},
-                     **row_info})
+                     **{f: v[j] for f, v in fields.items()}, **row_info})
     waited = [0.0]
     encoded = _timed(encoder.encode(imgs, cpu), waited)
     if tar:

@@ -36,6 +36,8 @@ __all__ = [
     "DCGANFaces",
     "CallableGenerator",
     "StyleGAN2Adapter",
+    "LatentAttribute",
+    "CLASS_SCHEME",
     "load_generator",
     "available_generators",
 ]
@@ -150,6 +152,12 @@ class GeneratorAdapter:
         """Images of `seeds`: ``synthesize(to_latent(sample_z(seeds)))``."""
         return self.synthesize(self.to_latent(self.sample_z(seeds)))
 
+    @property
+    def known_attributes(self) -> list["LatentAttribute"]:
+        """Attributes the generator knows exactly from the latent (no labeler needed; see
+        :class:`LatentAttribute`): the class of a generator sampled over several classes, else none."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         """JSON-serializable description recorded in probe files and manifests.
 
@@ -198,6 +206,59 @@ class GeneratorAdapter:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(id={self.id!r}, latent_space={self.latent_space!r}, "
                 f"latent_dim={self.latent_dim}, img_resolution={self.img_resolution}, device={self.device})")
+
+
+class LatentAttribute:
+    """An attribute the generator knows exactly: a one-hot block of the modelled latent (and of z).
+
+    Used like a labeler (``name``, ``classes``, ``id``) wherever labels are needed (probes, the sampler,
+    verify, manifests), but read from the latent, never from images: its probabilities are exactly
+    one-hot, so verify never rejects on it and the subgroup model conditions on it exactly.
+
+    Attributes:
+        name:    attribute name (``"class"``).
+        classes: class names, in the order of the one-hot columns.
+        id:      identifier recorded with the labels (``"generator-class:0,3,7"``).
+        columns: (start, stop): the latent columns holding the one-hot block.
+        reads_latent: always True (how probes and the sampler tell it from an image labeler).
+    """
+
+    reads_latent = True
+
+    def __init__(self, name: str, classes, columns: tuple[int, int], id: str):
+        self.name, self.classes, self.id = str(name), tuple(str(c) for c in classes), str(id)
+        self.columns = (int(columns[0]), int(columns[1]))
+        if self.columns[1] - self.columns[0] != len(self.classes):
+            raise ValueError(f"{len(self.classes)} classes need {len(self.classes)} columns, got {self.columns}")
+
+    def from_latent(self, latents) -> np.ndarray:
+        """Probabilities [N, len(classes)] (float64, exactly one-hot) read from latents [N, latent_dim]."""
+        lat = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
+        block = np.asarray(lat[:, self.columns[0]:self.columns[1]], np.float64)
+        return (block == block.max(axis=1, keepdims=True)).astype(np.float64) if len(block) else block
+
+    def __call__(self, images):
+        raise TypeError(f"the attribute {self.name!r} is known from the latent, not from images: use "
+                        f"from_latent(latents)")
+
+    def __repr__(self) -> str:
+        return f"LatentAttribute({self.name!r}, classes={list(self.classes)}, columns={self.columns})"
+
+
+#: How a generator sampled over several classes draws the class of a seed (recorded in describe()):
+#: u = splitmix64(seed XOR 0x636C617373) / 2**64, class = the first class whose cumulative prior exceeds u.
+CLASS_SCHEME = "splitmix64(seed ^ 0x636c617373) / 2**64 -> inverse CDF of class_prior"
+
+
+def _class_uniforms(seeds) -> np.ndarray:
+    """u in [0, 1) per seed (float64 [N]) by :data:`CLASS_SCHEME`: independent of the seed's z draw."""
+    x = np.asarray(seeds).astype(np.uint64) ^ np.uint64(0x636C617373)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,6 +428,15 @@ class StyleGAN2Adapter(GeneratorAdapter):
     refuses (a zero label is no class's distribution). The label is recorded in :meth:`describe` and
     appended to the id (``...:class=K``), so probes, models and datasets of different labels never mix.
 
+    Sampled over several classes (``classes=[0, 3, 7]`` or ``"all"``; API only for ``c=``), the class is part
+    of every latent: each seed's class is drawn from ``class_prior`` (default uniform) by
+    :data:`CLASS_SCHEME`, independently of its z; ``z`` is ``[z, onehot]`` ([N, z_dim + n_classes], z_dim
+    counting the block) and the modelled latent ``[w, onehot]`` with ``w = mapping(z, c)`` (latent_dim =
+    w_dim + n_classes; synthesis reads only w). The class is then the exactly known attribute ``class``
+    (:attr:`known_attributes`, class names ``"0"`` .. as the class indices): no labeler is needed, and the
+    sampler chooses each proposal's class directly when ``class`` is one of its attributes.
+    :meth:`assign_classes` sets the classes of given z (e.g. to regenerate an image from its seed and class).
+
     The modelled latent is one untruncated w per image ([N, w_dim]). Truncation is applied in
     :meth:`synthesize`: ``w' = w_avg + psi * (w - w_avg)`` on the first ``truncation_cutoff`` layers
     (all when None), then broadcast to ``num_ws`` layers.
@@ -378,20 +448,25 @@ class StyleGAN2Adapter(GeneratorAdapter):
         noise_mode:        ``'const'`` (default, deterministic), ``'random'`` or ``'none'``.
         c:                 label vector [c_dim] for conditional generators.
         class_index:       class K of a conditional generator: ``c`` = one-hot of K (0 <= K < c_dim).
+        classes:           sample over several classes of a conditional generator: ``"all"`` or class
+                           indices (distinct, in [0, c_dim)); not with ``class_index`` or ``c``.
+        class_prior:       with ``classes``: probability of each (non-negative, normalized; default uniform).
         mapping, synthesis, z_dim, w_dim, num_ws, img_resolution, img_channels, w_avg: the bare-pair form.
         id:                identifier recorded in manifests (default: hash of the parameters; for
                            conditional generators ``:class=K`` or ``:c=<hash>`` is appended).
         seed_scheme:       ``"pcg64"`` (default) or ``"nvidia"`` (see :mod:`latent_balance.seeds`).
 
     Raises:
-        ValueError: a conditional generator without ``class_index`` / ``c``, a label for an
-                    unconditional one, a class outside ``[0, c_dim)``, or truncation without ``w_avg``.
+        ValueError: a conditional generator without ``class_index`` / ``c`` / ``classes``, a label or
+                    classes for an unconditional one, more than one of them, a class outside
+                    ``[0, c_dim)``, a bad ``class_prior``, or truncation without ``w_avg``.
     """
 
     latent_space = "w"
 
     def __init__(self, G: Any = None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                  noise_mode: str = "const", c: torch.Tensor | None = None, *, class_index: int | None = None,
+                 classes=None, class_prior=None,
                  mapping=None, synthesis=None, z_dim: int | None = None, w_dim: int | None = None,
                  num_ws: int | None = None, img_resolution: int | None = None, img_channels: int | None = None,
                  w_avg: torch.Tensor | None = None, id: str | None = None,
@@ -432,12 +507,23 @@ class StyleGAN2Adapter(GeneratorAdapter):
             raise ValueError("truncation_psi != 1 needs w_avg (the mapping network has none; pass w_avg=)")
         self.noise_mode = noise_mode
         self.class_index = None
+        self.classes: tuple[int, ...] | None = None
+        self.class_prior: np.ndarray | None = None
         if class_index is not None and c is not None:
             raise ValueError("give class_index or c, not both")
+        if classes is not None and (class_index is not None or c is not None):
+            raise ValueError("give one class (--class / class_index) or several (--classes / classes), not both")
+        if class_prior is not None and classes is None:
+            raise ValueError("class_prior needs classes (the classes it weighs)")
+        if self.c_dim == 0 and classes is not None:
+            raise ValueError("the generator is unconditional (c_dim=0): classes (--classes) do not apply")
         if self.c_dim == 0 and (class_index is not None or (c is not None and torch.as_tensor(c).numel())):
             raise ValueError("the generator is unconditional (c_dim=0): a class (--class / class_index) or label c "
                              "does not apply")
-        if self.c_dim > 0 and class_index is None and c is None:
+        if classes is not None:
+            self._set_classes(classes, class_prior)
+            c = torch.zeros(0)
+        elif self.c_dim > 0 and class_index is None and c is None:
             raise ValueError(f"the generator is conditional (c_dim={self.c_dim}): give the class to generate, "
                              f"--class K (API: class_index=K) with 0 <= K < {self.c_dim} for a one-hot label as in "
                              f"NVIDIA's generate.py, or a label vector c= (API); a zero label is no class's "
@@ -451,7 +537,7 @@ class StyleGAN2Adapter(GeneratorAdapter):
         if c is None:
             c = torch.zeros(0)
         self.c = torch.as_tensor(c).float().reshape(1, -1).to(self.device)
-        if self.c.shape[1] != self.c_dim:
+        if self.c.shape[1] != self.c_dim and self.classes is None:
             raise ValueError(f"c must have {self.c_dim} entries (the generator's c_dim), got {self.c.shape[1]}")
         for m in (G, self._mapping, self._synthesis):
             if isinstance(m, nn.Module):
@@ -459,9 +545,85 @@ class StyleGAN2Adapter(GeneratorAdapter):
         self.checkpoint_notes = dict(getattr(G, "checkpoint_notes", None) or {})
         self.id = (id or self._default_id(G)) + self._label_suffix()
 
+    def _set_classes(self, classes, class_prior) -> None:
+        if isinstance(classes, str):
+            if classes != "all":
+                raise ValueError(f"classes must be 'all' or a list of class indices, got {classes!r}")
+            classes = range(self.c_dim)
+        try:
+            ks = [int(k) for k in classes]
+            ok = all(int(k) == k for k in classes)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or not ks or not all(0 <= k < self.c_dim for k in ks):
+            raise ValueError(f"classes must be integers in [0, {self.c_dim}) (c_dim={self.c_dim}), got {classes!r}")
+        if len(set(ks)) != len(ks):
+            raise ValueError(f"classes must be distinct, got {ks}")
+        prior = np.full(len(ks), 1.0 / len(ks)) if class_prior is None else np.asarray(class_prior, np.float64)
+        if prior.shape != (len(ks),) or not np.all(np.isfinite(prior)) or np.any(prior < 0) or prior.sum() <= 0:
+            raise ValueError(f"class_prior must be {len(ks)} non-negative numbers (one per class {ks}) with a "
+                             f"positive sum, got {class_prior!r}")
+        self.classes, self.class_prior = tuple(ks), prior / prior.sum()
+        n = len(ks)
+        self._prior_z_dim, self.z_dim = self.z_dim, self.z_dim + n
+        self.latent_dim = self.w_dim + n
+        self._class_rows = torch.eye(self.c_dim)[list(ks)].to(self.device)  # onehot over classes -> c [n, c_dim]
+
+    @property
+    def known_attributes(self) -> list[LatentAttribute]:
+        """``[class]`` when sampled over several classes (latent columns w_dim .. w_dim + n_classes), else []."""
+        if self.classes is None:
+            return []
+        return [LatentAttribute("class", [str(k) for k in self.classes], (self.w_dim, self.latent_dim),
+                                id="generator-class:" + ",".join(str(k) for k in self.classes))]
+
+    def class_of_seeds(self, seeds) -> np.ndarray:
+        """Class index (of :attr:`classes`, int64 [N]) drawn for each seed by :data:`CLASS_SCHEME`."""
+        self._need_classes()
+        cdf = np.cumsum(self.class_prior)
+        idx = np.searchsorted(cdf / cdf[-1], _class_uniforms(seeds), side="right")
+        return np.minimum(idx, len(self.classes) - 1).astype(np.int64)
+
+    def assign_classes(self, z, classes) -> torch.Tensor:
+        """`z` [N, z_dim] with its one-hot class block set to `classes` (class indices of the generator,
+        members of :attr:`classes`; int [N] or one int). Raises ValueError for a class not sampled."""
+        self._need_classes()
+        z = self._as_tensor(z, self.z_dim, "z").clone()
+        want = np.broadcast_to(np.asarray(classes, np.int64), (z.shape[0],))
+        pos = {k: i for i, k in enumerate(self.classes)}
+        bad = sorted({int(k) for k in want.tolist()} - set(pos))
+        if bad:
+            raise ValueError(f"classes {bad} are not among the sampled classes {list(self.classes)}")
+        idx = torch.as_tensor([pos[int(k)] for k in want.tolist()], dtype=torch.long, device=z.device)
+        z[:, self._prior_z_dim:] = torch.nn.functional.one_hot(idx, len(self.classes)).float()
+        return z
+
+    def classes_of(self, x) -> np.ndarray:
+        """Class indices (int64 [N]) of z [N, z_dim] or latents [N, latent_dim] (their one-hot block)."""
+        self._need_classes()
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        return np.asarray(self.classes, np.int64)[np.argmax(x[:, -len(self.classes):], axis=1)]
+
+    def _need_classes(self) -> None:
+        if self.classes is None:
+            raise ValueError("the generator is not sampled over several classes (give classes= / --classes)")
+
+    def sample_z(self, seeds) -> torch.Tensor:
+        """Prior latents of `seeds` -> [N, z_dim]; over several classes ``[z, onehot(class)]`` with the class
+        of each seed from :meth:`class_of_seeds`."""
+        if self.classes is None:
+            return super().sample_z(seeds)
+        z = z_from_seeds(seeds, self._prior_z_dim, scheme=self.seed_scheme)
+        onehot = np.eye(len(self.classes), dtype=np.float32)[self.class_of_seeds(seeds)]
+        return torch.from_numpy(np.concatenate([z, onehot], axis=1)).to(self.device)
+
     def _label_suffix(self) -> str:
         if self.c_dim == 0:
             return ""
+        if self.classes is not None:
+            uniform = np.allclose(self.class_prior, 1.0 / len(self.classes), rtol=0, atol=1e-12)
+            prior = "" if uniform else ":prior=" + hashlib.sha256(self.class_prior.tobytes()).hexdigest()[:12]
+            return ":classes=" + ",".join(str(k) for k in self.classes) + prior
         if self.class_index is not None:
             return f":class={self.class_index}"
         return ":c=" + hashlib.sha256(self.c.cpu().numpy().astype(np.float32).tobytes()).hexdigest()[:12]
@@ -479,15 +641,20 @@ class StyleGAN2Adapter(GeneratorAdapter):
         return f"stylegan2-{self.img_resolution}px:{h.hexdigest()[:12]}"
 
     def _to_latent_batch(self, z: torch.Tensor) -> torch.Tensor:
-        c = self.c.expand(z.shape[0], -1)
+        if self.classes is not None:
+            onehot = z[:, self._prior_z_dim:]
+            c, z = onehot @ self._class_rows, z[:, :self._prior_z_dim]
+        else:
+            c = self.c.expand(z.shape[0], -1)
         ws = self._mapping(z, c, truncation_psi=1)
         if ws.ndim == 3:
             ws = ws[:, 0]
-        return ws.float()
+        return ws.float() if self.classes is None else torch.cat([ws.float(), onehot.float()], dim=1)
 
     def truncate(self, w: torch.Tensor) -> torch.Tensor:
-        """[N, w_dim] untruncated -> [N, num_ws, w_dim] with truncation applied per the settings."""
-        ws = w[:, None, :].repeat(1, self.num_ws, 1)
+        """[N, w_dim] untruncated (or modelled latents [N, latent_dim], whose w part is used) ->
+        [N, num_ws, w_dim] with truncation applied per the settings."""
+        ws = w[:, None, :self.w_dim].repeat(1, self.num_ws, 1)
         if self.truncation_psi != 1.0:
             cutoff = self.num_ws if self.truncation_cutoff is None else int(self.truncation_cutoff)
             ws[:, :cutoff] = self.w_avg.lerp(ws[:, :cutoff], self.truncation_psi)
@@ -499,7 +666,12 @@ class StyleGAN2Adapter(GeneratorAdapter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(truncation_cutoff=self.truncation_cutoff, noise_mode=self.noise_mode, num_ws=self.num_ws)
-        if self.c_dim:
+        if self.c_dim and self.classes is not None:
+            d.update(c_dim=self.c_dim, classes=list(self.classes), class_prior=self.class_prior.tolist(),
+                     class_scheme=CLASS_SCHEME, known_attributes={
+                         a.name: {"classes": list(a.classes), "columns": list(a.columns), "id": a.id}
+                         for a in self.known_attributes})
+        elif self.c_dim:
             d.update(c_dim=self.c_dim, class_index=self.class_index, c=self.c[0].cpu().tolist())
         if self.checkpoint_notes:
             d["checkpoint_notes"] = dict(self.checkpoint_notes)
@@ -574,8 +746,11 @@ def load_generator(name_or_path: str | Path, device: str | torch.device | None =
     if key in _BUILTINS:
         if key == "dcgan-faces" and kwargs.get("class_index") is not None:
             raise ValueError("the generator dcgan-faces is unconditional (c_dim=0): a class (--class) does not apply")
+        if key == "dcgan-faces" and kwargs.get("classes") is not None:
+            raise ValueError("the generator dcgan-faces is unconditional (c_dim=0): classes (--classes) do not apply")
         if key == "dcgan-faces":
             kwargs.pop("class_index", None)
+            kwargs.pop("classes", None)
         return _BUILTINS[key](device=device, **kwargs)
     path = Path(key)
     if path.suffix in (".pkl", ".pt", ".pth"):

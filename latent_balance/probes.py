@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._utils import logger, package_versions, progress, read_npz, write_npz
+from ._utils import _with_known, logger, package_versions, progress, read_npz, write_npz
 from .framing import frame_labelers
 from .seeds import check_seeds
 
@@ -155,7 +155,8 @@ def _check_compatible(existing: ProbeSet, generator, lab_meta: dict, path: Path)
                                  f"{want.get(key)!r}; use another probe file")
     # files written before these were recorded: pcg64 seeds, unconditional
     for key, default, flag in (("seed_scheme", "pcg64", "--seed-scheme"), ("class_index", None, "--class"),
-                               ("c", None, "--class")):
+                               ("c", None, "--class"), ("classes", None, "--classes"),
+                               ("class_prior", None, "--classes")):
         if gen.get(key, default) != want.get(key, default):
             raise ProbeFileError(f"{path} was made with generator {key}={gen.get(key, default)!r}, but this run uses "
                                  f"{want.get(key, default)!r} ({flag}); use another probe file or the same {flag}")
@@ -171,7 +172,16 @@ def _probe_batch(generator, labelers: Sequence, seeds: np.ndarray) -> tuple[np.n
     z = generator.sample_z(seeds)
     lat = generator.to_latent(z)
     imgs = generator.synthesize(lat)
-    return z.cpu().numpy(), lat.cpu().numpy(), {lab.name: lab(imgs) for lab in labelers}
+    names = {lab.name for lab in labelers}  # engine workers hold the image labelers only
+    labelers = list(labelers) + [k for k in getattr(generator, "known_attributes", []) or [] if k.name not in names]
+    return z.cpu().numpy(), lat.cpu().numpy(), _label(labelers, imgs, lat)
+
+
+def _label(labelers: Sequence, imgs, lat) -> dict[str, np.ndarray]:
+    """attribute -> probabilities: image labelers on `imgs`, the generator's known attributes
+    (:class:`~latent_balance.generators.LatentAttribute`) read from `lat`."""
+    return {lab.name: lab.from_latent(lat) if getattr(lab, "reads_latent", False) else lab(imgs) for lab in labelers}
+
 
 
 def _local_batches(generator, labelers: Sequence, todo: np.ndarray, batch_size: int):
@@ -212,6 +222,7 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
         raise ValueError(f"n must be a positive number of probes, got {n}")
     n, start = int(n), int(start)
     labelers = frame_labelers(generator, labelers)  # face labelers framed for this generator (may refuse)
+    labelers = _with_known(generator, labelers)     # the class of a generator sampled over several classes
     lab_meta = _labeler_meta(labelers)
     classes = {name: tuple(info["classes"]) for name, info in lab_meta.items()}
     want_seeds = np.arange(start, start + n, dtype=np.int64)
@@ -259,7 +270,7 @@ def build_probes(generator, labelers: Sequence, n: int, path: str | Path | None 
             for i in range(0, len(cur), batch_size):
                 imgs = generator.synthesize(cur.latents[i : i + batch_size])
                 for lab in missing_attrs:
-                    new[lab.name].append(lab(imgs))
+                    new[lab.name].append(_label([lab], imgs, cur.latents[i : i + batch_size])[lab.name])
                 bar.update(len(imgs))
         probs = {**cur.probs, **{a: np.concatenate(v) for a, v in new.items()}}
         record_clamp()

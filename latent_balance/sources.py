@@ -38,6 +38,9 @@ class NaturalSource:
     def __init__(self, generator, labelers: Sequence, attributes: Sequence[str] | None = None,
                  target: Mapping[str, float] | None = None, seed: int = 0, batch_size: int = 64):
         labelers = frame_labelers(generator, labelers)  # face labelers framed for this generator
+        # attributes the generator knows exactly (the class over several classes), read from the latents
+        known = [k for k in getattr(generator, "known_attributes", []) or [] if k.name not in {lab.name for lab in labelers}]
+        labelers = list(labelers) + known
         self.generator, self.labelers, self.seed, self.batch_size = generator, list(labelers), int(seed), int(batch_size)
         self.classes = {lab.name: tuple(lab.classes) for lab in self.labelers}
         self.attributes = list(attributes or self.classes)
@@ -70,7 +73,9 @@ class NaturalSource:
         t1 = time.perf_counter()
         imgs = self.generator.synthesize(lat)
         t2 = time.perf_counter()
-        probs = {lab.name: lab(imgs) for lab in self.labelers}
+        probs = {lab.name: lab.from_latent(lat) if getattr(lab, "reads_latent", False) else lab(imgs)
+                 for lab in self.labelers}
         t3 = time.perf_counter()
+        fields = {"class": self.generator.classes_of(lat)} if getattr(self.generator, "classes", None) is not None else {}
         return BlockOutput(seeds, lat.cpu().numpy(), imgs, probs, stats={"synthesis_calls": k, "latent_proposals": k},
-                           timings={"latent": t1 - t0, "synthesis": t2 - t1, "labeling": t3 - t2})
+                           timings={"latent": t1 - t0, "synthesis": t2 - t1, "labeling": t3 - t2}, fields=fields)

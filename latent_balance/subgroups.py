@@ -432,12 +432,31 @@ class SubgroupModel:
         kind = posterior or self.posterior_
         X = self.boundaries_._check_latents(latents)
         if kind == "independent":
-            return self.space_.soft_cells(self.boundaries_.predict_proba(X))
+            return self._exact(X, self.space_.soft_cells(self.boundaries_.predict_proba(X)))
         if kind not in self.models_:
             raise ValueError(f"posterior {kind!r} was not fitted (fitted: {['independent', *self.models_]})")
         Xs = (X - self.boundaries_.mean_) / self.boundaries_.scale_
         m = self.models_[kind]
-        return _apply_temperature_bias({"a": m["cal_a"], "c": m["cal_c"]}, self._cell_logits(kind, Xs))
+        return self._exact(X, _apply_temperature_bias({"a": m["cal_a"], "c": m["cal_c"]}, self._cell_logits(kind, Xs)))
+
+    def _exact(self, X: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """P(cell | latent) conditioned on the attributes the generator records exactly in the latent (the
+        class of a generator sampled over several classes: a one-hot block, ``known_attributes`` in the
+        generator description): cells of another class get 0, the rest are renormalized,
+        P(cell | x) = P(cell | x, class(x)). Unchanged when there are none."""
+        known = getattr(self, "meta_", {}).get("generator", {}).get("known_attributes") or {}
+        for a, info in known.items():
+            if a not in self.space_.attributes or tuple(info["classes"]) != self.space_.classes[a]:
+                continue
+            lo, hi = info["columns"]
+            x_cls = np.argmax(X[:, lo:hi], axis=1)
+            j = self.space_.attributes.index(a)
+            cell_cls = np.array([self.space_.classes[a].index(c[j]) for c in self.space_.cells])
+            mask = (cell_cls[None, :] == x_cls[:, None]).astype(np.float64)
+            P = P * mask
+            tot = P.sum(axis=1, keepdims=True)
+            P = np.where(tot > 0, P / np.where(tot > 0, tot, 1.0), mask / mask.sum(axis=1, keepdims=True))
+        return P
 
     def summary(self) -> dict[str, Any]:
         """JSON-serializable summary: cells, natural frequencies with intervals, per-attribute boundary

@@ -91,6 +91,11 @@ class _PlanningMixin:
             C = np.where(tot[:, None] > 0, (a.T @ self._Y_h) / np.where(tot > 0, tot, 1.0)[:, None], 0.0)
             ess = np.where(tot > 0, tot**2 / np.maximum((a**2).sum(axis=0), 1e-300), 0.0)
         acc = a.mean(axis=0)
+        steer = getattr(self, "_steer", None)
+        if steer is not None:
+            # proposals in the component's class only (see BalancedSampler._class_steering): a_g is 0 off
+            # class k, so E[a_g | class k] = E[a_g] / prior(k)
+            acc = np.minimum(1.0, acc / np.maximum(steer[1], 1e-300))
         affordable = acc * self.max_proposals_per_image >= 1.0
         # each component's accepted distribution as weights over the held-out probes (columns sum to 1),
         # reduced per labelled cell to the quadratic forms the diversity prediction needs

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .._utils import logger, warn_once
+from .._utils import _with_known, logger, warn_once
 from ..framing import frame_labelers
 from ..seeds import EXTRA_STREAM_LENGTH, MAX_STREAMS, MAX_USER_SEED, TOTAL_STREAMS
 from ..subgroups import CellSpace, SubgroupModel
@@ -147,6 +147,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         self.target = Target.coerce(target)
         self.q = self.target.resolve(self.space, self.model.natural_["counts"], self.min_count)
         self._sharpness_arg = sharpness
+        self._steer = self._class_steering()
         self._prepare_heldout()
         self.plan_ = self.plan()
 
@@ -162,11 +163,33 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                 raise ValueError(f"the model was fitted on probes of generator {key}={gen[key]!r}, but the sampler "
                                  f"drives {mine!r}; build probes with this generator")
 
+    def _class_steering(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per component: the generator class its proposals are given (int [K]) and that class's prior
+        probability ([K]), when the generator is sampled over several classes and ``class`` is an attribute
+        of the cells; else None (proposals keep the class drawn from their seed).
+
+        Sound because the model conditions on the class exactly (:meth:`SubgroupModel._exact`): a proposal
+        of another class has P(cell g | x) = 0, so it would be rejected anyway; proposing only class k from
+        the prior's conditional leaves the accepted distribution unchanged and raises the acceptance rate
+        by 1 / prior(k)."""
+        known = {a.name: a for a in getattr(self.generator, "known_attributes", []) or []}
+        fitted = self.model.meta_.get("generator", {}).get("known_attributes") or {}
+        if "class" not in known or "class" not in self.space.attributes or "class" not in fitted:
+            return None
+        j = self.space.attributes.index("class")
+        names = list(known["class"].classes)
+        if tuple(names) != self.space.classes["class"]:
+            return None
+        pos = np.array([names.index(c[j]) for c in self.space.cells], np.int64)
+        return (np.asarray(self.generator.classes, np.int64)[pos],
+                np.asarray(self.generator.class_prior, np.float64)[pos])
+
     def _labelers(self, labelers):
         if labelers is None:
             return None
         labs = list(labelers.values()) if isinstance(labelers, Mapping) else list(labelers)
         labs = frame_labelers(self.generator, labs)  # face labelers framed for this generator (see framing)
+        labs = _with_known(self.generator, labs)     # the class of a generator sampled over several classes
         out = {}
         for lab in labs:
             for f in ("name", "classes", "id"):
@@ -356,7 +379,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                     timings["synthesis"] += time.perf_counter() - t0
                     if self.labelers is not None:
                         t0 = time.perf_counter()
-                        probs.append(self._label(imgs[-1]))
+                        probs.append(self._label(imgs[-1], lat[i:i1]))
                         timings["labeling"] += time.perf_counter() - t0
                     if progress is not None:
                         progress(len(imgs[-1]))
@@ -407,7 +430,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             res.images[rows] = imgs
             if self.labelers is not None:
                 t0 = time.perf_counter()
-                probs = self._label(imgs)
+                probs = self._label(imgs, res.latents[rows])
                 timings["labeling"] += time.perf_counter() - t0
                 for a in res.probs:
                     res.probs[a][rows] = probs[a]
@@ -451,9 +474,13 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                 for i in range(0, len(lat), self.batch_size)]
         return torch.cat(outs) if outs else torch.zeros(0)
 
-    def _label(self, imgs: torch.Tensor) -> dict[str, np.ndarray]:
+    def _label(self, imgs: torch.Tensor, lat: np.ndarray) -> dict[str, np.ndarray]:
+        """attribute -> probabilities of images `imgs` with latents `lat` (known attributes read from `lat`)."""
         out = {}
         for a, lab in self.labelers.items():
+            if getattr(lab, "reads_latent", False):
+                out[a] = lab.from_latent(lat)
+                continue
             out[a] = np.concatenate([np.asarray(lab(imgs[i : i + self.batch_size]), np.float64)
                                      for i in range(0, len(imgs), self.batch_size)])
         return out

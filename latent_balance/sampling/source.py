@@ -80,4 +80,8 @@ class BalancedSource:
                 stats[f"{FORGET_PREFIX}latent_rejected:{i}"] = float(st["exclude_latent_rejected"][i])
                 stats[f"{FORGET_PREFIX}images_rejected:{i}"] = float(st["exclude_images_rejected"][i])
             stats[f"{FORGET_PREFIX}images_checked"] = float(st["exclude_images_checked"])
-        return BlockOutput(res.seeds, res.latents, res.images, res.probs, stats=stats, timings=dict(res.timings))
+        gen = self.sampler.generator
+        # the class of each image of a generator sampled over several classes (with its seed: the image)
+        fields = {"class": gen.classes_of(res.z)} if getattr(gen, "classes", None) is not None else {}
+        return BlockOutput(res.seeds, res.latents, res.images, res.probs, stats=stats, timings=dict(res.timings),
+                           fields=fields)

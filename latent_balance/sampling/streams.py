@@ -2,7 +2,9 @@
 
 Block b draws component g's proposals from stream ``b * n_cells + g`` of the user seed
 (:func:`latent_balance.seeds.stream_seeds`), with its own generator of acceptance uniforms consumed in
-proposal order, so results never depend on batch sizes.
+proposal order, so results never depend on batch sizes. When the cells include the class of a generator
+sampled over several classes, component g's proposals are given g's class (``BalancedSampler._class_steering``):
+a proposal is then (seed, class), and its z the seed's z with that class.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ class _Streams:
         self.exclude_latent = np.zeros(npers, np.int64)  # accepted proposals inside a person's region, rejected
         self.exclude_images = np.zeros(npers, np.int64)  # synthesized candidates matching a person, rejected
         self.exclude_checked = 0  # synthesized candidates checked against the persons' embeddings
-        self.rate = sampler.plan_["acceptance"]
+        self.rate = sampler.plan_["acceptance"]  # per proposal of the component (in its class when steered)
+        steer = getattr(sampler, "_steer", None)
+        self.steer = None if steer is None else steer[0]
 
     def take(self, g: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The next `count` accepted (seeds [count], z [count, z_dim], latents [count, D]) of component g."""
@@ -87,6 +91,8 @@ class _Streams:
         seeds = stream_seeds(s.seed, stream, int(self.next[g]), size)
         self.next[g] += size
         z_t = s.generator.sample_z(seeds)
+        if self.steer is not None:
+            z_t = s.generator.assign_classes(z_t, int(self.steer[g]))
         lat_t = s.generator.to_latent(z_t)
         lat = lat_t.detach().cpu().numpy().astype(np.float32, copy=False)
         P = s.model.predict_proba(lat)[:, [g]]

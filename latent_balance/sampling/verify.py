@@ -73,7 +73,7 @@ class _VerifyMixin:
             imgs = self._synthesize(lat)
             timings["synthesis"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            probs = self._label(imgs)
+            probs = self._label(imgs, lat)
             hit = None
             if self.exclusion is not None:  # every candidate is checked against the excluded persons
                 hit = self.exclusion.matches(imgs)
