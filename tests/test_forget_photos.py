@@ -193,3 +193,34 @@ def test_person_from_photos_api_errors(sg):
         warnings.simplefilter("ignore")
         with pytest.raises(NoFaceError, match="none of the 1 photo"):
             person_from_photos(sg, [np.full((64, 64, 3), 128, np.uint8)], skip_no_face=True)
+
+
+def test_person_from_photos_grayscale_generator(dcgan):
+    """A grayscale generator: the framed photo is converted to gray (BT.601 luma) for the projector and the
+    references, as its own images are gray; the reference embedding is that of the gray photo (compared with
+    Pillow's own "L" conversion of the same framed photo, an independent path: only uint8 rounding differs,
+    a smaller change than a one-pixel shift, whose embedding change is 0.02-0.10, docs/forget.md; measured
+    0.05), and nearer it than the RGB photo's embedding is."""
+    from attributes.framing import frame_faces
+    from latent_balance import CallableGenerator
+    from latent_balance.forget import person_from_photos
+    from latent_balance.framing import generator_face_box
+
+    gray = CallableGenerator(lambda z: dcgan.net(z[:, :, None, None]).mean(1, keepdim=True), z_dim=100,
+                             device="cpu", id="gray-dcgan")
+    photo = _photo(dcgan.generate([7])[0], np.random.default_rng(2))
+    emb = FaceEmbedder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a 2-step projection is poor on purpose (cost)
+        p = person_from_photos(gray, [photo], steps=2, probes_per_reference=1, natural_probes=0, threshold=0.6,
+                               embedder=emb)
+    assert p.meta["projection"]["framing"]["grayscale"] and p.latents.shape == (1, 100)
+    framed = frame_faces([photo], generator_face_box(gray), 64).images
+    u8 = ((framed[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    luma = np.asarray(Image.fromarray(u8).convert("L"), np.float32) / 127.5 - 1
+    from latent_balance.framing import frame_labelers
+
+    ref = frame_labelers(gray, [emb])[0](torch.from_numpy(luma)[None, None].repeat(1, 3, 1, 1))
+    rgb = frame_labelers(gray, [emb])[0](framed)  # what an RGB reference would have given (0.20 away, measured)
+    d_gray, d_rgb = distance(ref, p.embeddings)[0, 0], distance(rgb, p.embeddings)[0, 0]
+    assert d_gray < 0.1 and d_gray < d_rgb, (d_gray, d_rgb)
