@@ -14,8 +14,8 @@ Public API (everything else is private):
   image-to-image systems), :class:`EvaluationError`;
 * labelers made from examples: :func:`make_labeler`, :func:`load_labeler` (importing the package
   lets labeler specs name ``.labeler`` files);
-* forgetting a person (``BalancedSampler(exclude=...)``): :func:`person_from_seeds`, :func:`make_person`,
-  :func:`save_person`, :func:`load_person`, :class:`Person`, :class:`PersonFileError`;
+* forgetting a person (``BalancedSampler(exclude=...)``): :func:`person_from_photos`, :func:`person_from_seeds`,
+  :func:`make_person`, :func:`save_person`, :func:`load_person`, :class:`Person`, :class:`PersonFileError`;
 * progress output on stderr: :func:`set_progress`.
 
 Attribute labelers live in the sibling package ``attributes``; the StyleGAN2 runtime in ``stylegan_ops``.
@@ -28,7 +28,8 @@ from .distributed import build_probes_ray, write_dataset_ray
 from .evaluate import EvaluationError, evaluate_dataset
 from .example_labelers import ExamplesError, load_labeler, make_labeler
 from .export import DatasetError, merge_shards, write_dataset
-from .forget import Person, PersonFileError, load_person, make_person, person_from_seeds, save_person
+from .forget import (Person, PersonFileError, load_person, make_person, person_from_photos, person_from_seeds,
+                     save_person)
 from .generators import (
     CallableGenerator,
     DCGANFaces,
@@ -87,6 +88,7 @@ __all__ = [
     "PersonFileError",
     "load_person",
     "make_person",
+    "person_from_photos",
     "person_from_seeds",
     "save_person",
 ]

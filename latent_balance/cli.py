@@ -1128,11 +1128,21 @@ def make_labeler_cmd(ctx, examples, name, out, min_per_class, folds, alpha, size
 
 
 @main.command("forget", epilog="Example:\n\n  latent-balance forget --seeds 12,40 --generator stylegan2-faces --out person.npz\n\n"
+              "  latent-balance forget --photos jane/ --generator stylegan2-faces --out person.npz\n\n"
               "  latent-balance sample --model stylegan2-faces --n 1000 --out dataset/ --exclude person.npz")
 @config_option
 @quiet_option
-@click.option("--seeds", required=True,
-              help="Generated faces that show the person: comma-separated seeds of --generator, e.g. 12,40.")
+@click.option("--seeds", default=None,
+              help="Generated faces that show the person: comma-separated seeds of --generator, e.g. 12,40 "
+                   "(or --photos).")
+@click.option("--photos", "photos_dir", default=None,
+              help="Folder of photos of the person (its .png/.jpg/.jpeg/.bmp/.webp files, not subfolders): each is "
+                   "re-framed to the generator's framing and projected into its latent space (or --seeds).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="With --photos: projector steps (default: the projector's, 500; 0.07-0.7 s per step for 4 "
+                   "64 px photos on a CPU).")
+@click.option("--skip-no-face", is_flag=True, default=False,
+              help="With --photos: leave out photos without a usable face (named) instead of refusing them.")
 @click.option("--generator", "generator_spec", required=True, help="Built-in generator name or checkpoint path.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Person file to write (.npz).")
 @click.option("--threshold", default=None,
@@ -1154,17 +1164,36 @@ def make_labeler_cmd(ctx, examples, name, out, min_per_class, folds, alpha, size
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.pass_context
-def forget_cmd(ctx, seeds, generator_spec, out, threshold, max_natural_match, probes_per_reference, natural_probes,
-               margin, seed, truncation_psi, class_index, seed_scheme, batch_size, device):
-    """Make a person file: a person's face embeddings and latent region, for `sample --exclude`."""
-    from .forget import person_from_seeds, save_person
+def forget_cmd(ctx, seeds, photos_dir, steps, skip_no_face, generator_spec, out, threshold, max_natural_match,
+               probes_per_reference, natural_probes, margin, seed, truncation_psi, class_index, seed_scheme, batch_size,
+               device):
+    """Make a person file: a person's face embeddings and latent region, for `sample --exclude`.
 
-    try:
-        seed_list = [int(v) for v in _csv(seeds)]
-    except ValueError:
-        raise InputError(f"--seeds must be comma-separated integers, e.g. 12,40; got {seeds!r}") from None
-    if not seed_list:
-        raise InputError("--seeds needs at least one seed, e.g. --seeds 12,40")
+    The person comes from photos (--photos DIR) or from generated seeds (--seeds)."""
+    from .forget import person_from_photos, person_from_seeds, save_person
+
+    if (seeds is None) == (photos_dir is None):
+        raise InputError("forget needs exactly one of --photos DIR (photos of the person) or --seeds 12,40 "
+                         "(generated faces of the person)" + (", not both" if seeds is not None else ""))
+    if seeds is not None and (steps is not None or skip_no_face):
+        raise InputError("--steps and --skip-no-face apply to --photos only")
+    photo_files: list[Path] = []
+    if photos_dir is not None:
+        from .example_labelers import IMAGE_SUFFIXES
+
+        folder = Path(photos_dir)
+        if not folder.is_dir():
+            raise InputError(f"--photos {photos_dir}: " + ("not a folder" if folder.exists() else "no such folder"))
+        photo_files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not photo_files:
+            raise InputError(f"--photos {photos_dir} holds no photos (files ending in {', '.join(IMAGE_SUFFIXES)})")
+    else:
+        try:
+            seed_list = [int(v) for v in _csv(seeds)]
+        except ValueError:
+            raise InputError(f"--seeds must be comma-separated integers, e.g. 12,40; got {seeds!r}") from None
+        if not seed_list:
+            raise InputError("--seeds needs at least one seed, e.g. --seeds 12,40")
     if threshold is not None and threshold != "calibrate":
         try:
             threshold = float(threshold)
@@ -1177,15 +1206,40 @@ def forget_cmd(ctx, seeds, generator_spec, out, threshold, max_natural_match, pr
         raise InputError(f"--out must end in .npz, got {out}")
     _check_writable_target(out_path)
     gen = _run(ctx, _generator, generator_spec, truncation_psi, device, class_index, seed_scheme)
-    person = _run(ctx, person_from_seeds, gen, seed_list, threshold=threshold, probes_per_reference=probes_per_reference,
-                  natural_probes=natural_probes, margin=margin, seed=seed, batch_size=batch_size, name=out_path.stem,
+    common = dict(threshold=threshold, probes_per_reference=probes_per_reference, natural_probes=natural_probes,
+                  margin=margin, seed=seed, batch_size=batch_size, name=out_path.stem,
                   max_natural_match=max_natural_match)
+    if photo_files:
+        from .forget import _default_steps
+
+        n_steps = _default_steps() if steps is None else int(steps)
+        if str(gen.device).startswith("cpu"):
+            # the projector's measured CPU cost (latent_balance.projector.project): 0.07 (light load) to 0.7 s
+            # (loaded 2-core machine) per step for 4 64 px images optimised together, ~ proportional to the photos
+            k = max(1.0, len(photo_files) / 4) * n_steps * (max(64, min(int(gen.img_resolution), 256)) / 64) ** 2
+            click.echo(f"projecting {len(photo_files)} photo(s) into {gen.latent_space.upper()} with {n_steps} steps: "
+                       f"expect about {_duration(0.07 * k)} to {_duration(0.7 * k)} on a CPU (longer when it is shared)",
+                       err=True)
+        person = _run(ctx, person_from_photos, gen, [str(p) for p in photo_files], steps=n_steps,
+                      skip_no_face=skip_no_face, **common)
+        lp = person.meta["projection"]["lpips_final"]
+        refs = f"{len(lp)} of {len(photo_files)} photo(s) used"
+        if person.skipped_:
+            refs += " (skipped: " + ", ".join(Path(n).name for n in person.skipped_) + ")"
+        refs += f", projection LPIPS {min(lp):.3f}-{max(lp):.3f}"
+    else:
+        person = _run(ctx, person_from_seeds, gen, seed_list, **common)
+        refs = f"{len(seed_list)} reference(s)"
     _run(ctx, save_person, person, out_path)
     st = person.meta["stats"]
     nat = ("" if st["natural_match_rate"] is None else
            f"; natural probes: {100 * st['natural_match_rate']:.1f}% match, {100 * st['natural_inside']:.1f}% inside the region")
-    click.echo(f"{out_path}: {len(seed_list)} reference(s), threshold {person.threshold:g}, latent radius "
+    click.echo(f"{out_path}: {refs}, threshold {person.threshold:g}, latent radius "
                f"{person.radius:.4g} ({st['probe_matches']} of {st['probes']} probes match{nat})")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,8 +4,9 @@ A *person* is what a generator must not depict: reference face embeddings (dlib'
 ResNet, :class:`attributes.identity.FaceEmbedder`), a same-person threshold on the embedding distance,
 and a *region* of the generator's sampling space (W for StyleGAN2, z for the DCGAN) around the
 person's reference latents. :func:`make_person` builds one from reference latents and their images
-(:func:`person_from_seeds` is the front end for generated seeds; inverted photos plug into the same
-function with their W latents); :func:`save_person` / :func:`load_person` store it as a ``.npz``.
+(:func:`person_from_seeds` is the front end for generated seeds, :func:`person_from_photos` for photos:
+re-framed, inverted into W by the projector, and passed with their W latents); :func:`save_person` /
+:func:`load_person` store it as a ``.npz``.
 
 **The region** (fitted in :func:`make_person`). Probes are latents near the references and natural
 ones: for each reference, ``probes_per_reference`` latents ``w_ref + s * sigma * n`` (n standard
@@ -46,8 +47,8 @@ import torch
 from ._utils import logger, read_npz, write_npz
 from .framing import frame_labelers
 
-__all__ = ["Person", "PersonFileError", "make_person", "person_from_seeds", "save_person", "load_person",
-           "Exclusion", "PROBE_SCALES", "MAX_NATURAL_INSIDE"]
+__all__ = ["Person", "PersonFileError", "make_person", "person_from_seeds", "person_from_photos", "save_person",
+           "load_person", "Exclusion", "PROBE_SCALES", "MAX_NATURAL_INSIDE", "POOR_PROJECTION_LPIPS"]
 
 _FORMAT, _VERSION = "latent-balance-person", 1
 #: Noise scales of the neighbourhood probes, in units of the natural per-dimension spread of the latents
@@ -58,6 +59,11 @@ PROBE_SCALES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 MAX_NATURAL_INSIDE = 0.2
 #: Above this share of natural faces matching the person, :func:`make_person` warns (the threshold is loose).
 MAX_NATURAL_MATCH = 0.05
+#: A photo's projection with a final LPIPS(vgg) at or above this is poor (:func:`person_from_photos` warns): it is
+#: no closer to the photo than two *different* faces of the generator are. Measured on the packaged 64 px
+#: ``stylegan2-faces``, 64 random pairs of different seeds: LPIPS(vgg) 0.30 at the closest pair, 0.36 at the 5th
+#: percentile, 0.51 median; the mean face (``w_avg``, the projector's start) is 0.30-0.41 from them.
+POOR_PROJECTION_LPIPS = 0.3
 
 
 class PersonFileError(ValueError):
@@ -340,6 +346,174 @@ def person_from_seeds(generator, seeds: Sequence[int], **kwargs) -> Person:
     lat = generator.to_latent(generator.sample_z(s)).detach().cpu().numpy()
     sources = {"seeds": [int(v) for v in s]}
     return make_person(generator, lat, None, sources=sources, **kwargs)
+
+
+def _photo_digest(photo, name: str) -> tuple[str, tuple[int, int]]:
+    """(SHA-256 of the photo (a file's bytes; an image's RGB pixels and shape), (width, height) in pixels)."""
+    import hashlib
+    from pathlib import Path
+
+    from PIL import Image
+
+    if isinstance(photo, (str, Path)):
+        try:
+            data = Path(photo).read_bytes()
+            with Image.open(photo) as im:
+                size = im.size
+        except OSError as err:
+            raise ValueError(f"cannot read image {name}: {err}") from err
+        return hashlib.sha256(data).hexdigest(), (int(size[0]), int(size[1]))
+    if isinstance(photo, Image.Image):
+        arr = np.asarray(photo.convert("RGB"))
+    else:
+        arr = np.asarray(photo.detach().cpu().numpy() if isinstance(photo, torch.Tensor) else photo)
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"{name}: expected a uint8 image of shape (H, W), (H, W, 1) or (H, W, 3), or a PIL image "
+                             f"or file path, got shape {arr.shape}")
+    h = hashlib.sha256(repr((arr.shape, str(arr.dtype))).encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest(), (int(arr.shape[1]), int(arr.shape[0]))
+
+
+def _default_steps() -> int:
+    import inspect
+
+    from .projector import project
+
+    return int(inspect.signature(project).parameters["steps"].default)
+
+
+def person_from_photos(generator, photos, *, steps: int | None = None, seed: int = 0, names=None,
+                       skip_no_face: bool = False, show_progress: bool | None = None, **kwargs) -> Person:
+    """A person from reference photos: re-framed, inverted into the generator's sampling space, then
+    :func:`make_person`.
+
+    1. **Framing**: each photo is re-framed by :func:`attributes.framing.frame_faces` so its face sits in
+       the generator's face box (:func:`latent_balance.framing.generator_face_box`: DCGAN_FACE_BOX for
+       the packaged generators, the calibrated box for others; the box make-labeler's ``--generator``
+       uses) at the generator's resolution. For a grayscale generator (``img_channels == 1``) the framed
+       photos are converted to gray (ITU-R BT.601 luma, as Pillow's ``"L"``), what its images are.
+    2. **Projection**: :func:`latent_balance.projector.project` (W for StyleGAN2, z otherwise) with `steps`
+       and `seed`; a photo whose final LPIPS(vgg) is at or above :data:`POOR_PROJECTION_LPIPS`, or whose
+       projection's face does not match the photo under the threshold, is warned about (the person's
+       region is then centred on a latent whose face is not the person's: more steps, a clearer photo).
+    3. :func:`make_person` with latents = the projections and images = the *re-framed photos*: the
+       reference embeddings (what the image check compares every generated face with) come from the
+       photos, not from the projections' images, because a projection is only an approximation of the
+       person (it is as close as the generator and the step budget allow): embedding it would forget the
+       generator's nearest lookalike instead of the person. The projections only place the latent region.
+
+    The person file records no photo names or paths (a file name can identify the person): under
+    ``meta["sources"]`` the number of photos used and skipped and a SHA-256 per photo used (of the file's
+    bytes; of the pixels for images given in memory), so a person file can be traced to its photos by
+    whoever holds them; under ``meta["projection"]`` the projector's settings (steps, seed, ...), the final
+    LPIPS and MSE per photo (in the order used), the poor-projection bound and the framing (box, size).
+
+    Args:
+        generator: the generator adapter whose datasets must not depict the person.
+        photos:    a non-empty sequence of photos of any size: file paths, PIL images or uint8 arrays
+                   (H, W) / (H, W, 1) / (H, W, 3) (see :func:`attributes.framing.frame_faces`).
+        steps:     projector steps (default: the projector's, 500). Cost: see
+                   :func:`latent_balance.projector.project` (0.07-0.7 s per step for 4 64 px photos on a CPU).
+        seed:      seed of the projection's exploration noise and of the region's probes (0 <= seed < 2**32).
+        names:     a name per photo for messages (default: the path, or ``photo <index>``); never stored.
+        skip_no_face: leave out photos without a usable face (named in a warning) instead of refusing them.
+        show_progress: the projector's progress bar (default: on unless turned off globally).
+        **kwargs:  :func:`make_person`'s (threshold, max_natural_match, probes_per_reference, natural_probes,
+                   margin, embedder, batch_size, name), not `sources`.
+
+    Returns:
+        :class:`Person`; its ``skipped_`` attribute lists the names of the photos left out.
+
+    Raises:
+        ValueError: no photo; a photo that cannot be read or is malformed (named); a photo smaller than
+            :data:`attributes.framing.MIN_FACE_PX` on a side (named: it cannot show a face large enough
+            to re-frame); a bad `steps` (and everything :func:`make_person` raises).
+        attributes.framing.NoFaceError: (without `skip_no_face`) photos without a usable face, all named;
+            with it, when no photo is left.
+        attributes.framing.FramingError: the generator's images are not framed faces (no face box).
+    """
+    from attributes.framing import MIN_FACE_PX, NoFaceError, frame_faces
+
+    from .framing import generator_face_box
+    from .projector import project
+
+    if "sources" in kwargs:
+        raise TypeError("person_from_photos records the photos (count and hashes) as the sources; do not pass sources=")
+    from pathlib import Path
+
+    photos = list(photos) if not isinstance(photos, (str, Path)) else [photos]
+    if not photos:
+        raise ValueError("a person needs at least one photo of the person's face")
+    if names is None:
+        names = [str(p) if isinstance(p, (str, Path)) else f"photo {i}" for i, p in enumerate(photos)]
+    names = [str(n) for n in names]
+    if len(names) != len(photos):
+        raise ValueError(f"names: {len(names)} given for {len(photos)} photos")
+    steps = _default_steps() if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not (isinstance(seed, (int, np.integer)) and 0 <= int(seed) < 2 ** 32):
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    # "a photo of the wrong size": any size is re-framed, but one smaller than MIN_FACE_PX on a side cannot
+    # hold a face frame_faces accepts; refused (or skipped) here with its size, before any detection work
+    digests, small, idx = [], [], []
+    for i, (photo, nm) in enumerate(zip(photos, names)):
+        digest, (w, h) = _photo_digest(photo, nm)
+        digests.append(digest)
+        if min(w, h) < MIN_FACE_PX:
+            small.append((nm, f"the photo is {w}x{h} px, too small to show a face of at least {MIN_FACE_PX} px"))
+        else:
+            idx.append(i)
+    if small and not skip_no_face:
+        raise NoFaceError(f"{len(small)} of {len(photos)} photo(s) are too small: "
+                          + "; ".join(f"{n}: {why}" for n, why in small)
+                          + f". Each photo needs one frontal face of at least {MIN_FACE_PX} px", [n for n, _ in small])
+    box = generator_face_box(generator)
+    res_px = int(generator.img_resolution)
+    if small:
+        warnings.warn(f"skipped {len(small)} photo(s) too small for a face of {MIN_FACE_PX} px: "
+                      + ", ".join(n for n, _ in small), RuntimeWarning, stacklevel=2)
+    framed = frame_faces([photos[i] for i in idx], box, res_px, names=[names[i] for i in idx],
+                         on_missing="skip" if skip_no_face else "raise")
+    skipped = [n for n, _ in small] + list(framed.skipped)
+    if len(framed) == 0:
+        raise NoFaceError(f"none of the {len(photos)} photo(s) has a usable face to frame (skipped: "
+                          f"{', '.join(skipped[:10])}{', ...' if len(skipped) > 10 else ''})", skipped)
+    used = [idx[int(k)] for k in framed.kept]
+    rgb = framed.images
+    if int(generator.img_channels) == 1:
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        target = (rgb * luma).sum(1, keepdim=True).clamp(-1, 1)
+        refs = target.repeat(1, 3, 1, 1)  # the generator's gray images are embedded repeated to RGB as well
+    else:
+        target, refs = rgb, rgb
+    logger.info("projecting %d photo(s) into %s of %s (%d steps)", len(used), generator.latent_space, generator.id,
+                int(steps))
+    proj = project(generator, target, steps=int(steps), seed=int(seed), show_progress=show_progress)
+    lp = [float(v) for v in proj.lpips]
+    poor = [names[used[k]] + f" (LPIPS {v:.3f})" for k, v in enumerate(lp) if v >= POOR_PROJECTION_LPIPS]
+    if poor:
+        warnings.warn(f"{len(poor)} of {len(used)} photo(s) projected poorly, at LPIPS(vgg) >= {POOR_PROJECTION_LPIPS} "
+                      f"(as far as two different faces of the generator): {', '.join(poor)}; the latent region may "
+                      f"miss the person: more --steps (now {int(steps)}), or a clearer, frontal photo", RuntimeWarning,
+                      stacklevel=2)
+    sources = {"photos": len(used), "photos_skipped": len(skipped), "photo_sha256": [digests[i] for i in used]}
+    person = make_person(generator, proj.latents.detach().cpu().numpy(), refs, seed=int(seed), sources=sources,
+                         **kwargs)
+    st = person.meta["stats"]
+    if st["reference_self_distance"] >= person.threshold:
+        warnings.warn(f"the face of a photo's projection is {st['reference_self_distance']:.3f} from the photo's "
+                      f"(threshold {person.threshold:g}): the projection is not the person under the threshold, so the "
+                      f"latent region is centred on a lookalike; the image check still compares with the photos. More "
+                      f"steps (now {int(steps)}) may help", RuntimeWarning, stacklevel=2)
+    person.meta["projection"] = {
+        **proj.settings, "lpips_final": lp, "mse_final": [float(v) for v in proj.mse],
+        "poor_lpips_bound": POOR_PROJECTION_LPIPS, "poor": len(poor),
+        "framing": {"face_box": [float(v) for v in box], "size": res_px,
+                    "grayscale": int(generator.img_channels) == 1}}
+    person.skipped_ = skipped
+    return person
 
 
 def save_person(person: Person, path: str | os.PathLike[str]) -> None:
