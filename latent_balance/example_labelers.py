@@ -366,10 +366,9 @@ def make_labeler(examples: str | Path, name: str, out: str | Path | None = None,
         from attributes.faces import DCGAN_FACE_BOX
 
         if generator is not None:
-            from .framing import framing_calibration
+            from .framing import generator_face_box
 
-            cal = framing_calibration(generator)
-            box, gen_id = (DCGAN_FACE_BOX if cal is None else cal.face_box), str(generator.id)
+            box, gen_id = generator_face_box(generator), str(generator.id)
         else:
             box = DCGAN_FACE_BOX if face_box is None else face_box
         box = tuple(float(v) for v in box)
