@@ -52,6 +52,11 @@ def set_progress(enabled: bool) -> None:
     _PROGRESS_DEFAULT["enabled"] = bool(enabled)
 
 
+def progress_enabled() -> bool:
+    """Whether progress output is on for this process (:func:`set_progress`)."""
+    return bool(_PROGRESS_DEFAULT["enabled"])
+
+
 def _progress_interval() -> float:
     raw = os.environ.get(PROGRESS_INTERVAL_ENV, "")
     try:

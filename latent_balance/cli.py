@@ -1213,9 +1213,9 @@ def forget_cmd(ctx, seeds, photos_dir, steps, skip_no_face, generator_spec, out,
         from .forget import _default_steps
 
         n_steps = _default_steps() if steps is None else int(steps)
-        from ._utils import _PROGRESS_DEFAULT
+        from ._utils import progress_enabled
 
-        if str(gen.device).startswith("cpu") and _PROGRESS_DEFAULT["enabled"]:  # progress output: not with --quiet
+        if str(gen.device).startswith("cpu") and progress_enabled():  # progress output: not with --quiet
             # the projector's measured CPU cost (latent_balance.projector.project): 0.07 (light load) to 0.7 s
             # (loaded 2-core machine) per step for 4 64 px images optimised together, ~ proportional to the photos
             k = max(1.0, len(photo_files) / 4) * n_steps * (max(64, min(int(gen.img_resolution), 256)) / 64) ** 2
