@@ -30,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latent_balance import load_generator, person_from_seeds  # noqa: E402
+from latent_balance.forget import Exclusion  # noqa: E402
+from latent_balance.framing import frame_labelers  # noqa: E402
 from latent_balance.metrics import wilson_interval  # noqa: E402
 
 
@@ -83,5 +85,192 @@ def main(argv=None):
     print(f"written {a.out}")
 
 
+# ------------------------------------------------------------------------------------------------
+# The campaign (issue #18): N natural samples against N samples after forgetting, on both generators
+# ------------------------------------------------------------------------------------------------
+STREAM_START = 100000  # seeds of the sample stream (the probes use their own seeds, see make_person)
+
+
+def _stream(gen, gen_name, emb, n, cache_dir=None, batch=100):
+    """The first `n` latents of the seed stream STREAM_START ..., their embeddings and their images (uint8, as a
+    dataset writes them). With `cache_dir`, a file of an earlier run with at least `n` rows is reused (same code,
+    same seeds) and a longer one is written."""
+    path = None if cache_dir is None else Path(cache_dir) / f"{gen_name}_{STREAM_START}.npz"
+    if path is not None and path.exists():
+        d = np.load(path)
+        if len(d["latents"]) >= n:
+            return d["latents"][:n], d["emb"][:n], d["images"][:n]
+    lat, em, im = [], [], []
+    for i in range(STREAM_START, STREAM_START + n, batch):
+        w = gen.to_latent(gen.sample_z(np.arange(i, min(i + batch, STREAM_START + n))))
+        x = gen.synthesize(w).float()
+        lat.append(w.numpy())
+        em.append(emb(x))
+        im.append(((x.clamp(-1, 1) + 1) * 127.5).round().byte().numpy())
+    out = np.concatenate(lat), np.concatenate(em), np.concatenate(im)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, latents=out[0], emb=out[1], images=out[2])
+    return out
+
+
+def _float(images_u8):
+    return torch.from_numpy(images_u8).float() / 127.5 - 1.0
+
+
+def _labels(gen, gen_name, images_u8, cache_dir=None):
+    """Built-in labelers (gender, age, smile; framed for `gen`) on the images: {name: probs [N, C]}, classes."""
+    import attributes
+
+    labelers = frame_labelers(gen, attributes.load_labelers())
+    classes = {lab.name: list(lab.classes) for lab in labelers}
+    path = None if cache_dir is None else Path(cache_dir) / f"{gen_name}_{STREAM_START}_labels.npz"
+    if path is not None and path.exists():
+        d = np.load(path)
+        if all(k in d for k in classes) and len(d[next(iter(classes))]) >= len(images_u8):
+            return {k: d[k][:len(images_u8)] for k in classes}, classes
+    probs = attributes.label_images(labelers, _float(images_u8), batch_size=256)
+    if path is not None:
+        np.savez(path, **probs)
+    return probs, classes
+
+
+def _marginals(probs, classes, idx):
+    """Share of each attribute's first-listed-but-one class (argmax) among rows `idx`, with its binomial SE."""
+    out = {}
+    for a, cl in classes.items():
+        hit = probs[a][idx].argmax(1) == 1
+        p = float(hit.mean())
+        out[f"{a}={cl[1]}"] = {"share": p, "se": float(np.sqrt(p * (1 - p) / len(idx)))}
+    return out
+
+
+def _campaign_one(gen_name, a):
+    from attributes.identity import FaceEmbedder, distance
+    from latent_balance.audit import image_metrics_per_cell
+    from latent_balance.cells import cell_names, label_cells
+
+    gen = load_generator(gen_name, device="cpu")
+    emb = frame_labelers(gen, [FaceEmbedder()])[0]
+    t0 = time.time()
+    lat, em, img = _stream(gen, gen_name, emb, a.stream, a.cache)
+    probs, classes = _labels(gen, gen_name, img, a.cache)
+    attrs = list(classes)
+    names = cell_names(classes, attrs)
+    cells = label_cells(probs, classes, attrs)
+    t_stream = time.time() - t0
+    nat = np.arange(a.n)
+    res = {"generator": gen.id, "embedder": emb.id, "n": a.n, "stream": len(lat), "person_seed": a.person,
+           "seconds_stream_and_labels": round(t_stream, 1), "by_threshold": []}
+    ref_img = None
+    for th in a.thresholds.split(","):
+        th = th if th == "calibrate" else float(th)
+        t1 = time.time()
+        person = person_from_seeds(gen, [a.person], threshold=th, probes_per_reference=48, natural_probes=200,
+                                   seed=0, embedder=emb)
+        ex = Exclusion(gen, [person], embedder=emb)
+        inside = ex.inside(lat)[:, 0]
+        dist = distance(em, person.embeddings).min(axis=1)
+        match = person.matches(em)
+        filt = np.flatnonzero(~inside)[:a.n]                       # latent filter alone
+        passed = np.flatnonzero(~inside)                          # candidates synthesized and embedded
+        kept = passed[~match[passed]]
+        ver = kept[:a.n]                                          # verify: every candidate embedded, matches dropped
+        checked = int(np.searchsorted(passed, ver[-1]) + 1) if len(ver) else len(passed)
+        look = (dist >= 0.6) & (dist < 0.8)
+        r = {"threshold_arg": th, "threshold": person.threshold, "radius": person.radius,
+             "person_stats": person.meta["stats"],
+             "natural_latents_inside_region": float(inside[nat].mean()),
+             "match": {"natural": _rate(int(match[nat].sum()), a.n),
+                       "latent_filter_only": _rate(int(match[filt].sum()), len(filt)),
+                       "verify": _rate(int(match[ver].sum()), len(ver)),
+                       "verify_images_checked": checked, "verify_images_rejected": int(match[passed[:checked]].sum())},
+             "match_at_0.6": {"natural": _rate(int((dist[nat] < 0.6).sum()), a.n),
+                              "verify": _rate(int((dist[ver] < 0.6).sum()), len(ver))},
+             "lookalike_0.6_0.8": {"natural": _rate(int(look[nat].sum()), a.n),
+                                   "verify": _rate(int(look[ver].sum()), len(ver))}}
+        k_nat, k_f = r["match"]["natural"]["rate"], r["match"]["latent_filter_only"]["rate"]
+        r["reduction_latent_filter_only"] = None if k_nat == 0 else 1 - k_f / k_nat
+        r["marginals"] = {"natural": _marginals(probs, classes, nat), "verify": _marginals(probs, classes, ver)}
+        if len(ver) >= 2 and not a.no_image_metrics:
+            m = image_metrics_per_cell(_float(img[ver]), cells[ver], _float(img[nat]), cells[nat], names,
+                                       max_pairs=a.max_pairs, show_progress=False)
+            r["image_metrics_verify_vs_natural"] = m
+        r["seconds"] = round(time.time() - t1, 1)
+        if th == "calibrate":   # the figure's material
+            o = np.argsort(dist[nat])
+            ref_img = {"person": _person_image(gen, a.person), "natural_matches": [(img[i], float(dist[i])) for i in
+                       nat[o] if match[i]][:8], "nearest_after": [(img[i], float(dist[i])) for i in
+                       ver[np.argsort(dist[ver])][:8]], "threshold": person.threshold, "generator": gen_name}
+        res["by_threshold"].append(r)
+        print(json.dumps({k: r[k] for k in ("threshold", "radius", "match", "lookalike_0.6_0.8",
+                                            "reduction_latent_filter_only")}, default=str), flush=True)
+    return res, ref_img
+
+
+def _person_image(gen, seed):
+    x = gen.synthesize(gen.to_latent(gen.sample_z(np.array([seed])))).float()
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()[0]
+
+
+def _figure(material, path):
+    """The person, up to 8 matches among the natural samples, the 8 nearest faces after forgetting."""
+    from PIL import Image, ImageDraw
+
+    s, pad, lab = 96, 6, 14
+    rows = [("person", [(material["person"], None)]), ("natural samples matching", material["natural_matches"]),
+            ("nearest after forgetting", material["nearest_after"])]
+    head = 18
+    W = pad + 8 * (s + pad)
+    H = sum(head + s + lab + pad for _ in rows) + pad + 16
+    im = Image.new("RGB", (W, H), "white")
+    dr = ImageDraw.Draw(im)
+    dr.text((pad, 2), f"{material['generator']}: person = seed {material['seed']}, same person = embedding distance < "
+            f"{material['threshold']:.3f}", fill="black")
+    y = pad + 16
+    for title, faces in rows:
+        dr.text((pad, y), title + ("" if faces else ": none"), fill="black")
+        y += head
+        for k, (face, d) in enumerate(faces):
+            x = pad + k * (s + pad)
+            im.paste(Image.fromarray(face.transpose(1, 2, 0)).resize((s, s), Image.NEAREST), (x, y))
+            if d is not None:
+                dr.text((x + 2, y + s + 1), f"d = {d:.3f}", fill="black")
+        y += s + lab + pad
+    im.save(path, optimize=True)
+
+
+def campaign(argv=None):
+    ap = argparse.ArgumentParser(description="issue #18 campaign: natural vs after forgetting")
+    ap.add_argument("--generators", default="stylegan2-faces,dcgan-faces")
+    ap.add_argument("--n", type=int, default=600, help="natural samples, and samples after forgetting")
+    ap.add_argument("--stream", type=int, default=2000, help="latents of the seed stream (>= n; the 0.6 "
+                    "threshold rejects most of them)")
+    ap.add_argument("--person", type=int, default=12, help="seed of the generated face that is the person")
+    ap.add_argument("--thresholds", default="calibrate,0.6")
+    ap.add_argument("--max-pairs", type=int, default=500, help="LPIPS pairs per cell")
+    ap.add_argument("--no-image-metrics", action="store_true")
+    ap.add_argument("--cache", default=None, help="folder for the stream's latents/embeddings/images/labels")
+    ap.add_argument("--out", default="bench/results/forget_cpu.json")
+    ap.add_argument("--figure", default="docs/forget_example.png")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    t0 = time.time()
+    out = {"bench": "forget_campaign", "n": a.n, "stream": a.stream, "person_seed": a.person,
+           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "generators": {}}
+    for name in a.generators.split(","):
+        res, mat = _campaign_one(name, a)
+        out["generators"][name] = res
+        if mat is not None and name == "stylegan2-faces" and a.figure:
+            mat["seed"] = a.person
+            _figure(mat, a.figure)
+    out["seconds"] = round(time.time() - t0, 1)
+    Path(a.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(f"written {a.out}")
+
+
 if __name__ == "__main__":
-    main()
+    if "--small" in sys.argv[1:]:
+        main([x for x in sys.argv[1:] if x != "--small"])
+    else:
+        campaign()
