@@ -1,18 +1,27 @@
-"""Small bench of forgetting a person (issue #18): how often natural samples match the person, and after
-the latent filter alone.
+"""Benchmarks of forgetting a person (issue #18).
 
-    python bench/bench_forget.py [--n 200] [--seeds 12] [--thresholds calibrate,0.45] [--out bench/results/forget_small_cpu.json]
+    python bench/bench_forget.py [--generators stylegan2-faces,dcgan-faces] [--n 600] [--stream 2000] [--person 12]
+        [--thresholds calibrate,0.6] [--cache DIR] [--out bench/results/forget_cpu.json] [--figure docs/forget_example.png]
+    python bench/bench_forget.py --small [--n 200] [--seeds 12] [--thresholds calibrate,0.45] [--out ...small_cpu.json]
 
-For each person (a generated face: seed of ``stylegan2-faces``) and threshold: the person is made with
-:func:`latent_balance.person_from_seeds` (48 neighbourhood + 200 natural probes, probe seed 0); then
-``n`` natural latents (seeds 100000 ...) are synthesized, embedded and compared with the person (the
-natural match rate), and ``n`` latents of the same stream that lie outside the person's region (the
-latent filter alone; latents inside it are skipped and the stream continues) likewise. With image
-verification the written match rate is 0 by construction (tests/test_forget.py checks it on written
-datasets), so it is not measured here. Counts come with Wilson 95% intervals.
+**Campaign** (default). Per generator, a seed stream (seeds 100000 ..., ``--stream`` latents) is synthesized,
+embedded (dlib, :class:`attributes.identity.FaceEmbedder` framed for the generator) and labelled with the
+built-in labelers (gender, age, smile, on the uint8 images as a dataset writes them). The person is a
+generated face (``--person`` seed) made with :func:`latent_balance.person_from_seeds` (48 neighbourhood + 200
+natural probes, probe seed 0) per threshold. Three sets of ``n`` samples are compared, all from the
+stream in order: *natural* (the first n), *filter only* (latents inside the person's region skipped:
+:class:`latent_balance.forget.Exclusion`'s latent filter) and *verify* (the filter, then every remaining
+candidate's embedding checked and matches dropped, as the sampler's verify mode does; the number of
+images checked is reported). The after-forgetting sets share most samples with the natural one (same
+stream), so their differences are those the exclusion makes. Reported: match rates with Wilson 95%
+intervals, the lookalike rate (embedding distance 0.6 to 0.8), attribute shares with binomial SEs, and
+:func:`latent_balance.audit.image_metrics_per_cell` (per-cell LPIPS diversity ratio, KID with its
+noise floor; Frechet distance for the whole sets only) of verify vs natural; and a figure (the person,
+up to 8 natural matches, the 8 nearest faces after forgetting, stylegan2-faces, calibrated threshold).
+``--cache DIR`` keeps the stream and labels between runs (same code and seeds).
 
-This is the small run of the helper that built the feature; the full campaign of the issue (N natural
-vs N after forgetting, collateral damage, lookalikes) is separate.
+**Small** (``--small``): the first run of the helper that built the feature: per person and threshold,
+n natural latents against n latents outside the region (the latent filter alone).
 """
 
 from __future__ import annotations
