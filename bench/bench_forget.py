@@ -2,6 +2,7 @@
 
     python bench/bench_forget.py [--generators stylegan2-faces,dcgan-faces] [--n 600] [--stream 2000] [--person 12]
         [--thresholds calibrate,0.6] [--cache DIR] [--out bench/results/forget_cpu.json] [--figure docs/forget_example.png]
+    python bench/bench_forget.py --kid-only [--generators ...] [--n 600] [--stream 2000] [--cache DIR]
     python bench/bench_forget.py --small [--n 200] [--seeds 12] [--thresholds calibrate,0.45] [--out ...small_cpu.json]
 
 **Campaign** (default). Per generator, a seed stream (seeds 100000 ..., ``--stream`` latents) is synthesized,
@@ -18,7 +19,10 @@ intervals, the lookalike rate (embedding distance 0.6 to 0.8), attribute shares 
 :func:`latent_balance.audit.image_metrics_per_cell` (per-cell LPIPS diversity ratio, KID with its
 noise floor; Frechet distance for the whole sets only) of verify vs natural; and a figure (the person,
 up to 8 natural matches, the 8 nearest faces after forgetting, stylegan2-faces, calibrated threshold).
-``--cache DIR`` keeps the stream and labels between runs (same code and seeds).
+``--cache DIR`` keeps the stream and labels between runs (same code and seeds). The natural and verify
+sets share most images, and KID is unbiased only for independent sets (a shared image enters its cross
+term), so ``--kid-only`` adds KID of each set against an independent reference: the stream's next
+latents after the last one either set used, with the reference halves as noise floor.
 
 **Small** (``--small``): the first run of the helper that built the feature: per person and threshold,
 n natural latents against n latents outside the region (the latent filter alone).
@@ -278,8 +282,70 @@ def campaign(argv=None):
     print(f"written {a.out}")
 
 
+def _kid_independent(gen_name, a):
+    """KID of the natural and of the verify set, each against an independent reference: the stream's latents
+    after the last one either set used (so no image is shared), with its noise floor (reference halves)."""
+    from attributes.identity import FaceEmbedder
+    from latent_balance import lpips as perceptual
+
+    gen = load_generator(gen_name, device="cpu")
+    emb = frame_labelers(gen, [FaceEmbedder()])[0]
+    lat, em, img = _stream(gen, gen_name, emb, a.stream, a.cache)
+    feats: dict[int, np.ndarray] = {}
+
+    def f(idx):
+        need = [int(i) for i in idx if int(i) not in feats]
+        if need:
+            for i, v in zip(need, perceptual.vgg16_features(_float(img[need]))):
+                feats[i] = v
+        return np.stack([feats[int(i)] for i in idx])
+
+    out = []
+    nat = np.arange(a.n)
+    for th in a.thresholds.split(","):
+        th = th if th == "calibrate" else float(th)
+        person = person_from_seeds(gen, [a.person], threshold=th, probes_per_reference=48, natural_probes=200,
+                                   seed=0, embedder=emb)
+        inside = Exclusion(gen, [person], embedder=emb).inside(lat)[:, 0]
+        passed = np.flatnonzero(~inside)
+        ver = passed[~person.matches(em)[passed]][:a.n]
+        last = max(a.n - 1, int(passed[min(len(passed), a.n) - 1]) if len(passed) else 0, int(ver.max()) if len(ver) else 0)
+        ref = np.arange(last + 1, len(lat))[:a.n]
+        r = {"threshold_arg": th, "threshold": person.threshold, "reference": [int(ref[0]), int(ref[-1]) + 1]
+             if len(ref) else None, "n_reference": int(len(ref)), "n_verify": int(len(ver))}
+        if len(ref) >= 4 and len(ver) >= 2:
+            fr = f(ref)
+            r["kid_natural_vs_reference"] = perceptual.kernel_distance(f(nat), fr)
+            r["kid_verify_vs_reference"] = perceptual.kernel_distance(f(ver), fr)
+            r["kid_noise_reference_halves"] = perceptual.kernel_distance(fr[0::2], fr[1::2])
+        else:
+            r["reason"] = "fewer than 4 stream latents left after the sets (or fewer than 2 written)"
+        out.append(r)
+        print(json.dumps(r, default=str), flush=True)
+    return out
+
+
+def kid_only(argv=None):
+    """KID against an independent reference for each generator, printed as JSON (the campaign JSON holds it
+    under ``kid_independent_reference``, merged from this output)."""
+    ap = argparse.ArgumentParser(description="add KID against an independent reference to a campaign JSON")
+    ap.add_argument("--generators", default="stylegan2-faces,dcgan-faces")
+    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--stream", type=int, default=2000)
+    ap.add_argument("--person", type=int, default=12)
+    ap.add_argument("--thresholds", default="calibrate,0.6")
+    ap.add_argument("--cache", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    res = {g: _kid_independent(g, a) for g in a.generators.split(",")}
+    print(json.dumps(res, default=str))
+    return res
+
+
 if __name__ == "__main__":
     if "--small" in sys.argv[1:]:
         main([x for x in sys.argv[1:] if x != "--small"])
+    elif "--kid-only" in sys.argv[1:]:
+        kid_only([x for x in sys.argv[1:] if x != "--kid-only"])
     else:
         campaign()
