@@ -83,6 +83,8 @@ def _run(ctx: click.Context, fn, *args, **kwargs):
         if verbose:
             traceback.print_exc()
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        for pattern, flag in _API_TO_FLAG:  # the library names its arguments; the CLI user knows the flags
+            msg = pattern.sub(flag, str(msg))
         raise InputError(f"{msg}") from err
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
         if verbose:
@@ -139,6 +141,10 @@ _API_TO_FLAG = [
     (re.compile(r"\bmin_diversity\b"), "--min-diversity"),
     (re.compile(r"\b([Rr]aise|[Ll]ower) the sharpness\b"), r"\1 --sharpness"),
     (re.compile(r"\brelax the target\b"), "relax the target (--target)"),
+    (re.compile(r"\bthreshold='calibrate'"), "--threshold calibrate"),
+    (re.compile(r"\bmax_natural_match\b"), "--max-natural-match"),
+    (re.compile(r"\bnatural_probes\b"), "--natural-probes"),
+    (re.compile(r"\bprobes_per_reference\b"), "--probes-per-reference"),
 ]
 # Library warnings about a measure's sample size: the flags that change it.
 _HINTS = [(("frechet_distance:", "mean_pairwise_lpips:"),
@@ -503,10 +509,17 @@ def merge(ctx, shards, out):
 @click.argument("path", type=click.Path(exists=False))
 @click.pass_context
 def info(ctx, path):
-    """Describe a checkpoint, probe file, model file or dataset folder."""
+    """Describe a checkpoint, probe, model or person file (.npz), a .labeler file or a dataset folder.
+
+    A built-in generator's name (e.g. stylegan2-faces) describes the subgroup model it ships."""
     from ._utils import json_dumps
 
     # a built-in generator's name describes the model it ships (as `sample --model NAME` uses it)
+    from .generators import available_generators
+
+    if not Path(path).exists() and path in available_generators() and _model_file(path) == path:
+        raise InputError(f"{path} is a built-in generator that ships no fitted model; `info` describes files "
+                         f"(checkpoints, probe / model / person files, .labeler files, dataset folders)")
     click.echo(json_dumps(_run(ctx, describe_path, Path(_model_file(path))), indent=2, sort_keys=True))
 
 
@@ -560,7 +573,8 @@ def describe_path(path: Path) -> dict:
         if getattr(G, "checkpoint_notes", None):
             out["checkpoint_notes"] = dict(G.checkpoint_notes)
         return out
-    raise ValueError(f"cannot describe {path}: expected a dataset folder, a .npz probe/model file or a checkpoint")
+    raise ValueError(f"cannot describe {path}: expected a dataset folder, a .npz probe, model or person file, a "
+                     f".labeler file or a checkpoint (.pkl, .pt, .pth)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -834,12 +848,20 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
             click.echo(f"verify: off (--no-verify); {_precision(sampler):.0%} of the images are predicted to be "
                        f"labelled in the requested cells", err=True)
         if min_diversity:
+            # its cost against the same run without the floor (the planner's own diversity_cost compares blends at
+            # the chosen sharpness only; the floor also changes which sharpness --sharpness auto picks)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                free = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed, batch_size,
+                                block_size, cell=cell, max_sharpness=max_sharpness,
+                                max_synthesis_per_image=max_synthesis_per_image, min_diversity=0.0).plan_
             plan = sampler.plan_
-            cost = (f"{plan['diversity_cost']:+.2f} synthesis calls per kept image" if verify
-                    else f"{plan['diversity_cost']:+.3f} predicted total variation from the target")
+            key, unit, fmt = (("verify_cost", "synthesis calls per kept image", ".2f") if verify
+                              else ("predicted_tv", "predicted total variation from the target", ".3f"))
             click.echo(f"min-diversity {min_diversity:g}: predicted diversity (latent spread ratio) >= "
-                       f"{plan['diversity_min']:.3f} in every targeted cell ({'met' if plan['diverse'] else 'NOT met'}); "
-                       f"its cost: {cost}", err=True)
+                       f"{plan['diversity_min']:.3f} in every targeted cell ({'met' if plan['diverse'] else 'NOT met'}; "
+                       f"{free['diversity_min']:.3f} without the floor); its cost: {plan[key]:{fmt}} {unit} against "
+                       f"{free[key]:{fmt}} without it", err=True)
     if ray_opts:
         import functools
 

@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._utils import logger, read_npz, write_npz
+from ._utils import logger, progress, read_npz, write_npz
 from .framing import frame_labelers
 
 __all__ = ["Person", "PersonFileError", "make_person", "person_from_seeds", "person_from_photos", "save_person",
@@ -143,11 +143,13 @@ def _embedder_for(generator, embedder=None):
     return frame_labelers(generator, [embedder])[0]  # the generator's face box (packaged faces: unchanged)
 
 
-def _embed_latents(generator, embedder, latents: np.ndarray, batch_size: int) -> np.ndarray:
+def _embed_latents(generator, embedder, latents: np.ndarray, batch_size: int, desc: str | None = None) -> np.ndarray:
     out = []
-    for i in range(0, len(latents), batch_size):
-        img = generator.synthesize(torch.from_numpy(np.ascontiguousarray(latents[i:i + batch_size]))).float().cpu()
-        out.append(embedder(img))
+    with progress(total=len(latents), desc=desc, unit="images", enabled=None if desc else False) as bar:
+        for i in range(0, len(latents), batch_size):
+            img = generator.synthesize(torch.from_numpy(np.ascontiguousarray(latents[i:i + batch_size]))).float().cpu()
+            out.append(embedder(img))
+            bar.update(len(img))
     return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
 
 
@@ -238,7 +240,7 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
     m = int(probes_per_reference)
     probes, is_natural, scales = _draw_probes(generator, lat, m, int(natural_probes), int(seed))
     nat = probes[is_natural]
-    probe_emb = _embed_latents(generator, emb, probes, batch_size)
+    probe_emb = _embed_latents(generator, emb, probes, batch_size, desc="person probes (synthesis + face embedding)")
     ident = _min_dist(probe_emb, ref_emb)
     ldist = _min_dist(probes, lat)
     if calibrate:
@@ -276,7 +278,12 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
                                           for s in PROBE_SCALES if m and (scales == s).any()},
                   "fallback_probes": int(emb.fallback_count - before)},
     }
-    logger.info("person %s: radius %.4g (%d of %d probes match; natural match rate %s, natural inside %s)", name,
+    if radius == 0 and m:
+        warnings.warn(f"person {name!r}: none of the probes nearest the reference latents matched the person under "
+                      f"threshold {threshold:g}, so the latent region is empty (radius 0) and the latent filter rejects "
+                      f"nothing; only the image check will keep the person out. More probes_per_reference or a looser "
+                      f"threshold gives the filter a region", RuntimeWarning, stacklevel=2)
+    logger.debug("person %s: radius %.4g (%d of %d probes match; natural match rate %s, natural inside %s)", name,
                 radius, int(match.sum()), len(probes), nat_match, nat_inside)
     person = Person(ref_emb, lat, threshold, radius, meta, name=name)
     person.probes_ = {"latent_distance": ldist, "identity_distance": ident, "natural": is_natural}

@@ -14,3 +14,19 @@ def dcgan():
     from latent_balance import DCGANFaces
 
     return DCGANFaces(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sg2_faces():
+    """The packaged 64 px StyleGAN2 (``stylegan2-faces``) on the CPU."""
+    from latent_balance import load_generator
+
+    return load_generator("stylegan2-faces", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def face_embedder():
+    """dlib's face-recognition network behind :class:`attributes.identity.FaceEmbedder`."""
+    from attributes.identity import FaceEmbedder
+
+    return FaceEmbedder()

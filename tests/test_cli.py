@@ -104,7 +104,10 @@ def test_min_diversity_prints_its_prediction_and_cost(work, tmp_path):
         r = _invoke(*_sample_args(work, out, "--n", 8, "--min-diversity", 0.9, *flags))
         assert r.exit_code == 0, r.output
         line = next(ln for ln in r.output.splitlines() if ln.startswith("min-diversity 0.9:"))
-        assert unit in line and ("met" in line)
+        assert unit in line and "met" in line and "without it" in line
+        # the printed cost is the plan's prediction with the floor against the same run without it
+        settings = json.loads((out / "settings.json").read_text())
+        assert settings["min_diversity"] == 0.9
     r = _invoke(*_sample_args(work, tmp_path / "none", "--n", 8, "--no-verify"))
     assert r.exit_code == 0 and "min-diversity" not in r.output
 

@@ -5,7 +5,6 @@ The examples are our own generated faces sorted by a known image property, the m
 brightest third of 90 faces is one class, the darkest third the other (the middle third is left out,
 as a user would leave out unclear examples)."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -225,14 +224,10 @@ def test_cli_attributes_take_a_labeler_file(made):
 
 # -- examples that are photos: framed by face detection (make-labeler --framing detect) ---------------
 def _photo(face: torch.Tensor, rng) -> np.ndarray:
-    """`face` ([3, 64, 64] in [-1, 1]) pasted into a bigger random photo: scale 2-3.5, rotation up to
-    8 degrees, random offset, noise canvas of a random colour (tests/test_frame_faces.py's embed)."""
-    from test_frame_faces import embed
+    """`face` pasted into a bigger random photo: scale 2-3.5, rotation up to 8 degrees, random offset."""
+    from test_frame_faces import photo_of
 
-    u8 = ((face.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-    k = rng.uniform(2.0, 3.5)
-    h, w = (int(64 * k * rng.uniform(1.3, 2.0)) for _ in range(2))
-    return embed(u8, k, rng.uniform(-8, 8), (rng.uniform(0, w - 64 * k), rng.uniform(0, h - 64 * k)), h, w, rng)[0]
+    return photo_of(face, rng, scale=(2.0, 3.5), max_angle=8.0, canvas=(1.3, 2.0))
 
 
 @pytest.fixture(scope="module")

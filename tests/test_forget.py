@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from attributes.faces import _work_images, to_uint8
-from attributes.identity import (SAME_PERSON_THRESHOLD, FaceEmbedder, _MODEL_FILE, _PACKAGE, calibrate_threshold,
+from attributes.identity import (SAME_PERSON_THRESHOLD, _MODEL_FILE, _PACKAGE, calibrate_threshold,
                                  distance)
 from _lb_common import package_file
 
@@ -23,15 +23,13 @@ PERSON_SEED = 12
 
 
 @pytest.fixture(scope="module")
-def sg():
-    from latent_balance import load_generator
-
-    return load_generator("stylegan2-faces", device="cpu")
+def sg(sg2_faces):
+    return sg2_faces
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    return FaceEmbedder()
+def embedder(face_embedder):
+    return face_embedder
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ projector costs 0.2-0.7 s per step for 2 photos on the loaded 2-core CI machine.
 
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,26 +23,21 @@ STEPS = 40
 
 
 @pytest.fixture(scope="module")
-def sg():
-    from latent_balance import load_generator
-
-    return load_generator("stylegan2-faces", device="cpu")
+def sg(sg2_faces):
+    return sg2_faces
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    return FaceEmbedder()
+def embedder(face_embedder):
+    return face_embedder
 
 
 def _photo(face: torch.Tensor, rng) -> np.ndarray:
-    """`face` ([3, 64, 64] in [-1, 1]) pasted into a bigger noise photo: scale 2-3 (a face of ~96-144 px,
-    above MIN_FACE_PX), rotation up to 5 degrees, random offset."""
-    from test_frame_faces import embed
+    """`face` pasted into a bigger noise photo: scale 2-3 (a face of ~96-144 px, above MIN_FACE_PX),
+    rotation up to 5 degrees, random offset."""
+    from test_frame_faces import photo_of
 
-    u8 = ((face.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-    k = rng.uniform(2.0, 3.0)
-    h, w = (int(64 * k * rng.uniform(1.3, 1.8)) for _ in range(2))
-    return embed(u8, k, rng.uniform(-5, 5), (rng.uniform(0, w - 64 * k), rng.uniform(0, h - 64 * k)), h, w, rng)[0]
+    return photo_of(face, rng, scale=(2.0, 3.0), max_angle=5.0, canvas=(1.3, 1.8))
 
 
 @pytest.fixture(scope="module")

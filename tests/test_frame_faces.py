@@ -43,6 +43,17 @@ def embed(face: np.ndarray, k: float, angle: float, off, h: int, w: int, rng) ->
     return img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy(), T
 
 
+def photo_of(face, rng, scale=(2.0, 3.0), max_angle: float = 5.0, canvas=(1.3, 1.8)) -> np.ndarray:
+    """`face` ([3, 64, 64] float in [-1, 1]) pasted by :func:`embed` into a bigger noise photo: scale
+    uniform in `scale`, rotation up to `max_angle` degrees, photo sides `canvas` times the pasted face,
+    random offset. Returns uint8 [h, w, 3]."""
+    u8 = ((face.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    k = rng.uniform(*scale)
+    h, w = (int(64 * k * rng.uniform(*canvas)) for _ in range(2))
+    return embed(u8, k, rng.uniform(-max_angle, max_angle), (rng.uniform(0, w - 64 * k), rng.uniform(0, h - 64 * k)),
+                 h, w, rng)[0]
+
+
 def warp_direct(face: np.ndarray, m: np.ndarray, size: int) -> torch.Tensor:
     """[3, size, size] in [-1, 1]: `face` sampled (bilinear) at m^-1 of each output pixel centre."""
     v, u = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
