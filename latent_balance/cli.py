@@ -1176,7 +1176,8 @@ def make_labeler_cmd(ctx, examples, name, out, min_per_class, folds, alpha, size
 @click.option("--probes-per-reference", type=click.IntRange(min=0), default=64, show_default=True,
               help="Latents drawn around each reference to fit the person's latent region.")
 @click.option("--natural-probes", type=click.IntRange(min=0), default=256, show_default=True,
-              help="Natural latents probed (the region's cost: the share of them inside it).")
+              help="Natural latents probed (the region's cost: the share of them inside it). With --threshold "
+                   "calibrate at least 1 / --max-natural-match (100 at the default 0.01).")
 @click.option("--margin", type=click.FloatRange(min=1), default=1.0, show_default=True,
               help="Region radius = margin x the farthest latent distance at which a probe matched.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of the probes.")

@@ -207,7 +207,7 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
         raise ValueError(f"max_natural_match must be in (0, 1), got {max_natural_match}")
     if calibrate and int(natural_probes) * float(max_natural_match) < 1:
         raise ValueError(f"threshold='calibrate' with max_natural_match={max_natural_match:g} needs at least "
-                         f"{int(np.ceil(1 / float(max_natural_match)))} natural probes, got {natural_probes}")
+                         f"{int(np.ceil(1 / float(max_natural_match)))} natural probes (natural_probes), got {natural_probes}")
     if int(probes_per_reference) < 0 or int(natural_probes) < 0 or int(probes_per_reference) + int(natural_probes) < 1:
         raise ValueError(f"probe counts must be >= 0 and not both 0, got probes_per_reference={probes_per_reference}, "
                          f"natural_probes={natural_probes}")

@@ -271,10 +271,12 @@ def test_forget_cli(sg, tmp_path):
     p = load_person(out, sg)
     assert p.threshold == 0.5 and p.meta["sources"]["seeds"] == [PERSON_SEED]
     for args, msg in ((["--seeds", ""], "at least one seed"), (["--seeds", "a,b"], "comma-separated integers"),
-                      (["--seeds", "1", "--threshold", "-1"], "positive distance")):
+                      (["--seeds", "1", "--threshold", "-1"], "positive distance"),
+                      # the library's argument names reach the CLI user as the flags
+                      (["--seeds", "1", "--threshold", "calibrate", "--natural-probes", "64"], "100 natural probes (--natural-probes)")):
         r = CliRunner().invoke(main, ["forget", "--generator", "stylegan2-faces", "--out", str(tmp_path / "x.npz"),
                                       *args])
-        assert r.exit_code == 2 and msg in r.output, r.output
+        assert r.exit_code == 2 and msg in r.output and "natural_probes" not in r.output, r.output
     r = CliRunner().invoke(main, ["sample", "--model", "stylegan2-faces", "--n", "4", "--out", str(tmp_path / "d"),
                                   "--exclude", str(tmp_path / "nope.npz")])
     assert r.exit_code == 2 and "no such person file" in r.output
@@ -282,6 +284,17 @@ def test_forget_cli(sg, tmp_path):
                                   "--exclude", str(out), "--mode", "natural"])
     assert r.exit_code == 2 and "--exclude needs a sampler mode" in r.output
     assert not (tmp_path / "d").exists()
+
+
+def test_an_empty_region_is_warned_about(sg, embedder):
+    # threshold 0.01: below the distance of a face to its own 1 px shift (0.02-0.10, docs/forget.md), so no
+    # neighbourhood probe (noise >= 0.25 natural spreads) can match and the region must come out empty
+    from latent_balance.forget import make_person
+
+    ref = sg.to_latent(sg.sample_z(np.array([PERSON_SEED]))).numpy()
+    with pytest.warns(RuntimeWarning, match="radius 0"):
+        p = make_person(sg, ref, threshold=0.01, probes_per_reference=6, natural_probes=0, embedder=embedder)
+    assert p.radius == 0
 
 
 def test_latent_only_with_images_replaces_matches(sg, sg_model, embedder):
