@@ -112,6 +112,14 @@ def test_min_diversity_prints_its_prediction_and_cost(work, tmp_path):
     assert r.exit_code == 0 and "min-diversity" not in r.output
 
 
+def test_info_on_what_it_cannot_describe(tmp_path):
+    r = _invoke("info", "dcgan-faces")  # a built-in generator without a packaged model: said so, not "does not exist"
+    assert r.exit_code == 2 and "ships no fitted model" in r.output
+    (tmp_path / "x.txt").write_text("x")
+    r = _invoke("info", tmp_path / "x.txt")
+    assert r.exit_code == 2 and "person file" in r.output and ".labeler" in r.output
+
+
 def test_config_file_and_flag_override(work, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"model: {work / 'model.npz'}\nlabelers: {work / 'labelers.yaml'}\nn: 8\nblock-size: 4\nmode: matched\n")
