@@ -203,12 +203,10 @@ def calibrate_framing(images, predictor=None, batch_size: int = 64) -> FramingCa
     Returns:
         :class:`FramingCalibration` (not yet checked: call :meth:`FramingCalibration.check`).
     """
-    import dlib
-
     from .faces import FaceAligner
 
     aligner = predictor if predictor is not None else FaceAligner(cache_size=0)
-    detector = dlib.get_frontal_face_detector()
+    detector = _detector()
     batches = [images] if isinstance(images, (torch.Tensor, np.ndarray)) else images
     boxes, n_images, hw = [], 0, None
     kept = []
@@ -492,6 +490,8 @@ def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def _detector():
+    """dlib's HOG frontal face detector, made once per process (it holds no state between calls); used by
+    the framing calibration, :func:`frame_faces` and :meth:`attributes.identity.FaceEmbedder.has_face`."""
     if not _DETECTOR:
         import dlib
 

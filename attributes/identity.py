@@ -94,7 +94,6 @@ class FaceEmbedder:
         self.aligner.register_size(CHIP_SIZE)
         self.batch_size = max(1, int(batch_size))
         self.id = f"dlib-resnet-v1@{digest[:12]}:{self.aligner.id}"
-        self._detector = None
 
     @property
     def fallback_count(self) -> int:
@@ -113,15 +112,11 @@ class FaceEmbedder:
         Returns:
             bool [N].
         """
-        import dlib
-
-        from .framing import _resize_pad
         from .faces import to_uint8
+        from .framing import _DETECT_BORDER, _DETECT_SIZE, _detector, _resize_pad
 
-        if self._detector is None:
-            self._detector = dlib.get_frontal_face_detector()
-        big, _, _ = _resize_pad(to_uint8(check_images(images)), 256, 0.125)
-        return np.array([len(self._detector.run(img, 0, FACE_DETECTION_ADJUST)[0]) > 0 for img in big], bool)
+        big, _, _ = _resize_pad(to_uint8(check_images(images)), _DETECT_SIZE, _DETECT_BORDER)
+        return np.array([len(_detector().run(img, 0, FACE_DETECTION_ADJUST)[0]) > 0 for img in big], bool)
 
     def chips(self, images) -> np.ndarray:
         """Aligned 150 px chips: uint8 [N, 150, 150, 3] of images [N, 3, H, W] in [-1, 1]."""
@@ -163,7 +158,7 @@ class FaceEmbedder:
 
 
 def distance(a, b) -> np.ndarray:
-    """Euclidean distances between embeddings: a [N, 128], b [M, 128] -> float64 [N, M]."""
+    """Euclidean distances between rows: a [N, d], b [M, d] (embeddings: d = 128; also latents) -> float64 [N, M]."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:

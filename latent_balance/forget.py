@@ -127,12 +127,10 @@ class Person:
 
 
 def _min_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if len(a) == 0:
-        return np.zeros(0)
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.sqrt(np.maximum(d2, 0.0)).min(axis=1)
+    """Distance [N] of each row of `a` [N, D] to its nearest row of `b` [M, D] (Euclidean)."""
+    from attributes.identity import distance
+
+    return np.zeros(0) if len(a) == 0 else distance(a, b).min(axis=1)
 
 
 def _embedder_for(generator, embedder=None):
@@ -188,7 +186,7 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
             counts, or a margin < 1.
         attributes.framing.FramingError: the generator's images are not framed faces.
     """
-    from attributes.identity import SAME_PERSON_THRESHOLD
+    from attributes.identity import SAME_PERSON_THRESHOLD, distance
 
     lat = np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents, np.float32)
     if lat.ndim != 2 or lat.shape[0] < 1 or lat.shape[1] != generator.latent_dim:
@@ -256,7 +254,7 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
     nat_hits = match & is_natural
     filtered = float((ldist[nat_hits] <= radius).mean()) if nat_hits.any() else None
     # photos: how far the images of their latents (inversions) are from the photos' own embeddings
-    self_dist = 0.0 if images is None else float(np.diag(_min_dist_matrix(
+    self_dist = 0.0 if images is None else float(np.diag(distance(
         _embed_latents(generator, emb, lat, batch_size), ref_emb)).max())
     if nat_inside is not None and (nat_inside > MAX_NATURAL_INSIDE or nat_match > MAX_NATURAL_MATCH):
         warnings.warn(f"person {name!r}: {100 * nat_match:.0f}% of the natural probes match under threshold "
@@ -330,12 +328,6 @@ def _region_radius(ldist: np.ndarray, match: np.ndarray) -> float:
     rate = (csum[lo + w] - csum[lo]) / w
     ok = np.flatnonzero(rate >= 0.5)
     return float(d[ok.max()]) if len(ok) else 0.0
-
-
-def _min_dist_matrix(a, b):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0))
 
 
 def person_from_seeds(generator, seeds: Sequence[int], **kwargs) -> Person:
