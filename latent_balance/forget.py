@@ -714,10 +714,10 @@ class Exclusion:
                     return emb
             why = (f" (face box {box}, this generator's {tuple(round(v, 3) for v in gbox)}: {diff:.3f} apart, more "
                    f"than the {FACE_BOX_TOLERANCE} a framing calibration is precise to)")
-        made = _class_setting(p.meta.get("generator", {}))
+        made, now = _class_setting(p.meta.get("generator", {})), _class_setting(generator.describe())
         raise PersonFileError(f"person {p.name!r} was made with embedder {p.embedder_id!r}{why}, but this generator's "
                               f"images are embedded with {self.embedder.id!r}; remake the person file on this generator"
-                              + (f" (the person was made with {made}; this run uses {_class_setting(generator.describe())})"
+                              + (f" (the person was made with {made}; this run uses {now})"
                                  if getattr(generator, "c_dim", 0) else ""))
 
     def inside(self, latents) -> np.ndarray:

@@ -76,7 +76,8 @@ def gen_one(cond_faces):
 
 @pytest.fixture(scope="module")
 def persons(gen_all, gen_one, face_embedder):
-    """The person of seed PERSON_SEED made over all classes, and on class 1 alone (6 neighbourhood probes, no natural ones: the tests need no region statistics)."""
+    """The person of seed PERSON_SEED made over all classes, and on class 1 alone (6 neighbourhood probes, no
+    natural ones: the tests need no region statistics)."""
     from latent_balance.forget import person_from_seeds
 
     kw = dict(probes_per_reference=6, natural_probes=0, threshold=THRESHOLD, seed=0, embedder=face_embedder)
@@ -91,7 +92,7 @@ def _with_class(gen, w, k):
 def test_person_over_classes_lives_in_w(gen_all, persons):
     """Item 1 (API): a person made over all classes has its latents and region in W, the seed's class recorded;
     the region test reads w alone (the same w is the same face under every class block)."""
-    from latent_balance.forget import Exclusion, PersonFileError, load_person, save_person
+    from latent_balance.forget import Exclusion
 
     p_all, _ = persons
     z = gen_all.sample_z([PERSON_SEED])
@@ -135,9 +136,8 @@ def test_person_works_across_class_settings(gen_all, gen_one, persons, face_embe
     from latent_balance.forget import Exclusion
 
     p_all, p_one = persons
-    # the same seed under class 1 and under its drawn class: w differs by the class's contribution only
     assert p_one.latents.shape == p_all.latents.shape == (1, gen_all.w_dim)
-    for gen, person, other in ((gen_all, p_one, gen_one), (gen_one, p_all, gen_all)):
+    for gen, person in ((gen_all, p_one), (gen_one, p_all)):
         ex = Exclusion(gen, [person])
         w = person.latents
         lat = np.concatenate([_with_class(gen, w, k) for k in gen.classes]) if gen is gen_all else w
@@ -156,13 +156,13 @@ def test_person_works_across_class_settings(gen_all, gen_one, persons, face_embe
     assert ex._embedders[0].id == p_one.embedder_id != ex.embedder.id and ex._embedders[1] is ex.embedder
 
 
-def test_what_still_refuses_a_person(gen_all, cond_faces, persons, G, tmp_path):  # noqa: F811
+def test_what_still_refuses_a_person(gen_all, cond_faces, persons, G):  # noqa: F811
     """Refused before any work, with what differs and what to do: another checkpoint (test_class_axis's tiny
     network), another truncation of the same checkpoint, a face box beyond the calibration's precision."""
     from latent_balance import StyleGAN2Adapter
     from latent_balance.forget import Exclusion, Person, PersonFileError, check_person
 
-    p_all, p_one = persons
+    _, p_one = persons
     with pytest.raises(PersonFileError, match=r"another generator.*id.*class settings, not compared.*forget"):
         check_person(p_one, StyleGAN2Adapter(G, classes="all", device="cpu"))
     trunc = load_generator(cond_faces, device="cpu", classes="all", truncation_psi=0.7)
