@@ -3,7 +3,13 @@
 A *person* is what a generator must not depict: reference face embeddings (dlib's face-recognition
 ResNet, :class:`attributes.identity.FaceEmbedder`), a same-person threshold on the embedding distance,
 and a *region* of the generator's sampling space (W for StyleGAN2, z for the DCGAN) around the
-person's reference latents. :func:`make_person` builds one from reference latents and their images
+person's reference latents. On a conditional StyleGAN2 sampled over several classes (``classes=``,
+``--classes``), whose modelled latent is ``[w, onehot(class)]``, the region lives in W alone: the
+synthesis reads only w (:meth:`~latent_balance.generators.StyleGAN2Adapter.truncate`), so a person's
+face is a property of w, and the class block is left out of the person's latents and of the region
+test. A person is therefore tied to the checkpoint and its synthesis settings, not to the class
+setting: one made with ``--class 3`` excludes the person from ``--classes all`` datasets of the same
+checkpoint, and the other way round (see :func:`check_person`). :func:`make_person` builds one from reference latents and their images
 (:func:`person_from_seeds` is the front end for generated seeds, :func:`person_from_photos` for photos:
 re-framed, inverted into W by the projector, and passed with their W latents); :func:`save_person` /
 :func:`load_person` store it as a ``.npz``.
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from typing import Any, Sequence
 
@@ -75,7 +82,8 @@ class Person:
 
     Attributes:
         embeddings: float32 [R, 128] reference embeddings.
-        latents:    float32 [R, D] reference latents in the generator's sampling space.
+        latents:    float32 [R, D] reference latents in the generator's sampling space, without the class
+                    block of a generator sampled over several classes (W: D = w_dim).
         threshold:  same-person threshold on the embedding distance.
         radius:     latent-region radius (Euclidean, in the sampling space); latents within it of any
                     reference latent are rejected before synthesis.
@@ -94,7 +102,8 @@ class Person:
         return str(self.meta["embedder"])
 
     def inside(self, latents) -> np.ndarray:
-        """bool [N]: latents [N, D] within :attr:`radius` of a reference latent."""
+        """bool [N]: latents [N, D] (the person's space: W without a class block) within :attr:`radius` of a
+        reference latent. :meth:`Exclusion.inside` takes the generator's full latents."""
         lat = np.asarray(latents, np.float64)
         if lat.ndim != 2 or lat.shape[1] != self.latents.shape[1]:
             raise ValueError(f"latents must be [N, {self.latents.shape[1]}], got {lat.shape}")
@@ -133,6 +142,52 @@ def _min_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.zeros(0) if len(a) == 0 else distance(a, b).min(axis=1)
 
 
+def _image_dim(generator) -> int:
+    """Leading columns of `generator`'s modelled latent that its images depend on: all of them, except for
+    the class block of a conditional StyleGAN2 sampled over several classes (its ``known_attributes``'
+    columns, ``w_dim .. latent_dim``), which synthesis does not read: then ``w_dim``."""
+    starts = [int(a.columns[0]) for a in (getattr(generator, "known_attributes", None) or [])]
+    return min(starts + [int(generator.latent_dim)])
+
+
+def _full_latents(generator, lat: np.ndarray) -> np.ndarray:
+    """Latents [N, d] in the person's space (see :func:`_image_dim`) -> the generator's [N, latent_dim]: the
+    class block set to the first sampled class, which synthesis does not read (the image is that of w)."""
+    d, full = lat.shape[1], int(generator.latent_dim)
+    if d == full:
+        return lat
+    pad = np.zeros((len(lat), full - d), lat.dtype)
+    for a in generator.known_attributes:
+        pad[:, int(a.columns[0]) - d] = 1
+    return np.concatenate([lat, pad], axis=1)
+
+
+def _describe_image_space(desc: dict) -> dict:
+    """A generator description without its class setting: what decides the image of a w (the checkpoint,
+    truncation, noise, resolution, seed scheme), with latent_dim / z_dim less a class block and the id
+    without the class suffix StyleGAN2Adapter appends (``:class=K``, ``:classes=...[:prior=...]``,
+    ``:c=<hash>``; see ``StyleGAN2Adapter._label_suffix``)."""
+    d = {k: v for k, v in desc.items()
+         if k not in ("clamped_pixel_share", "class_index", "c", "classes", "class_prior", "class_scheme",
+                      "known_attributes")}
+    n = len(desc.get("classes") or [])
+    for key in ("latent_dim", "z_dim"):
+        if n and isinstance(d.get(key), int):
+            d[key] -= n
+    if desc.get("c_dim") and isinstance(d.get("id"), str):
+        d["id"] = re.sub(r":(class=\d+|classes=[\d,]+(:prior=[0-9a-f]+)?|c=[0-9a-f]+)$", "", d["id"])
+    return d
+
+
+def _class_setting(desc: dict) -> str:
+    """The class setting of a generator description, as the CLI spells it (for messages)."""
+    if desc.get("classes") is not None:
+        return "--classes " + ",".join(str(k) for k in desc["classes"])
+    if desc.get("class_index") is not None:
+        return f"--class {desc['class_index']}"
+    return "a label vector c" if desc.get("c_dim") else "no class (unconditional)"
+
+
 def _embedder_for(generator, embedder=None):
     if embedder is None:
         from attributes.identity import FaceEmbedder
@@ -142,6 +197,7 @@ def _embedder_for(generator, embedder=None):
 
 
 def _embed_latents(generator, embedder, latents: np.ndarray, batch_size: int, desc: str | None = None) -> np.ndarray:
+    latents = _full_latents(generator, latents)
     out = []
     with progress(total=len(latents), desc=desc, unit="images", enabled=None if desc else False) as bar:
         for i in range(0, len(latents), batch_size):
@@ -160,7 +216,9 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
     Args:
         generator: the generator adapter whose datasets must not depict the person.
         latents:   float [R, D] reference latents in the generator's sampling space (W for StyleGAN2:
-                   ``generator.to_latent(z)`` of seeds, or a projector's inversion of photos).
+                   ``generator.to_latent(z)`` of seeds, or a projector's inversion of photos). Over several
+                   classes either ``[w, onehot]`` (D = latent_dim; the class block is dropped) or w alone
+                   (D = w_dim): the person's latents and region are in W (see the module docstring).
         images:    [R, 3, H, W] in [-1, 1]: the person's reference images (photos, re-framed to the
                    generator's framing); None: the images of `latents`.
         threshold: same-person threshold (default :data:`attributes.identity.SAME_PERSON_THRESHOLD`, 0.6), or
@@ -189,9 +247,12 @@ def make_person(generator, latents, images=None, *, threshold: float | None = No
     from attributes.identity import SAME_PERSON_THRESHOLD, distance
 
     lat = np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents, np.float32)
-    if lat.ndim != 2 or lat.shape[0] < 1 or lat.shape[1] != generator.latent_dim:
-        raise ValueError(f"reference latents must be [R >= 1, {generator.latent_dim}] ({generator.latent_space} of "
-                         f"{generator.id}), got shape {tuple(lat.shape)}")
+    d = _image_dim(generator)
+    if lat.ndim != 2 or lat.shape[0] < 1 or lat.shape[1] not in (generator.latent_dim, d):
+        alt = "" if d == generator.latent_dim else f" or [R >= 1, {d}] (w without the class block)"
+        raise ValueError(f"reference latents must be [R >= 1, {generator.latent_dim}]{alt} ({generator.latent_space} "
+                         f"of {generator.id}), got shape {tuple(lat.shape)}")
+    lat = np.ascontiguousarray(lat[:, :d])  # the person's space: W without a class block
     if not np.isfinite(lat).all():
         raise ValueError("reference latents contain non-finite values")
     calibrate = isinstance(threshold, str)
@@ -298,7 +359,7 @@ def _draw_probes(generator, lat: np.ndarray, m: int, n_natural: int, seed: int):
     """
     rng = np.random.default_rng([seed, 0xF06])
     seeds = rng.integers(0, 2 ** 31, max(n_natural, 64))
-    nat = generator.to_latent(generator.sample_z(seeds)).detach().cpu().numpy()
+    nat = generator.to_latent(generator.sample_z(seeds)).detach().cpu().numpy()[:, :lat.shape[1]]  # W: no class block
     sigma = nat.astype(np.float64).std(axis=0)
     nat = nat[:n_natural]
     scales = np.resize(np.asarray(PROBE_SCALES, np.float64), m)
@@ -342,8 +403,11 @@ def person_from_seeds(generator, seeds: Sequence[int], **kwargs) -> Person:
     if not seeds:
         raise ValueError("a person needs at least one seed (e.g. --seeds 12,40)")
     s = check_seeds(np.asarray(seeds))
-    lat = generator.to_latent(generator.sample_z(s)).detach().cpu().numpy()
+    z = generator.sample_z(s)
+    lat = generator.to_latent(z).detach().cpu().numpy()
     sources = {"seeds": [int(v) for v in s]}
+    if _image_dim(generator) < generator.latent_dim:  # over several classes: each seed's class (its image's)
+        sources["classes"] = [int(k) for k in generator.classes_of(z)]
     return make_person(generator, lat, None, sources=sources, **kwargs)
 
 
@@ -393,7 +457,8 @@ def person_from_photos(generator, photos, *, steps: int | None = None, seed: int
        uses) at the generator's resolution. For a grayscale generator (``img_channels == 1``) the framed
        photos are converted to gray (ITU-R BT.601 luma, as Pillow's ``"L"``), what its images are.
     2. **Projection**: :func:`latent_balance.projector.project` (W for StyleGAN2, z otherwise) with `steps`
-       and `seed`; a photo whose final LPIPS(vgg) is at or above :data:`POOR_PROJECTION_LPIPS`, or whose
+       and `seed` (a generator sampled over several classes: into W, through the same networks given its
+       first class; the synthesis does not read the class, so no class is chosen for the person); a photo whose final LPIPS(vgg) is at or above :data:`POOR_PROJECTION_LPIPS`, or whose
        projection's face does not match the photo under the threshold, is warned about (the person's
        region is then centred on a latent whose face is not the person's: more steps, a clearer photo).
     3. :func:`make_person` with latents = the projections and images = the *re-framed photos*: the
@@ -489,7 +554,11 @@ def person_from_photos(generator, photos, *, steps: int | None = None, seed: int
         target, refs = rgb, rgb
     logger.info("projecting %d photo(s) into %s of %s (%d steps)", len(used), generator.latent_space, generator.id,
                 int(steps))
-    proj = project(generator, target, steps=int(steps), seed=int(seed), show_progress=show_progress)
+    # over several classes, the photo is projected into W through one class's adapter of the same networks (the
+    # synthesis reads only w, so the projection's image is the same under every class; the first class's mapping
+    # only sets the projector's latent scale); the person's region is in W (module docstring)
+    space = generator._one_class(generator.classes[0]) if _image_dim(generator) < generator.latent_dim else generator
+    proj = project(space, target, steps=int(steps), seed=int(seed), show_progress=show_progress)
     lp = [float(v) for v in proj.lpips]
     poor = [names[used[k]] + f" (LPIPS {v:.3f})" for k, v in enumerate(lp) if v >= POOR_PROJECTION_LPIPS]
     if poor:
@@ -539,6 +608,10 @@ def load_person(path: str | os.PathLike[str], generator=None) -> Person:
             raise PersonFileError(f"{path}: person file lacks {key!r}")
     if not (float(meta["threshold"]) > 0 and float(meta["radius"]) >= 0):
         raise PersonFileError(f"{path}: threshold must be > 0 and radius >= 0, got {meta['threshold']}, {meta['radius']}")
+    made = meta["generator"] if isinstance(meta["generator"], dict) else {}
+    n_cls = len(made.get("classes") or [])
+    if n_cls and lat.shape[1] == made.get("latent_dim"):  # written with the class block: the region is in W
+        lat = lat[:, :lat.shape[1] - n_cls]
     name = os.path.splitext(os.path.basename(os.fspath(path)))[0]
     person = Person(emb, lat, meta["threshold"], meta["radius"], meta, name=name)
     if generator is not None:
@@ -549,18 +622,31 @@ def load_person(path: str | os.PathLike[str], generator=None) -> Person:
 def check_person(person: Person, generator, what: str = "the person") -> None:
     """Refuse a person made for another generator (naming what differs).
 
+    The class setting of a conditional StyleGAN2 (``class_index`` / ``--class K``, ``classes`` /
+    ``--classes``, a label ``c``) is not compared: a person's latents and region are in W, which the
+    synthesis maps to images the same way whatever class the mapping was given, so a person made on one
+    class setting of a checkpoint is excluded correctly under any other (its image check compares face
+    embeddings, which know no class either). Everything else that decides the image of a w is compared:
+    the checkpoint (id without its class suffix), truncation, noise mode, resolution, seed scheme, w size.
+
     Raises:
         PersonFileError: generator id, latent space, latent size or settings differ.
     """
-    mine = {k: v for k, v in generator.describe().items() if k != "clamped_pixel_share"}
-    theirs = person.meta.get("generator", {})
+    desc = generator.describe()
+    mine, theirs = _describe_image_space(desc), _describe_image_space(person.meta.get("generator", {}))
     diff = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(mine) | set(theirs))
             if json.dumps(theirs.get(k), default=str) != json.dumps(mine.get(k), default=str)}
     if diff:
+        made = person.meta.get("generator", {})
+        classes = "" if not (desc.get("c_dim") or made.get("c_dim")) else \
+            f" (class settings, not compared: file {_class_setting(made)}, this one {_class_setting(desc)})"
         raise PersonFileError(f"{what} was made for another generator; differing settings (file, this one): "
-                              + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items()))
-    if person.latents.shape[1] != generator.latent_dim:
-        raise PersonFileError(f"{what}: latents are {person.latents.shape[1]}-d, the generator's are {generator.latent_dim}-d")
+                              + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items()) + classes
+                              + "; make the person again with `latent-balance forget` on this generator")
+    d = _image_dim(generator)
+    if person.latents.shape[1] != d:
+        raise PersonFileError(f"{what}: latents are {person.latents.shape[1]}-d, the generator's "
+                              f"{'w (without the class block)' if d < generator.latent_dim else 'latents'} are {d}-d")
 
 
 class Exclusion:
@@ -572,8 +658,15 @@ class Exclusion:
         embedder:  a :class:`attributes.identity.FaceEmbedder` (default: a new one framed for the generator);
                    its id must equal the one each person was made with.
 
+    Without `embedder`, a person made under a calibrated framing (a checkpoint other than the packaged
+    face generators) whose face box is within :data:`latent_balance.framing.FACE_BOX_TOLERANCE` (0.01, the
+    calibration's own precision) of this generator's is checked with an embedder framed as the person's was:
+    its reference embeddings and the images are then embedded alike. This is what happens when a
+    conditional checkpoint's person is used under another class setting (each class setting calibrates
+    its framing on its own images; their boxes differ by about 0.003 on the test checkpoint).
+
     Raises:
-        PersonFileError: a file is bad, made for another generator or with another embedder.
+        PersonFileError: a file is bad, made for another generator or with another embedder (or framing).
         ValueError: no person.
     """
 
@@ -590,22 +683,62 @@ class Exclusion:
             else:
                 raise TypeError(f"exclude takes Person objects or person-file paths, got {type(p).__name__}")
             self.persons.append(p)
+        self._dim = _image_dim(generator)  # the persons' space: W without a class block
         self.embedder = _embedder_for(generator, embedder)
-        for p in self.persons:
-            if p.embedder_id != self.embedder.id:
-                raise PersonFileError(f"person {p.name!r} was made with embedder {p.embedder_id!r}, but this generator's "
-                                      f"images are embedded with {self.embedder.id!r}; remake the person file")
+        self._embedders = [self.embedder if p.embedder_id == self.embedder.id else
+                           self._framed_like(p, generator, given=embedder is not None) for p in self.persons]
+
+    def _framed_like(self, p: Person, generator, given: bool):
+        """An embedder framed as person `p`'s was, if its face box is within FACE_BOX_TOLERANCE of the
+        generator's and nothing else differs; else PersonFileError."""
+        from .framing import FACE_BOX_TOLERANCE, generator_face_box
+
+        def parts(eid):  # (the id without its aligner's work size and box, the box)
+            m = re.search(r":work\d+:box([^:]+):", eid)
+            box = tuple(float(v) for v in m.group(1).split(",")) if m else None
+            return (re.sub(r":work\d+:box[^:]+:", ":", eid) if m else eid), box
+
+        (mine, _), (theirs, box) = parts(self.embedder.id), parts(p.embedder_id)
+        why = ""
+        if not given and mine == theirs and box is not None and len(box) == 4:
+            gbox = generator_face_box(generator)
+            diff = max(abs(a - b) for a, b in zip(box, gbox))
+            if diff <= FACE_BOX_TOLERANCE:
+                from attributes.framing import reframe_labelers
+                from attributes.identity import FaceEmbedder
+
+                emb = reframe_labelers([FaceEmbedder()], box)[0]
+                if emb.id == p.embedder_id:
+                    logger.info("person %s: its face box %s is within %g of this generator's %s; its images are "
+                                "embedded in the person's framing", p.name, box, FACE_BOX_TOLERANCE, tuple(gbox))
+                    return emb
+            why = (f" (face box {box}, this generator's {tuple(round(v, 3) for v in gbox)}: {diff:.3f} apart, more "
+                   f"than the {FACE_BOX_TOLERANCE} a framing calibration is precise to)")
+        made, now = _class_setting(p.meta.get("generator", {})), _class_setting(generator.describe())
+        raise PersonFileError(f"person {p.name!r} was made with embedder {p.embedder_id!r}{why}, but this generator's "
+                              f"images are embedded with {self.embedder.id!r}; remake the person file on this generator"
+                              + (f" (the person was made with {made}; this run uses {now})"
+                                 if getattr(generator, "c_dim", 0) else ""))
 
     def inside(self, latents) -> np.ndarray:
-        """bool [N, P]: latent inside each person's region."""
-        return np.stack([p.inside(latents) for p in self.persons], axis=1) if len(latents) else np.zeros((0, len(self.persons)), bool)
+        """bool [N, P]: latents [N, latent_dim] of the generator inside each person's region (compared in W
+        alone over several classes: the class block is left out, see the module docstring)."""
+        if len(latents) == 0:
+            return np.zeros((0, len(self.persons)), bool)
+        lat = np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents)[:, :self._dim]
+        return np.stack([p.inside(lat) for p in self.persons], axis=1)
 
     def matches(self, images) -> np.ndarray:
         """bool [N, P]: image [N, 3, H, W] in [-1, 1] matching each person (embedding within the threshold)."""
         if len(images) == 0:
             return np.zeros((0, len(self.persons)), bool)
-        emb = self.embedder(images)
-        return np.stack([p.matches(emb) for p in self.persons], axis=1)
+        out = np.zeros((len(images), len(self.persons)), bool)
+        done: dict[int, np.ndarray] = {}  # each distinct embedder embeds the images once
+        for i, (p, embedder) in enumerate(zip(self.persons, self._embedders)):
+            if id(embedder) not in done:
+                done[id(embedder)] = embedder(images)
+            out[:, i] = p.matches(done[id(embedder)])
+        return out
 
     def settings(self) -> list[dict]:
         """The exclusion as recorded in a dataset's settings and card: per person, its number (1, 2, ... in

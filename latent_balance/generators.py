@@ -543,7 +543,10 @@ class StyleGAN2Adapter(GeneratorAdapter):
             if isinstance(m, nn.Module):
                 m.eval().requires_grad_(False)
         self.checkpoint_notes = dict(getattr(G, "checkpoint_notes", None) or {})
-        self.id = (id or self._default_id(G)) + self._label_suffix()
+        self._base_id = id or self._default_id(G)  # without the class suffix
+        self.id = self._base_id + self._label_suffix()
+        self._settings = dict(truncation_cutoff=truncation_cutoff, noise_mode=noise_mode, w_avg=w_avg,
+                              batch_size=batch_size)  # for _one_class
 
     def _set_classes(self, classes, class_prior) -> None:
         if isinstance(classes, str):
@@ -603,6 +606,18 @@ class StyleGAN2Adapter(GeneratorAdapter):
         self._need_classes()
         x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         return np.asarray(self.classes, np.int64)[np.argmax(x[:, -len(self.classes):], axis=1)]
+
+    def _one_class(self, k: int) -> "StyleGAN2Adapter":
+        """The same networks and settings generating class `k` only (``class_index=k``): its latent is w
+        alone, whose image is the same as under this adapter's any class block (synthesis reads only w).
+        For work that needs a latent without a class block (projecting a photo into W)."""
+        one = StyleGAN2Adapter(None, truncation_psi=self.truncation_psi, class_index=int(k), mapping=self._mapping,
+                               synthesis=self._synthesis, z_dim=getattr(self, "_prior_z_dim", self.z_dim),
+                               w_dim=self.w_dim, num_ws=self.num_ws, img_resolution=self.img_resolution,
+                               img_channels=self.img_channels, id=self._base_id, seed_scheme=self.seed_scheme,
+                               device=self.device, **self._settings)
+        one.checkpoint_notes = dict(self.checkpoint_notes)
+        return one
 
     def _need_classes(self) -> None:
         if self.classes is None:

@@ -115,7 +115,8 @@ def project(generator: GeneratorAdapter, images, steps: int = 500, lr: float = 0
     Raises:
         TypeError:  images not a tensor or array, generator not an adapter.
         ValueError: images of the wrong shape, channels, size or dtype, with NaN / infinite values or
-                    values outside [-1, 1] (1e-3 of rounding is tolerated and clamped); a bad setting.
+                    values outside [-1, 1] (1e-3 of rounding is tolerated and clamped); a bad setting; a
+                    generator sampled over several classes (``classes=``: project with one class instead).
 
     Cost (measured, 2-core CPU shared with other jobs, load average 9-11): seconds per step per 64 px
     image, 0.7 for 4 ``stylegan2-faces`` images together (3.1 for one alone), 0.2 for 4
@@ -125,6 +126,11 @@ def project(generator: GeneratorAdapter, images, steps: int = 500, lr: float = 0
     if not isinstance(generator, GeneratorAdapter):
         raise TypeError(f"generator must be a GeneratorAdapter (e.g. load_generator('stylegan2-faces')), "
                         f"got {type(generator).__name__}")
+    if getattr(generator, "known_attributes", None):
+        raise ValueError(f"generator {generator.id} is sampled over several classes: its latent [w, onehot(class)] has "
+                         f"a class block its synthesis does not read, so a projection has no class to find. Project "
+                         f"on the same checkpoint with one class (class_index=K, --class K): the projection is a w, "
+                         f"whose image is the same under every class")
     steps, lr, weights = _check_settings(steps, lr, lpips_weight, pixel_weight, prior_weight, noise, seed)
     lpips_weight, pixel_weight, prior_weight = weights
     target = _check_images(images, generator)
