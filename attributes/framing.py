@@ -260,7 +260,7 @@ def calibrate_framing(images, predictor=None, batch_size: int = 64) -> FramingCa
         with _w.catch_warnings():
             _w.simplefilter("ignore")  # the aligner's fallback warning: counted here instead
             for u8 in kept:
-                pts, fb = fit.landmarks(u8.float() / 127.5 - 1)
+                pts, fb = fit._landmarks_u8(u8)
                 fallbacks += int(fb.sum())
                 for p in pts[~fb]:
                     b = (_implied_box((p + 0.5 + pad) * scale - 0.5) / scale - pad)  # work px -> image px
