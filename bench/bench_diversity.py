@@ -117,10 +117,14 @@ def main() -> None:
     ap.add_argument("--runs", default="latent,verify", help="comma-separated: latent, verify")
     ap.add_argument("--min-diversity", default="default",
                     help="comma-separated floors to run ('default' = the sampler's default)")
+    ap.add_argument("--max-cell-tv", default="default",
+                    help="comma-separated verify cell caps to run ('default' = the sampler's default)")
     ap.add_argument("--probes", type=int, default=4000, help="probes to fit a model on (generators without one)")
     ap.add_argument("--max-pairs", type=int, default=20_000, help="LPIPS pairs per cell and side")
     ap.add_argument("--no-control", action="store_true", help="skip the natural-vs-natural control")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the runs already in the results file (same sizes); "
+                    "runs of the same name are not redone")
     args = ap.parse_args()
     torch.set_num_threads(2)
     warnings.simplefilter("default")
@@ -137,6 +141,12 @@ def main() -> None:
                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": os.getloadavg()},
                  "generator": args.generator, "goal": GOAL, "per_cell": args.per_cell,
                  "natural_per_cell": args.natural_per_cell, "runs": {}}
+
+    if out_path.exists() and args.keep:
+        old = json.loads(out_path.read_text())
+        if old.get("natural_per_cell") == args.natural_per_cell and old.get("per_cell") == args.per_cell:
+            out["runs"] = old.get("runs", {})
+            out["earlier_runs_kept_from"] = old.get("date")
 
     def save() -> None:
         out_path.write_text(json.dumps(out, indent=1, default=float))
@@ -189,43 +199,50 @@ def main() -> None:
         save()
 
     floors = [None if f == "default" else float(f) for f in args.min_diversity.split(",")]
-    for kind in args.runs.split(","):
+    caps = [None if f == "default" else float(f) for f in args.max_cell_tv.split(",")]
+    settings = [(kind, floor, cap) for kind in args.runs.split(",") for floor in floors
+                for cap in (caps if kind == "verify" else [None])]
+    for kind, floor, cap in settings:
         verify = {"latent": False, "verify": True}[kind]
-        for floor in floors:
-            name = f"{kind}/min_diversity={'default' if floor is None else floor:g}" if floor is not None \
-                else f"{kind}/min_diversity=default"
-            t = time.perf_counter()
-            with warnings.catch_warnings(record=True) as ws:
-                warnings.simplefilter("always")
-                s = BalancedSampler(gen, model, None, mode="matched", sharpness="auto", verify=verify,
-                                    labelers=labelers, seed=1, batch_size=256, block_size=1000,
-                                    **({} if floor is None else {"min_diversity": floor}))
-                p = s.plan_
-                # latent-only: enough outputs that the smallest predicted labelled cell gets about per_cell
-                n = len(names) * args.per_cell if verify else \
-                    int(np.ceil(args.per_cell / max(float(np.min(p["predicted"])), 1e-3)))
-                n = min(n, 2 * len(names) * args.per_cell)
-                res = s.sample(n, images=True)
-            st = res.stats
-            cells = np.asarray(res.labelled)
-            run = {"verify": verify, "min_diversity": s.min_diversity, "n": n,
-                   "sharpness": [float(v) for v in st["sharpness"]],
-                   "predicted_tv": st["predicted_tv"], "predicted_diversity": st.get("predicted_diversity"),
-                   "diversity_blend": st.get("diversity_blend"), "diversity_cost": st.get("diversity_cost"),
-                   "labelled_counts": np.bincount(cells, minlength=len(names)).tolist(),
-                   "labelled_tv": float(0.5 * np.abs(np.bincount(cells, minlength=len(names)) / len(cells)
-                                                     - 1 / len(names)).sum()),
-                   "synthesis_calls_per_kept_image": st["synthesis_calls_per_kept_image"],
-                   "warnings": [str(w.message) for w in ws if issubclass(w.category, RuntimeWarning)],
-                   "sample_seconds": time.perf_counter() - t}
-            # at most per_cell images of each labelled cell (the first ones), like the natural side
-            keep = np.concatenate([np.flatnonzero(cells == c)[: args.per_cell] for c in range(len(names))])
-            imgs = res.images[torch.from_numpy(keep)].float().clamp(-1, 1)
-            run.update(measure(imgs, cells[keep]))
-            run["seconds"] = time.perf_counter() - t
-            out["runs"][name] = run
-            log(name, {k: run[k] for k in ("labelled_tv", "synthesis_calls_per_kept_image")}, run["summary"])
-            save()
+        name = f"{kind}/min_diversity={'default' if floor is None else f'{floor:g}'}"
+        if verify:
+            name += f"/max_cell_tv={'default' if cap is None else f'{cap:g}'}"
+        if name in out["runs"]:
+            continue
+        t = time.perf_counter()
+        with warnings.catch_warnings(record=True) as ws:
+            warnings.simplefilter("always")
+            s = BalancedSampler(gen, model, None, mode="matched", sharpness="auto", verify=verify,
+                                labelers=labelers, seed=1, batch_size=256, block_size=1000,
+                                **({} if floor is None else {"min_diversity": floor}),
+                                **({} if cap is None else {"max_cell_tv": cap}))
+            p = s.plan_
+            # latent-only: enough outputs that the smallest predicted labelled cell gets about per_cell
+            n = len(names) * args.per_cell if verify else \
+                int(np.ceil(args.per_cell / max(float(np.min(p["predicted"])), 1e-3)))
+            n = min(n, 2 * len(names) * args.per_cell)
+            res = s.sample(n, images=True)
+        st = res.stats
+        cells = np.asarray(res.labelled)
+        run = {"verify": verify, "min_diversity": s.min_diversity, "max_cell_tv": s.max_cell_tv, "n": n,
+               "sharpness": [float(v) for v in st["sharpness"]],
+               "predicted_tv": st["predicted_tv"], "predicted_diversity": st.get("predicted_diversity"),
+               "diversity_blend": st.get("diversity_blend"), "diversity_cost": st.get("diversity_cost"),
+               "labelled_counts": np.bincount(cells, minlength=len(names)).tolist(),
+               "labelled_tv": float(0.5 * np.abs(np.bincount(cells, minlength=len(names)) / len(cells)
+                                                 - 1 / len(names)).sum()),
+               "synthesis_calls_per_kept_image": st["synthesis_calls_per_kept_image"],
+               "predicted_synthesis_calls_per_kept_image": p.get("verify_cost"),
+               "warnings": [str(w.message) for w in ws if issubclass(w.category, RuntimeWarning)],
+               "sample_seconds": time.perf_counter() - t}
+        # at most per_cell images of each labelled cell (the first ones), like the natural side
+        keep = np.concatenate([np.flatnonzero(cells == c)[: args.per_cell] for c in range(len(names))])
+        imgs = res.images[torch.from_numpy(keep)].float().clamp(-1, 1)
+        run.update(measure(imgs, cells[keep]))
+        run["seconds"] = time.perf_counter() - t
+        out["runs"][name] = run
+        log(name, {k: run[k] for k in ("labelled_tv", "synthesis_calls_per_kept_image")}, run["summary"])
+        save()
     out["machine"]["load_after"] = os.getloadavg()
     save()
     log("wrote", out_path)

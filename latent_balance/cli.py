@@ -139,6 +139,7 @@ _API_TO_FLAG = [
     (re.compile(r"\bmax_synthesis_per_image\b"), "--max-synthesis-per-image"),
     (re.compile(r"\bmax_sharpness\b"), "--max-sharpness"),
     (re.compile(r"\bmin_diversity\b"), "--min-diversity"),
+    (re.compile(r"\bmax_cell_tv\b"), "--max-cell-tv"),
     (re.compile(r"\b([Rr]aise|[Ll]ower) the sharpness\b"), r"\1 --sharpness"),
     (re.compile(r"\brelax the target\b"), "relax the target (--target)"),
     (re.compile(r"\bthreshold='calibrate'"), "--threshold calibrate"),
@@ -370,7 +371,8 @@ def _rebuild_sample_source(p: dict):
                                        p["threshold"], p["seed"], p["batch_size"], p["block_size"], cell=p["cell"],
                                        max_sharpness=p["max_sharpness"],
                                        max_synthesis_per_image=p["max_synthesis_per_image"],
-                                       min_diversity=p.get("min_diversity"), exclude=p.get("exclude")))
+                                       min_diversity=p.get("min_diversity"), exclude=p.get("exclude"),
+                                       max_cell_tv=p.get("max_cell_tv")))
 
 
 def _model_file(model_path: str) -> str:
@@ -610,7 +612,8 @@ def fit(ctx, probes, out, attributes, posterior, seed):
 
 
 def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, threshold, seed, batch_size,
-             block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0, min_diversity=None, exclude=None):
+             block_size, cell=None, max_sharpness=None, max_synthesis_per_image=10.0, min_diversity=None, exclude=None,
+             max_cell_tv=None):
     from .sampling import BalancedSampler
 
     sharp = sharpness if sharpness == "auto" else float(sharpness)
@@ -628,6 +631,7 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
                                 threshold=threshold, seed=seed, batch_size=batch_size, block_size=block_size,
                                 max_sharpness=max_sharpness, max_synthesis_per_image=max_synthesis_per_image,
                                 **({} if min_diversity is None else {"min_diversity": min_diversity}),
+                                **({} if max_cell_tv is None or not verify else {"max_cell_tv": max_cell_tv}),
                                 **({"exclude": list(exclude)} if exclude else {}))
             return s.for_cell(spec) if cell else s
         except SamplingError as err:  # a budget or target it cannot meet, found while planning: nothing made yet
@@ -698,6 +702,11 @@ def _cell_spec(cell: str, attributes) -> dict:
                    "generator's, from the held-out probes; default 0 = no floor; 0.985 is the benchmark's suggestion). "
                    "Allocation and --sharpness auto keep it at a predicted cost in balance (latent-only) or "
                    "synthesis calls (verify); see docs/sampling.md.")
+@click.option("--max-cell-tv", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="With --verify: bound on the total variation distance between each cell's kept images (their "
+                   "latents) and the natural generator's images of that cell; candidates that would crowd a cell "
+                   "are refused in proportion, at a predicted cost in synthesis calls (default 1 = no bound; see "
+                   "docs/sampling.md).")
 @click.option("--max-synthesis-per-image", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Verify: stop before starting when more synthesis calls per kept image are predicted "
                    "(rare cells can need more, e.g. 17 for female,old,smiling on dcgan-faces).")
@@ -734,7 +743,7 @@ def _cell_spec(cell: str, attributes) -> dict:
 @engine_options
 @click.pass_context
 def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, attributes, labelers_spec, sharpness,
-           max_sharpness, min_diversity, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards,
+           max_sharpness, min_diversity, max_cell_tv, max_synthesis_per_image, threshold, seed, block_size, shard, num_shards,
            save_latents, image_format, quality, image_size, layout, encode_workers, truncation_psi, class_index,
            seed_scheme, batch_size, device, engine, address, num_workers, gpus_per_worker, exclude=()):
     """Write a balanced, labelled dataset (PNG images, manifest CSV/JSONL, dataset card)."""
@@ -746,6 +755,9 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
     out = Path(out)
     if shard >= num_shards:
         raise InputError(f"--shard must be below --num-shards ({num_shards}), got {shard}")
+    if max_cell_tv is not None and (verify is False or mode == "natural"):
+        raise InputError("--max-cell-tv bounds what verification keeps in each cell: it needs --verify "
+                         "(latent-only sampling does not know an image's cell)")
     output = {"image_format": image_format, "quality": quality, "image_size": image_size, "layout": layout}
     try:
         _output_settings(image_format, quality, image_size, layout)
@@ -800,6 +812,9 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
         if verify is None:
             auto_why = _verify_reason(ctx, model, target, cell)
             verify = auto_why is not None
+        if max_cell_tv is not None and not verify:
+            raise InputError("--max-cell-tv bounds what verification keeps in each cell: it needs --verify "
+                             "(latent-only sampling does not know an image's cell)")
         # planning warnings wait until the output folder is known to accept this run (a refused resume
         # says only why it is refused)
         with warnings.catch_warnings(record=True) as planning_warnings:
@@ -808,7 +823,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                 sampler = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed,
                                    batch_size, block_size, cell=cell, max_sharpness=max_sharpness,
                                    max_synthesis_per_image=max_synthesis_per_image, min_diversity=min_diversity,
-                                   exclude=exclude)
+                                   exclude=exclude, max_cell_tv=max_cell_tv)
             except InputError as err:
                 planning_error = err
             else:
@@ -854,7 +869,8 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                 warnings.simplefilter("ignore")
                 free = _sampler(ctx, gen, model, target, mode, verify, labs, sharpness, threshold, seed, batch_size,
                                 block_size, cell=cell, max_sharpness=max_sharpness,
-                                max_synthesis_per_image=max_synthesis_per_image, min_diversity=0.0).plan_
+                                max_synthesis_per_image=max_synthesis_per_image, min_diversity=0.0,
+                                max_cell_tv=max_cell_tv).plan_
             plan = sampler.plan_
             key, unit, fmt = (("verify_cost", "synthesis calls per kept image", ".2f") if verify
                               else ("predicted_tv", "predicted total variation from the target", ".3f"))
@@ -874,7 +890,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                   "verify": verify, "cell": cell, "sharpness": sharpness, "threshold": threshold, "seed": seed,
                   "batch_size": batch_size, "block_size": block_size, "max_sharpness": max_sharpness,
                   "max_synthesis_per_image": max_synthesis_per_image, "min_diversity": min_diversity,
-                  "natural_target": source.target() if mode == "natural" else None, "exclude": exclude or None}
+                  "max_cell_tv": max_cell_tv, "natural_target": source.target() if mode == "natural" else None, "exclude": exclude or None}
         res = _run(ctx, write_dataset_ray, out, functools.partial(_rebuild_sample_source, recipe), n,
                    block_size=block_size, source=source, save_latents=save_latents, extra_settings=extra,
                    workers=encode_workers, **output, **ray_opts)

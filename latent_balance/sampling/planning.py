@@ -19,7 +19,7 @@ import numpy as np
 from ..metrics import kl_divergence, total_variation
 from .errors import BudgetError, TooFewProbes, UnreachableTarget
 
-__all__ = ["SHARPNESS_GRID", "MIN_DIVERSITY", "SUGGESTED_MIN_DIVERSITY"]
+__all__ = ["SHARPNESS_GRID", "MIN_DIVERSITY", "SUGGESTED_MIN_DIVERSITY", "MAX_CELL_TV"]
 
 SHARPNESS_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 
@@ -35,6 +35,10 @@ MIN_DIVERSITY = 0.0
 #: predicted below 1; 1.2 +- 0.2 over all cells): keeping the LPIPS ratio >= 0.97 then needs
 #: d >= 1 - 0.03 / 2 = 0.985.
 SUGGESTED_MIN_DIVERSITY = 0.985
+
+#: Default bound of verify's per-cell total variation to the natural images of the cell
+#: (:class:`~latent_balance.sampling.BalancedSampler` ``max_cell_tv``; 1 = no bound).
+MAX_CELL_TV = 1.0
 
 #: Blends of the allocation weights toward the diverse allocation tried by the planner (0 = the
 #: cheapest / closest allocation, 1 = the diverse one).
@@ -60,6 +64,7 @@ class _PlanningMixin:
         # diversity prediction: pairwise latent distances among held-out probes of each labelled cell
         X = np.asarray(h["latents"], np.float64)
         cells = np.asarray(h["cells"], np.int64)
+        self._cells_h = cells
         self._div_idx, self._div_D, self._div_base = [], [], np.full(k, np.nan)
         for c in range(k):
             idx = np.flatnonzero(cells == c)[:_DIVERSITY_PROBES]
@@ -99,14 +104,37 @@ class _PlanningMixin:
         affordable = acc * self.max_proposals_per_image >= 1.0
         # each component's accepted distribution as weights over the held-out probes (columns sum to 1),
         # reduced per labelled cell to the quadratic forms the diversity prediction needs
+        kappa, C_keep = self._cell_caps(a, tot, C)
         An = np.where(tot > 0, a / np.where(tot > 0, tot, 1.0), 0.0)
         An[An < 1e-12] = 0.0  # negligible (columns sum to 1); subnormal products would slow the matmuls ~100x
         spread = []
-        for idx, D in zip(self._div_idx, self._div_D):
-            Ac = An[idx]
+        for c, (idx, D) in enumerate(zip(self._div_idx, self._div_D)):
+            Ac = An[idx] if kappa is None else np.minimum(An[idx], kappa[:, c] / np.where(tot > 0, tot, 1.0))
             spread.append((Ac.T @ (D @ Ac), Ac.T @ Ac, Ac.sum(axis=0)))
-        return {"C": C, "acceptance": acc, "ess": ess, "affordable": affordable,
+        return {"C": C, "C_keep": C_keep, "kappa": kappa, "acceptance": acc, "ess": ess, "affordable": affordable,
                 "usable": affordable & (ess >= self.min_ess), "_spread": spread}
+
+    def _cell_caps(self, a: np.ndarray, tot: np.ndarray, C: np.ndarray):
+        """Verify's per-cell caps (``max_cell_tv`` < 1): kappa [K, K] (component g, labelled cell c), the
+        ``max_cell_tv`` quantile of a_g over the held-out probes labelled c (their hard labels, whatever
+        ``confusion``), and C_keep [K, K]: the share of
+        component g's images labelled c *and* kept by the cap test (rows sum to <= 1). Without caps
+        (None, C)."""
+        u = getattr(self, "max_cell_tv", 1.0)
+        if not self.verify or u >= 1.0:
+            return None, C
+        k = len(self.space)
+        kappa = np.full((k, k), np.inf)
+        C_keep = np.zeros((k, k))
+        for c in range(k):
+            idx = self._cells_h == c
+            if not idx.any():
+                continue
+            ac = a[idx]
+            kappa[:, c] = np.quantile(ac, u, axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                C_keep[:, c] = np.where(tot > 0, np.minimum(ac, kappa[:, c]).sum(axis=0) / np.where(tot > 0, tot, 1.0), 0.0)
+        return kappa, C_keep
 
     def _diversity(self, spread, w: np.ndarray) -> np.ndarray:
         """Predicted diversity per labelled cell [K] of outputs drawn from components with weights w [K].
@@ -302,10 +330,11 @@ class _PlanningMixin:
         matched = (mode or self.mode) == "matched"
         floor = self.min_diversity
         if self.verify:
-            m0 = _lp_allocation(C, q, usable)
+            Ck = comp["C_keep"]  # = C without a cell cap
+            m0 = _lp_allocation(Ck, q, usable)
             out["pi"] = pi0 = (None if not matched else _mixture_weights(C, q, usable))
             natural = np.where(usable, np.asarray(self.model.natural_["proportions"], np.float64), 0.0)
-            reach = natural @ C
+            reach = natural @ Ck
             rows = q > 0
             if m0 is None:
                 blends = [(0.0, None)]
@@ -355,12 +384,13 @@ class _PlanningMixin:
             out["proposals_per_kept"] = None
             ok = m is not None
             if ok:
-                # expected share of component g's images that are kept: images labelled c are kept while
-                # c needs them, i.e. in proportion q_c / (m @ C)_c
-                expected = m @ C
+                # expected share of component g's images that are kept: images labelled c (and passing the
+                # cell cap) are kept while c needs them, i.e. in proportion q_c / (m @ C_keep)_c
+                Ck = comp["C_keep"]
+                expected = m @ Ck
                 with np.errstate(divide="ignore", invalid="ignore"):
                     share = np.where(expected > 0, np.minimum(1.0, q / np.where(expected > 0, expected, 1.0)), 0.0)
-                    kept = C @ share
+                    kept = Ck @ share
                     ppk = np.where(m > 1e-9, 1.0 / np.maximum(comp["acceptance"] * kept, 1e-300), 0.0)
                 out["proposals_per_kept"] = ppk
                 # automatic choices also keep latent proposals per *kept* image within the budget
@@ -442,7 +472,7 @@ class _PlanningMixin:
         acc, ids = plan["acceptance"], self.space.ids
         if self.verify:
             usable = plan["affordable"]
-            reach = (plan["C"][usable] > 0).any(axis=0) if usable.any() else np.zeros(len(ids), bool)
+            reach = (plan["C_keep"][usable] > 0).any(axis=0) if usable.any() else np.zeros(len(ids), bool)
             for g in np.flatnonzero((self.q > 0) & ~reach):
                 raise BudgetError(f"cell {ids[g]!r} cannot be filled: no component whose acceptance rate is within "
                                   f"max_proposals_per_image={self.max_proposals_per_image:g} ever produced an image "
@@ -450,7 +480,7 @@ class _PlanningMixin:
                                   f"cell no target mass (exclude it)", cell=ids[g])
             cost = plan["verify_cost"]
             if cost > self.max_synthesis_per_image:
-                worst = int(np.argmax(np.where(self.q > 0, self.q / np.maximum(plan["C"].max(axis=0), 1e-12), 0)))
+                worst = int(np.argmax(np.where(self.q > 0, self.q / np.maximum(plan["C_keep"].max(axis=0), 1e-12), 0)))
                 raise BudgetError(f"verify would need about {cost:.3g} synthesis calls per kept image "
                                   f"(> max_synthesis_per_image={self.max_synthesis_per_image:g}); the hardest cell is "
                                   f"{ids[worst]!r}", cell=ids[worst])

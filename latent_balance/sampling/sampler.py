@@ -25,7 +25,7 @@ from ..targets import Target
 from .allocation import _AllocationMixin
 from .dataset import BalancedDataset
 from .errors import BudgetError
-from .planning import MIN_DIVERSITY, SHARPNESS_GRID, _PlanningMixin
+from .planning import MAX_CELL_TV, MIN_DIVERSITY, SHARPNESS_GRID, _PlanningMixin
 from .result import SampleResult
 from .streams import _count, _Streams
 from .verify import _VerifyMixin
@@ -79,6 +79,16 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                      diverse one and the automatic sharpness chosen so that it holds, at a predicted cost
                      the plan reports (``diversity_cost``). 0 turns the floor off (the closest / cheapest
                      allocation).
+        max_cell_tv: verify only: bound on the total variation distance between the latents of the images
+                     kept in a cell and the natural generator's latents labelled in that cell (default
+                     :data:`~latent_balance.sampling.planning.MAX_CELL_TV`; 1 = no bound). A component's
+                     proposals crowd each cell's images toward its own region; a candidate from component g
+                     labelled c is therefore kept only with probability ``min(1, kappa_gc / a_g(x))``, where
+                     ``kappa_gc`` is the ``max_cell_tv`` quantile of the acceptance ``a_g`` over the held-out
+                     probes labelled c. The kept density is then the natural one capped at ``kappa_gc``,
+                     whose total variation to the natural cell is at most ``max_cell_tv`` (the mass below the
+                     cap). Smaller = closer to the natural images of each cell, more synthesis calls (the
+                     linear program plans with the capped confusion, so the cost is predicted and budgeted).
         exclude:     persons not to depict (:mod:`latent_balance.forget`): :class:`~latent_balance.forget.Person`
                      objects or person-file paths. Proposals inside a person's latent region are rejected before
                      synthesis; with images, every image is embedded and one within the person's threshold is
@@ -94,7 +104,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                  tolerance: float = 0.01, strict: bool = False, min_count: int = 5,
                  max_proposals_per_image: float = 10_000, max_synthesis_per_image: float = 10.0,
                  min_ess: float = 30.0, proposal_batch: int = 8192, min_diversity: float = MIN_DIVERSITY,
-                 exclude=None):
+                 max_cell_tv: float | None = None, exclude=None):
         if mode not in ("posterior", "matched"):
             raise ValueError(f"mode must be 'posterior' or 'matched', got {mode!r}")
         if allocation not in ("exact", "iid"):
@@ -127,6 +137,14 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             raise ValueError(f"min_diversity must be a number in [0, 1] (predicted latent spread ratio; 0 = no "
                              f"floor), got {min_diversity!r}")
         self.min_diversity = float(min_diversity)
+        if max_cell_tv is not None and not verify:
+            raise ValueError("max_cell_tv needs verify=True: which cell an image is in is known only from its labels")
+        if max_cell_tv is None:
+            max_cell_tv = MAX_CELL_TV if verify else 1.0
+        if not (isinstance(max_cell_tv, (int, float, np.floating, np.integer)) and 0.0 < float(max_cell_tv) <= 1.0):
+            raise ValueError(f"max_cell_tv must be a number in (0, 1] (bound on each cell's total variation "
+                             f"distance to the natural images of that cell; 1 = no bound), got {max_cell_tv!r}")
+        self.max_cell_tv = float(max_cell_tv)
         self.threshold = None if threshold is None else float(threshold)
         if max_sharpness is not None and not float(max_sharpness) >= 1.0:
             raise ValueError(f"max_sharpness must be >= 1 or None, got {max_sharpness}")
@@ -230,7 +248,8 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             ``latent_proposals_per_kept_image`` (overall, ``..._per_component``: a component's proposals over
             the images kept from it, and ``..._per_cell``: the mean of that over the images kept in each
             cell), ``synthesis_calls``,
-            ``synthesis_calls_per_kept_image``, ``verify_rejected_per_cell`` (verify: synthesized images
+            ``synthesis_calls_per_kept_image``, ``verify_capped_per_cell`` (verify: candidates refused by the
+            cell cap, ``max_cell_tv``), ``verify_rejected_per_cell`` (verify: synthesized images
             not kept, by labelled cell [K]), ``truncation_psi``, ``blocks``, and the stage times
             ``time_proposals_s``, ``time_synthesis_s``, ``time_labelling_s``,
             ``time_waiting_for_proposals_s`` (seconds; see :data:`STAGE_TIMES`).
@@ -523,6 +542,8 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             "verify_rounds": int(sum(p.stats.get("verify_rounds", 0) for p in parts)),
             "verify_rejected_per_cell": np.sum([p.stats.get("verify_rejected_per_cell", np.zeros(k, np.int64))
                                                 for p in parts], axis=0).astype(int).tolist(),
+            "verify_capped_per_cell": np.sum([p.stats.get("verify_capped_per_cell", np.zeros(k, np.int64))
+                                              for p in parts], axis=0).astype(int).tolist(),
             "truncation_psi": float(self.generator.describe().get("truncation_psi", 1.0)),
             "cells": list(self.space.ids), "n_cells": k,
         }
@@ -596,7 +617,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                   "latent_predicted_kl": plan["predicted_kl"], "min_diversity": self.min_diversity,
                   "predicted_diversity": [None if not np.isfinite(v) else float(v) for v in plan["diversity"]],
                   "predicted_diversity_min": plan["diversity_min"], "diversity_blend": plan["diversity_blend"],
-                  "diversity_cost": plan["diversity_cost"]}
+                  "diversity_cost": plan["diversity_cost"], "max_cell_tv": self.max_cell_tv}
         if self.verify:
             return {"predicted": self.q.tolist(), "predicted_tv": 0.0, "predicted_kl": 0.0, "reachable": True,
                     **latent}

@@ -52,6 +52,8 @@ class BalancedSource:
                 # the floor only when set: datasets written before it existed (no floor) still resume
                 **({"min_diversity": s.min_diversity, "diversity_blend": s.plan_["diversity_blend"]}
                    if s.min_diversity > 0 else {}),
+                # the cell cap only when bounded: datasets written before it existed (no cap) still resume
+                **({"max_cell_tv": s.max_cell_tv} if s.max_cell_tv < 1 else {}),
                 # excluded persons only when set: datasets written before `exclude` existed still resume
                 **({"exclude": s.exclusion.settings()} if s.exclusion is not None else {}),
                 "allocation": s.allocation, "confusion": s.confusion, "sampler_block_size": s.block_size,

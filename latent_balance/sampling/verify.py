@@ -33,14 +33,18 @@ class _VerifyMixin:
         natural = np.where(usable, np.asarray(self.model.natural_["proportions"], np.float64), 0.0)
         # prior of the in-block update of C: the held-out estimate with weight = its effective sample size
         prior_w = np.minimum(plan["ess"], 200.0)[:, None]
-        prior = plan["C"] * prior_w
-        seen = np.zeros((k, k))
+        kappa = plan.get("kappa")  # verify's cell caps (max_cell_tv < 1), else None
+        prior = plan["C_keep"] * prior_w
+        seen = np.zeros((k, k))  # candidates per (component, labelled cell) that passed the cell cap
+        drawn = np.zeros(k)  # candidates per component
+        capped = np.zeros(k, np.int64)  # candidates refused by the cell cap, by labelled cell
+        cap_rng = np.random.default_rng([self.seed, streams.block, 0xCA9])
         kept: list[list[tuple]] = [[] for _ in range(k)]
         rejected = np.zeros(k, np.int64)  # synthesized candidates not kept, by the cell they were labelled in
         synth = rounds = 0
         budget = self.max_synthesis_per_image * n
         while need.sum() > 0:
-            C = (prior + seen) / np.maximum(prior_w + seen.sum(axis=1, keepdims=True), 1e-12)
+            C = (prior + seen) / np.maximum(prior_w + drawn[:, None], 1e-12)
             m = _lp_allocation(C, need, usable)
             blend = plan.get("diversity_blend", 0.0)
             if m is not None and blend > 0:
@@ -83,7 +87,18 @@ class _VerifyMixin:
             timings["labeling"] += time.perf_counter() - t0
             synth += len(lat)
             cells = self.space.cell_of_probs(probs)
-            np.add.at(seen, (comp, cells), 1.0)
+            np.add.at(drawn, comp, 1.0)
+            keepable = np.ones(len(cells), bool)
+            if kappa is not None:
+                # the cell cap: a candidate of component g labelled c is kept with probability
+                # min(1, kappa[g, c] / a_g(latent)), so each cell's kept latents follow the natural density
+                # capped at kappa (uniforms from the block's own generator, in candidate order)
+                a = self._accept_prob(self.model.predict_proba(lat), plan["sharpness"])[np.arange(len(comp)), comp]
+                with np.errstate(divide="ignore"):
+                    p_keep = np.minimum(1.0, kappa[comp, cells] / np.maximum(a, 1e-300))
+                keepable = cap_rng.random(len(cells)) < p_keep
+                np.add.at(capped, cells[~keepable], 1)
+            np.add.at(seen, (comp[keepable], cells[keepable]), 1.0)
             # candidates are offered to the cells interleaved across components (by relative rank within
             # their component), so no component's images systematically arrive after the cells are full
             rank = np.concatenate([(np.arange(len(b[1])) + 0.5) / len(b[1]) for b in batch])
@@ -92,6 +107,8 @@ class _VerifyMixin:
                 c = int(cells[i])
                 if hit is not None and hit[i]:
                     continue  # depicts an excluded person: never kept (counted above, per person)
+                if not keepable[i]:
+                    continue  # refused by the cell cap (counted above)
                 if need[c] > 0:
                     need[c] -= 1
                     kept[c].append((seeds[i], z[i], lat[i], comp[i], imgs[i], {a: p[i] for a, p in probs.items()}))
@@ -115,7 +132,8 @@ class _VerifyMixin:
                     out_probs[a][r] = p[a]
         res = SampleResult(out_seeds, out_z, out_lat, slots.copy(), out_comp, list(self.space.ids),
                            images=torch.stack(out_imgs) if n else None, probs=out_probs, labelled=slots.copy())
-        res.stats.update(synthesis_calls=synth, verify_rounds=rounds, verify_rejected_per_cell=rejected.tolist())
+        res.stats.update(synthesis_calls=synth, verify_rounds=rounds, verify_rejected_per_cell=rejected.tolist(),
+                         verify_capped_per_cell=capped.tolist())
         return res
 
     def _achieved(self, target_counts, need) -> dict[str, int]:

@@ -1,0 +1,117 @@
+"""Verify's cell cap (``max_cell_tv``, issue 21): each cell's kept latents close to the natural ones of that cell.
+
+Synthetic world (tests/_synthetic.py, the *noisy* one of tests/test_sampler.py): labels are known
+functions of the latent, so the natural generator's latents of each labelled cell can be drawn exactly
+(60,000 prior latents labelled by the world itself) and compared with what verify keeps, along each
+attribute's true normal (where a component's acceptance crowds the images).
+"""
+
+import numpy as np
+import pytest
+from _synthetic import SyntheticWorld, build_world_probes
+from click.testing import CliRunner
+from scipy.stats import ks_2samp
+
+from latent_balance import BalancedSampler
+from latent_balance.sampling import BalancedSource
+from latent_balance.subgroups import SubgroupModel
+
+N = 4000
+
+
+@pytest.fixture(scope="module")
+def world():
+    w = SyntheticWorld(tau=0.15, seed=5)
+    model = SubgroupModel().fit(build_world_probes(w, 20000))
+    z = w.generator.sample_z(np.arange(10**6, 10**6 + 60000)).numpy()
+    x = w.latents_of_z(z)
+    natural_cells = model.space_.cell_of_labels(w.labels_of_latents(x))
+    return w, model, x, natural_cells
+
+
+def _worst_ks(w, model, res, x, natural_cells):
+    """Largest two-sample KS distance, over cells and attributes, between the kept and the natural latents
+    of a cell projected on the attribute's true normal; and the smallest kept count per cell."""
+    worst, fewest = 0.0, len(res.cells)
+    for c in range(len(model.space_)):
+        kept, nat = res.latents[res.cells == c], x[natural_cells == c]
+        fewest = min(fewest, len(kept))
+        for a in model.space_.attributes:
+            worst = max(worst, ks_2samp(kept @ w.normals[a], nat @ w.normals[a]).statistic)
+    return worst, fewest
+
+
+@pytest.mark.slow
+def test_cell_cap_keeps_each_cell_close_to_its_natural_latents(world):
+    w, model, x, natural_cells = world
+    labs = w.labelers()
+    crowded = BalancedSampler(w.generator, model, None, verify=True, sharpness=4.0, labelers=labs, seed=7).sample(N)
+    u = 0.1
+    s = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=7, max_cell_tv=u)
+    before = w.synthesized
+    capped = s.sample(N)
+    st = capped.stats
+    # exact counts still, and every synthesized candidate is kept, rejected (cell full) or refused by the cap
+    np.testing.assert_array_equal(capped.counts(labelled=True), capped.counts())
+    assert st["synthesis_calls"] == w.synthesized - before
+    assert N + sum(st["verify_rejected_per_cell"]) + sum(st["verify_capped_per_cell"]) == st["synthesis_calls"]
+    assert sum(st["verify_capped_per_cell"]) > 0 and st["max_cell_tv"] == u
+    # The guarantee: within a cell the kept latents' density is the natural one capped at kappa, so their
+    # total variation to the natural latents of the cell is at most u (the natural mass under the cap), and
+    # a one-dimensional projection's KS distance is at most that TV. kappa is a quantile over ~500 held-out
+    # probes per cell: the mass under it is u +- sqrt(u (1 - u) / 500) = 0.013, 2 sd = 0.027. Sampling noise
+    # of the two-sample KS statistic (n kept, 4,000-30,000 natural per cell): under equal distributions
+    # P(KS > 2.15 sqrt(1/n + 1/m)) ~= 1e-4, for 24 tests (8 cells x 3 attributes) 0.24%.
+    ks, fewest = _worst_ks(w, model, capped, x, natural_cells)
+    m = np.bincount(natural_cells).min()
+    bound = u + 0.027 + 2.15 * np.sqrt(1 / fewest + 1 / m)
+    assert ks <= bound, (ks, bound)
+    # ... and the test can fail: sharp components without the cap crowd the cells beyond that bound
+    ks_crowded, fewest_crowded = _worst_ks(w, model, crowded, x, natural_cells)
+    assert ks_crowded > u + 0.027 + 2.15 * np.sqrt(1 / fewest_crowded + 1 / m), ks_crowded
+    # the cap's cost is planned: the capped linear program predicts more synthesis calls than the uncapped one
+    free = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=7)
+    assert s.plan_["verify_cost"] > free.plan_["verify_cost"]
+    assert st["synthesis_calls_per_kept_image"] > free.plan_["verify_cost"]
+
+
+def test_no_cap_is_the_plan_without_it(world):
+    w, model, _, _ = world
+    labs = w.labelers()
+    a = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3)
+    b = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3, max_cell_tv=1.0)
+    np.testing.assert_array_equal(a.plan_["C_keep"], a.plan_["C"])
+    assert a.plan_["kappa"] is None and b.plan_["kappa"] is None
+    assert a.plan_["verify_cost"] == b.plan_["verify_cost"]
+    np.testing.assert_array_equal(a.plan_["sharpness"], b.plan_["sharpness"])
+    ra, rb = a.sample(300), b.sample(300)
+    np.testing.assert_array_equal(ra.latents, rb.latents)
+    assert sum(ra.stats["verify_capped_per_cell"]) == 0
+    # the dataset settings record the cap only when it bounds something (older datasets resume)
+    assert "max_cell_tv" not in BalancedSource(a).settings()
+    c = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3, max_cell_tv=0.5)
+    assert BalancedSource(c).settings()["max_cell_tv"] == 0.5
+    # the capped confusion rows keep at most what the uncapped ones do
+    assert np.all(c.plan_["C_keep"] <= c.plan_["C"] + 1e-12)
+    # deterministic: the cap's uniforms come from the seed
+    r1, r2 = c.sample(300), BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs,
+                                            seed=3, max_cell_tv=0.5).sample(300)
+    np.testing.assert_array_equal(r1.latents, r2.latents)
+
+
+def test_bad_cap_is_refused(world, tmp_path):
+    w, model, _, _ = world
+    labs = w.labelers()
+    with pytest.raises(ValueError, match="needs verify=True"):
+        BalancedSampler(w.generator, model, None, labelers=labs, max_cell_tv=0.3)
+    for bad in (0, 0.0, 1.5, -0.1, "0.3"):
+        with pytest.raises(ValueError, match=r"max_cell_tv must be a number in \(0, 1\]"):
+            BalancedSampler(w.generator, model, None, verify=True, labelers=labs, max_cell_tv=bad)
+    from latent_balance.cli import main
+
+    path = tmp_path / "model.npz"
+    model.save(path)
+    r = CliRunner().invoke(main, ["sample", "--generator", "dcgan-faces", "--model", str(path), "--n", "4",
+                                  "--out", str(tmp_path / "out"), "--no-verify", "--max-cell-tv", "0.3"])
+    assert r.exit_code == 2 and "--max-cell-tv" in r.output and "needs --verify" in r.output, r.output
+    assert not (tmp_path / "out").exists()
