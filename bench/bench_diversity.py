@@ -171,13 +171,14 @@ def main() -> None:
     t = time.perf_counter()
     cache = ROOT / "bench" / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    nat_file = cache / f"natural_{args.generator}_{args.natural_seed}_{args.natural_per_cell}.pt"
+    nat_file = cache / f"natural_{args.generator}_{args.natural_seed}_{args.natural_per_cell}.npz"
     if nat_file.exists():  # natural reference images of an earlier run with the same settings
-        nat_u8, nat_cells, drawn = torch.load(nat_file)
+        with np.load(nat_file) as f:
+            nat_u8, nat_cells, drawn = torch.from_numpy(f["images"]), f["cells"], int(f["drawn"])
     else:
         nat_u8, nat_cells, drawn = natural_by_cell(gen, labelers, space, args.natural_per_cell, args.natural_seed,
                                                    args.max_natural)
-        torch.save((nat_u8, nat_cells, drawn), nat_file)
+        np.savez(nat_file, images=nat_u8.numpy(), cells=nat_cells, drawn=drawn)
     out["natural"] = {"seed0": args.natural_seed, "drawn": drawn, "per_cell": np.bincount(nat_cells, minlength=len(names)).tolist(),
                       "seconds": time.perf_counter() - t}
     log("natural reference", out["natural"])

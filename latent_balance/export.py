@@ -185,8 +185,10 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
             old = {**old, "output": _DEFAULT_OUTPUT}  # written before output options existed: png files
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            hint = (" (it was written without verify's cell cap: --max-cell-tv 1 / max_cell_tv=1 resumes it)"
+                    if "max_cell_tv" in settings and "max_cell_tv" not in old and old.get("verify") else "")
             raise DatasetError(f"{out_dir} holds a dataset written with other settings (differs in {diff}); "
-                               f"use another --out folder, or the same settings to resume")
+                               f"use another --out folder, or the same settings to resume{hint}")
     elif out_dir.exists() and any(p for p in out_dir.iterdir() if not p.name.startswith(".")):
         raise DatasetError(f"{out_dir} exists, is not empty and is not a latent-balance dataset; refusing to write into it")
 

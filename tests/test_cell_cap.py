@@ -115,3 +115,15 @@ def test_bad_cap_is_refused(world, tmp_path):
                                   "--out", str(tmp_path / "out"), "--no-verify", "--max-cell-tv", "0.3"])
     assert r.exit_code == 2 and "--max-cell-tv" in r.output and "needs --verify" in r.output, r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_resuming_a_dataset_written_without_the_cap_says_how(tmp_path):
+    import json
+
+    from latent_balance.export import SETTINGS, DatasetError, _check_settings
+
+    old = {"verify": True, "seed": 0, "output": {"image_format": "png"}}
+    (tmp_path / SETTINGS).write_text(json.dumps(old))
+    with pytest.raises(DatasetError, match=r"differs in \['max_cell_tv'\].*--max-cell-tv 1 / max_cell_tv=1 resumes it"):
+        _check_settings(tmp_path, {**old, "max_cell_tv": 0.5})
+    _check_settings(tmp_path, old)  # the same settings resume
