@@ -37,6 +37,15 @@ into a small region (e.g. one component filling every cell); the planner blends 
 allocation (the target q; verify: the natural frequencies) until the floor holds, and the automatic
 sharpness prefers plans that hold it. See ``docs/sampling.md``.
 
+Cell cap (``max_cell_tv``, verify only): a component's accepted latents crowd the part of each
+labelled cell its acceptance favours, so the images kept in a cell differ from the generator's own
+images of that cell (on the packaged StyleGAN2, by about one standard deviation along the age and
+smile boundaries). A candidate of component g labelled c is kept with probability
+``min(1, kappa_gc / a_g(x))``, ``kappa_gc`` the ``max_cell_tv`` quantile of ``a_g`` over the
+held-out probes labelled c: the kept density is the natural one capped at ``kappa_gc``, within total
+variation ``max_cell_tv`` of the natural images of the cell. The linear program plans with the capped
+confusion ``C_keep``.
+
 Budgets: ``max_proposals_per_image`` (latent proposals per accepted latent of a component) and
 ``max_synthesis_per_image`` (verify). Cells the probes show cannot be reached within them raise
 :class:`BudgetError` at construction, before any image is synthesized; budgets exhausted during a run
