@@ -847,8 +847,10 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
                                      f"sampling is no way out here either: {latent_err}") from None
             raise InputError(f"{auto_why}, so verification is on by default, and {err}. Without verification "
                              f"{_precision(latent):.0%} of the images are predicted to be labelled in the "
-                             f"requested cells: pass --no-verify to accept that, or raise "
-                             f"--max-synthesis-per-image for exact counts") from None
+                             f"requested cells: pass --no-verify{' (without --max-cell-tv)' if max_cell_tv else ''} "
+                             f"to accept that, or raise --max-synthesis-per-image for exact counts"
+                             + (f" (--max-cell-tv {max_cell_tv:g} adds to the cost; a larger value costs less)"
+                                if max_cell_tv else "")) from None
         source = BalancedSource(sampler)
         _run(ctx, check_output, out, source, n, block_size=block_size, shard=shard, num_shards=num_shards,
              save_latents=save_latents, extra_settings=extra, **output)

@@ -185,7 +185,7 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
             old = {**old, "output": _DEFAULT_OUTPUT}  # written before output options existed: png files
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            hint = (" (it was written without verify's cell cap: --max-cell-tv 1 / max_cell_tv=1 resumes it)"
+            hint = (" (it was written without verify's cell cap: max_cell_tv=1 resumes it)"
                     if "max_cell_tv" in settings and "max_cell_tv" not in old and old.get("verify") else "")
             raise DatasetError(f"{out_dir} holds a dataset written with other settings (differs in {diff}); "
                                f"use another --out folder, or the same settings to resume{hint}")
@@ -876,6 +876,12 @@ def _card_markdown(card: dict) -> str:
         lines.append(f"- {k.replace('_', ' ')}: {v:.3f}")
     if card.get("time"):
         lines.append(_time_line(card["time"]))
+    cap = (card.get("settings") or {}).get("max_cell_tv")
+    if cap is not None:
+        lines.append(f"- verify's cell cap (max_cell_tv {cap:g}): candidates were refused in proportion to how much "
+                     f"their component over-represents their region of the cell, so each cell's latents are within "
+                     f"total variation {cap:g} of the natural generator's for that cell (cell cap refused per image, "
+                     f"above; docs/sampling.md)")
     ex = card.get("exclusions")
     if ex:
         cells = ", ".join(f"`{c}`" for c in ex["cells"])

@@ -124,6 +124,22 @@ def test_resuming_a_dataset_written_without_the_cap_says_how(tmp_path):
 
     old = {"verify": True, "seed": 0, "output": {"image_format": "png"}}
     (tmp_path / SETTINGS).write_text(json.dumps(old))
-    with pytest.raises(DatasetError, match=r"differs in \['max_cell_tv'\].*--max-cell-tv 1 / max_cell_tv=1 resumes it"):
+    with pytest.raises(DatasetError, match=r"differs in \['max_cell_tv'\].*without verify's cell cap: max_cell_tv=1 resumes it"):
         _check_settings(tmp_path, {**old, "max_cell_tv": 0.5})
     _check_settings(tmp_path, old)  # the same settings resume
+
+
+def test_dataset_card_says_what_the_cap_refused(world, tmp_path):
+    import json
+
+    from latent_balance.export import write_dataset
+
+    w, model, _, _ = world
+    s = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=w.labelers(), seed=2,
+                        max_cell_tv=0.5, block_size=100)
+    write_dataset(tmp_path / "d", BalancedSource(s), 100, block_size=100, show_progress=False)
+    card = json.loads((tmp_path / "d" / "dataset_card.json").read_text())
+    refused = sum(s.sample(100).stats["verify_capped_per_cell"])  # the same block, same seed
+    assert refused > 0 and card["cost"]["cell_cap_refused_per_image"] == pytest.approx(refused / 100)
+    md = (tmp_path / "d" / "dataset_card.md").read_text()
+    assert "cell cap refused per image" in md and "verify's cell cap (max_cell_tv 0.5)" in md

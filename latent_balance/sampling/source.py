@@ -77,6 +77,8 @@ class BalancedSource:
         if self.sampler.verify:
             zero = np.asarray(self.sampler.q) == 0
             stats[EXCLUDED_REJECTED] = float(np.asarray(st["verify_rejected_per_cell"])[zero].sum())
+            if self.sampler.max_cell_tv < 1:  # candidates the cell cap refused (the card's cost lines)
+                stats["cell_cap_refused"] = float(np.sum(st["verify_capped_per_cell"]))
         if self.sampler.exclusion is not None:  # per person i: candidates rejected at each stage (the card's "forget")
             for i in range(len(self.sampler.exclusion.persons)):
                 stats[f"{FORGET_PREFIX}latent_rejected:{i}"] = float(st["exclude_latent_rejected"][i])
