@@ -95,8 +95,9 @@ def _run(ctx: click.Context, fn, *args, **kwargs):
             text = str(err)
             for pattern, flag in _API_TO_FLAG:
                 text = pattern.sub(flag, text)
-            raise RuntimeFailure(f"BudgetError: {text}; blocks already written are kept: rerun the same command "
-                                 f"with a higher budget (e.g. --max-synthesis-per-image) to resume") from err
+            raise RuntimeFailure(f"BudgetError: {text}; finished blocks (of --block-size images) are kept, the "
+                                 f"unfinished one is not: rerun the same command with a higher budget (e.g. "
+                                 f"--max-synthesis-per-image) to resume") from err
         raise RuntimeFailure(f"{type(err).__name__}: {err} (run with --verbose for the traceback)") from err
 
 
