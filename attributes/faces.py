@@ -225,18 +225,12 @@ class FaceAligner:
             (points, fallback): float64 [N, 5, 2] landmarks (x, y) in the input image's pixel
             coordinates (pixel centres at integers), and bool [N].
         """
-        entries = self._entries(check_images(images), set())
-        if not entries:
-            return np.zeros((0, 5, 2)), np.zeros(0, bool)
-        return np.stack([e["points"] for e in entries]), np.array([e["fallback"] for e in entries])
+        return _points(self._entries(check_images(images), set()))
 
     def _landmarks_u8(self, u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`landmarks` of uint8 images [N, 3, H, W] (the same bytes give the same result), without the
         chip cache: no float round trip and no hashing (the framing calibration's repeated passes)."""
-        entries = [e for s in range(0, u8.shape[0], _SUB_BATCH) for e in self._align(u8[s:s + _SUB_BATCH], set())]
-        if not entries:
-            return np.zeros((0, 5, 2)), np.zeros(0, bool)
-        return np.stack([e["points"] for e in entries]), np.array([e["fallback"] for e in entries])
+        return _points([e for s in range(0, u8.shape[0], _SUB_BATCH) for e in self._align(u8[s:s + _SUB_BATCH], set())])
 
     def clear_cache(self) -> None:
         """Forget cached chips (results never depend on the cache; this only frees memory)."""
@@ -373,6 +367,13 @@ class FaceAligner:
         parts = dlib.points([dlib.point(int(round(drect.left() + fx * bw)), int(round(drect.top() + fy * bh)))
                              for fx, fy in MEAN_LANDMARKS])
         return dlib.full_object_detection(drect, parts)
+
+
+def _points(entries: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(points [N, 5, 2], fallback bool [N]) of the aligner's per-image entries."""
+    if not entries:
+        return np.zeros((0, 5, 2)), np.zeros(0, bool)
+    return np.stack([e["points"] for e in entries]), np.array([e["fallback"] for e in entries])
 
 
 def _work_images(u8: torch.Tensor, pad: int, scale: float) -> torch.Tensor:

@@ -148,6 +148,8 @@ _API_TO_FLAG = [
     (re.compile(r"\bnatural_probes\b"), "--natural-probes"),
     (re.compile(r"\bprobes_per_reference\b"), "--probes-per-reference"),
 ]
+_CAP_NEEDS_VERIFY = ("--max-cell-tv bounds what verification keeps in each cell: it needs --verify (latent-only "
+                     "sampling does not know an image's cell)")
 # Library warnings about a measure's sample size: the flags that change it.
 _HINTS = [(("frechet_distance:", "mean_pairwise_lpips:"),
            "(more images per cell: --n, --natural-n; --no-image-metrics skips these measures)")]
@@ -757,8 +759,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
     if shard >= num_shards:
         raise InputError(f"--shard must be below --num-shards ({num_shards}), got {shard}")
     if max_cell_tv is not None and (verify is False or mode == "natural"):
-        raise InputError("--max-cell-tv bounds what verification keeps in each cell: it needs --verify "
-                         "(latent-only sampling does not know an image's cell)")
+        raise InputError(_CAP_NEEDS_VERIFY)
     output = {"image_format": image_format, "quality": quality, "image_size": image_size, "layout": layout}
     try:
         _output_settings(image_format, quality, image_size, layout)
@@ -814,8 +815,7 @@ def sample(ctx, generator_spec, model_path, out, n, target, cell, mode, verify, 
             auto_why = _verify_reason(ctx, model, target, cell)
             verify = auto_why is not None
         if max_cell_tv is not None and not verify:
-            raise InputError("--max-cell-tv bounds what verification keeps in each cell: it needs --verify "
-                             "(latent-only sampling does not know an image's cell)")
+            raise InputError(_CAP_NEEDS_VERIFY)
         # planning warnings wait until the output folder is known to accept this run (a refused resume
         # says only why it is refused)
         with warnings.catch_warnings(record=True) as planning_warnings:

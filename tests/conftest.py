@@ -25,6 +25,18 @@ def sg2_faces():
 
 
 @pytest.fixture(scope="session")
+def noisy():
+    """The *noisy* synthetic world of tests/_synthetic.py (logistic label noise 0.15 latent units) and a
+    SubgroupModel fitted on 20,000 of its probes (tests/test_sampler.py, tests/test_cell_cap.py)."""
+    from _synthetic import SyntheticWorld, build_world_probes
+
+    from latent_balance.subgroups import SubgroupModel
+
+    w = SyntheticWorld(tau=0.15, seed=5)
+    return w, SubgroupModel().fit(build_world_probes(w, 20000))
+
+
+@pytest.fixture(scope="session")
 def face_embedder():
     """dlib's face-recognition network behind :class:`attributes.identity.FaceEmbedder`."""
     from attributes.identity import FaceEmbedder

@@ -8,21 +8,18 @@ attribute's true normal (where a component's acceptance crowds the images).
 
 import numpy as np
 import pytest
-from _synthetic import SyntheticWorld, build_world_probes
 from click.testing import CliRunner
 from scipy.stats import ks_2samp
 
 from latent_balance import BalancedSampler
 from latent_balance.sampling import BalancedSource
-from latent_balance.subgroups import SubgroupModel
 
 N = 4000
 
 
 @pytest.fixture(scope="module")
-def world():
-    w = SyntheticWorld(tau=0.15, seed=5)
-    model = SubgroupModel().fit(build_world_probes(w, 20000))
+def world(noisy):  # the world and model of tests/test_sampler.py (conftest.py)
+    w, model = noisy
     z = w.generator.sample_z(np.arange(10**6, 10**6 + 60000)).numpy()
     x = w.latents_of_z(z)
     natural_cells = model.space_.cell_of_labels(w.labels_of_latents(x))

@@ -34,12 +34,6 @@ def sharp():
     return w, SubgroupModel().fit(build_world_probes(w, 20000))
 
 
-@pytest.fixture(scope="module")
-def noisy():
-    w = SyntheticWorld(tau=0.15, seed=5)
-    return w, SubgroupModel().fit(build_world_probes(w, 20000))
-
-
 def _assert_predicted_consistent(st, tolerance):
     """The run's stats describe one prediction: its distance to the target and its reachability agree."""
     pred, q = np.array(st["predicted"]), np.array(st["target"])

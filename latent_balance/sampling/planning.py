@@ -64,7 +64,7 @@ class _PlanningMixin:
         # diversity prediction: pairwise latent distances among held-out probes of each labelled cell
         X = np.asarray(h["latents"], np.float64)
         cells = np.asarray(h["cells"], np.int64)
-        self._cells_h = cells
+        self._cell_rows = [np.flatnonzero(cells == c) for c in range(k)]  # held-out probes of each labelled cell
         self._div_idx, self._div_D, self._div_base = [], [], np.full(k, np.nan)
         for c in range(k):
             idx = np.flatnonzero(cells == c)[:_DIVERSITY_PROBES]
@@ -104,36 +104,35 @@ class _PlanningMixin:
         affordable = acc * self.max_proposals_per_image >= 1.0
         # each component's accepted distribution as weights over the held-out probes (columns sum to 1),
         # reduced per labelled cell to the quadratic forms the diversity prediction needs
-        kappa, C_keep = self._cell_caps(a, tot, C)
-        An = np.where(tot > 0, a / np.where(tot > 0, tot, 1.0), 0.0)
+        tot_safe = np.where(tot > 0, tot, 1.0)
+        kappa, C_keep = self._cell_caps(a, tot, tot_safe, C)
+        An = np.where(tot > 0, a / tot_safe, 0.0)
         An[An < 1e-12] = 0.0  # negligible (columns sum to 1); subnormal products would slow the matmuls ~100x
         spread = []
         for c, (idx, D) in enumerate(zip(self._div_idx, self._div_D)):
-            Ac = An[idx] if kappa is None else np.minimum(An[idx], kappa[:, c] / np.where(tot > 0, tot, 1.0))
+            Ac = An[idx] if kappa is None else np.minimum(An[idx], kappa[:, c] / tot_safe)
             spread.append((Ac.T @ (D @ Ac), Ac.T @ Ac, Ac.sum(axis=0)))
         return {"C": C, "C_keep": C_keep, "kappa": kappa, "acceptance": acc, "ess": ess, "affordable": affordable,
                 "usable": affordable & (ess >= self.min_ess), "_spread": spread}
 
-    def _cell_caps(self, a: np.ndarray, tot: np.ndarray, C: np.ndarray):
+    def _cell_caps(self, a: np.ndarray, tot: np.ndarray, tot_safe: np.ndarray, C: np.ndarray):
         """Verify's per-cell caps (``max_cell_tv`` < 1): kappa [K, K] (component g, labelled cell c), the
         ``max_cell_tv`` quantile of a_g over the held-out probes labelled c (their hard labels, whatever
         ``confusion``), and C_keep [K, K]: the share of
         component g's images labelled c *and* kept by the cap test (rows sum to <= 1). Without caps
         (None, C)."""
-        u = getattr(self, "max_cell_tv", 1.0)
+        u = self.max_cell_tv
         if not self.verify or u >= 1.0:
             return None, C
         k = len(self.space)
         kappa = np.full((k, k), np.inf)
         C_keep = np.zeros((k, k))
-        for c in range(k):
-            idx = self._cells_h == c
-            if not idx.any():
+        for c, rows in enumerate(self._cell_rows):
+            if len(rows) == 0:
                 continue
-            ac = a[idx]
+            ac = a[rows]
             kappa[:, c] = np.quantile(ac, u, axis=0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                C_keep[:, c] = np.where(tot > 0, np.minimum(ac, kappa[:, c]).sum(axis=0) / np.where(tot > 0, tot, 1.0), 0.0)
+            C_keep[:, c] = np.where(tot > 0, np.minimum(ac, kappa[:, c]).sum(axis=0) / tot_safe, 0.0)
         return kappa, C_keep
 
     def _diversity(self, spread, w: np.ndarray) -> np.ndarray:
