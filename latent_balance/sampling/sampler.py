@@ -81,7 +81,9 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                      allocation).
         max_cell_tv: verify only: bound on the total variation distance between the latents of the images
                      kept in a cell and the natural generator's latents labelled in that cell (default
-                     :data:`~latent_balance.sampling.planning.MAX_CELL_TV`; 1 = no bound). A component's
+                     :data:`~latent_balance.sampling.planning.MAX_CELL_TV` = 0.3, relaxed through 0.4, 0.5,
+                     0.7, 1 with a warning when its predicted cost exceeds ``max_synthesis_per_image``; an
+                     explicit value is never relaxed; 1 = no bound, the cheapest). A component's
                      proposals crowd each cell's images toward its own region; a candidate from component g
                      labelled c is therefore kept only with probability ``min(1, kappa_gc / a_g(x))``, where
                      ``kappa_gc`` is the ``max_cell_tv`` quantile of the acceptance ``a_g`` over the held-out
@@ -139,6 +141,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         self.min_diversity = float(min_diversity)
         if max_cell_tv is not None and not verify:
             raise ValueError("max_cell_tv needs verify=True: which cell an image is in is known only from its labels")
+        self._cap_default = max_cell_tv is None  # the default cap may be relaxed to fit the budget (warned)
         if max_cell_tv is None:
             max_cell_tv = MAX_CELL_TV if verify else 1.0
         if not (isinstance(max_cell_tv, (int, float, np.floating, np.integer)) and 0.0 < float(max_cell_tv) <= 1.0):

@@ -42,7 +42,12 @@ class _VerifyMixin:
         kept: list[list[tuple]] = [[] for _ in range(k)]
         rejected = np.zeros(k, np.int64)  # synthesized candidates not kept, by the cell they were labelled in
         synth = rounds = 0
-        budget = self.max_synthesis_per_image * n
+        # a block's last images cost the most (each cell's last one comes from its best component alone, with
+        # no other cell's candidates to share the draws): besides max_synthesis_per_image per image a block
+        # may spend the expected cost of one image of each of its cells that way, sum_c 1 / max_g C_keep[g, c]
+        best = np.where(usable[:, None], plan["C_keep"], 0.0).max(axis=0)
+        fill_in = float(np.sum(1.0 / best[(target_counts > 0) & (best > 0)]))
+        budget = self.max_synthesis_per_image * n + fill_in
         while need.sum() > 0:
             C = (prior + seen) / np.maximum(prior_w + drawn[:, None], 1e-12)
             m = _lp_allocation(C, need, usable)
@@ -64,7 +69,8 @@ class _VerifyMixin:
             if synth + draw.sum() > budget:
                 worst = int(np.argmax(need))
                 raise BudgetError(f"verify ran out of its budget of {budget:.0f} synthesis calls "
-                                  f"(max_synthesis_per_image={self.max_synthesis_per_image:g}) with {int(need.sum())} "
+                                  f"(max_synthesis_per_image={self.max_synthesis_per_image:g} per image of the "
+                                  f"block, plus {fill_in:.0f} for the last image of each cell) with {int(need.sum())} "
                                   f"images still missing, most in {self.space.ids[worst]!r}", cell=self.space.ids[worst],
                                   achieved=self._achieved(target_counts, need))
             rounds += 1
