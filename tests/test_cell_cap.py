@@ -6,13 +6,16 @@ functions of the latent, so the natural generator's latents of each labelled cel
 attribute's true normal (where a component's acceptance crowds the images).
 """
 
+import warnings
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from scipy.stats import ks_2samp
 
 from latent_balance import BalancedSampler
-from latent_balance.sampling import BalancedSource
+from latent_balance.sampling import BalancedSource, BudgetError
+from latent_balance.sampling.planning import _CAP_STEPS, _lp_allocation
 
 N = 4000
 
@@ -42,7 +45,8 @@ def _worst_ks(w, model, res, x, natural_cells):
 def test_cell_cap_keeps_each_cell_close_to_its_natural_latents(world):
     w, model, x, natural_cells = world
     labs = w.labelers()
-    crowded = BalancedSampler(w.generator, model, None, verify=True, sharpness=4.0, labelers=labs, seed=7).sample(N)
+    crowded = BalancedSampler(w.generator, model, None, verify=True, sharpness=4.0, labelers=labs, seed=7,
+                              max_cell_tv=1.0).sample(N)
     u = 0.1
     s = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=7, max_cell_tv=u)
     before = w.synthesized
@@ -67,7 +71,7 @@ def test_cell_cap_keeps_each_cell_close_to_its_natural_latents(world):
     ks_crowded, fewest_crowded = _worst_ks(w, model, crowded, x, natural_cells)
     assert ks_crowded > u + 0.027 + 2.15 * np.sqrt(1 / fewest_crowded + 1 / m), ks_crowded
     # the cap's cost is planned: the capped linear program predicts more synthesis calls than the uncapped one
-    free = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=7)
+    free = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=7, max_cell_tv=1.0)
     assert s.plan_["verify_cost"] > free.plan_["verify_cost"]
     assert st["synthesis_calls_per_kept_image"] > free.plan_["verify_cost"]
 
@@ -75,17 +79,19 @@ def test_cell_cap_keeps_each_cell_close_to_its_natural_latents(world):
 def test_no_cap_is_the_plan_without_it(world):
     w, model, _, _ = world
     labs = w.labelers()
-    a = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3)
-    b = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3, max_cell_tv=1.0)
+    a = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3, max_cell_tv=1.0)
     np.testing.assert_array_equal(a.plan_["C_keep"], a.plan_["C"])
-    assert a.plan_["kappa"] is None and b.plan_["kappa"] is None
-    assert a.plan_["verify_cost"] == b.plan_["verify_cost"]
-    np.testing.assert_array_equal(a.plan_["sharpness"], b.plan_["sharpness"])
-    ra, rb = a.sample(300), b.sample(300)
-    np.testing.assert_array_equal(ra.latents, rb.latents)
+    assert a.plan_["kappa"] is None
+    # the plan is the linear program on the uncapped confusion
+    m = _lp_allocation(a.plan_["C"], a.q, a.plan_["affordable"])
+    assert a.plan_["verify_cost"] == pytest.approx(m.sum())
+    ra = a.sample(300)
     assert sum(ra.stats["verify_capped_per_cell"]) == 0
-    # the dataset settings record the cap only when it bounds something (older datasets resume)
+    # the dataset settings record the cap only when it bounds something (datasets written before the cap
+    # existed resume with max_cell_tv=1); the default (0.3) is recorded
     assert "max_cell_tv" not in BalancedSource(a).settings()
+    d = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3)
+    assert d.max_cell_tv == 0.3 and BalancedSource(d).settings()["max_cell_tv"] == 0.3
     c = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3, max_cell_tv=0.5)
     assert BalancedSource(c).settings()["max_cell_tv"] == 0.5
     # the capped confusion rows keep at most what the uncapped ones do
@@ -94,6 +100,29 @@ def test_no_cap_is_the_plan_without_it(world):
     r1, r2 = c.sample(300), BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs,
                                             seed=3, max_cell_tv=0.5).sample(300)
     np.testing.assert_array_equal(r1.latents, r2.latents)
+
+
+def test_the_default_cap_is_relaxed_to_fit_the_budget_and_says_so(world):
+    w, model, _, _ = world
+    labs = w.labelers()
+    costs = {u: BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_cell_tv=u,
+                                max_synthesis_per_image=100).plan_["verify_cost"] for u in _CAP_STEPS}
+    assert costs[0.3] > costs[1.0]
+    # a budget between the default's cost and the next step's: the default is relaxed to the first step within it
+    fits = [u for u in _CAP_STEPS if costs[u] <= costs[0.3] - 1e-6]
+    budget = max(costs[fits[0]], 1.0) + 1e-6
+    with pytest.warns(RuntimeWarning, match=r"default cell cap max_cell_tv=0.3 does not fit .*using max_cell_tv="):
+        s = BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_synthesis_per_image=budget)
+    assert s.max_cell_tv == fits[0] and s.plan_["verify_cost"] <= budget
+    # within the budget: the default, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3,
+                               max_synthesis_per_image=costs[0.3] + 1e-6).max_cell_tv == 0.3
+    # an explicit cap is never relaxed
+    with pytest.raises(BudgetError, match="max_synthesis_per_image"):
+        BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_cell_tv=0.3,
+                        max_synthesis_per_image=budget)
 
 
 def test_bad_cap_is_refused(world, tmp_path):
