@@ -708,7 +708,8 @@ def _cell_spec(cell: str, attributes) -> dict:
 @click.option("--max-cell-tv", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="With --verify: bound on the total variation distance between each cell's kept images (their "
                    "latents) and the natural generator's images of that cell; candidates that would crowd a cell "
-                   "are refused in proportion, at a predicted cost in synthesis calls (default 1 = no bound; see "
+                   "are refused in proportion, at a predicted cost in synthesis calls (default 0.3, relaxed with a "
+                   "warning when it does not fit --max-synthesis-per-image; 1 = no bound, the cheapest; see "
                    "docs/sampling.md).")
 @click.option("--max-synthesis-per-image", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Verify: stop before starting when more synthesis calls per kept image are predicted "

@@ -228,6 +228,7 @@ class _PlanningMixin:
             # the default again for every plan: for_cell re-plans a copy of a sampler that may have relaxed)
             first = MAX_CELL_TV
             steps = [first] + [u for u in _CAP_STEPS if u > first]
+            why = ""
             for i, u in enumerate(steps):
                 self.max_cell_tv = u
                 try:
@@ -235,14 +236,14 @@ class _PlanningMixin:
                 except BudgetError as err:
                     if i == len(steps) - 1:
                         raise
-                    why = str(err)
+                    why = why or str(err)  # why the default did not fit
                     continue
                 if u > first:
                     warnings.warn(f"verify's default cell cap max_cell_tv={first:g} does not fit the budget ({why}); "
                                   f"using max_cell_tv={u:g} ({plan['verify_cost']:.3g} synthesis calls per kept image "
                                   f"predicted): each cell's images are within total variation {u:g} of the natural "
-                                  f"ones. Raise max_synthesis_per_image (--max-synthesis-per-image) to keep "
-                                  f"{first:g}, or pass max_cell_tv (--max-cell-tv) to choose", RuntimeWarning, stacklevel=4)
+                                  f"ones. Raise max_synthesis_per_image to keep {first:g}, or set max_cell_tv "
+                                  f"to choose (1 = no cap, the cheapest)", RuntimeWarning, stacklevel=4)
                 return plan
 
     def _plan(self) -> dict[str, Any]:
