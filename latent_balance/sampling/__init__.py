@@ -46,8 +46,9 @@ held-out probes labelled c: the kept density is the natural one capped at ``kapp
 variation ``max_cell_tv`` of the natural images of the cell. The linear program plans with the capped
 confusion ``C_keep``. Default 0.3 (:data:`~latent_balance.sampling.planning.MAX_CELL_TV`), relaxed
 with a warning to the first of 0.4, 0.5, 0.7, 1 within ``max_synthesis_per_image``; 1 = no cap. A verify
-block may spend, besides ``max_synthesis_per_image`` per image, ``sum_c 1 / max_g C_keep[g, c]`` more
-(each cell's last image from its best component alone).
+block may spend, besides ``max_synthesis_per_image`` per image, what one image of each of its cells costs
+from its best component alone (geometric waiting times with rates ``y_c = max_g C_keep[g, c]``: mean
+``sum_c 1 / y_c`` plus three standard deviations).
 
 Budgets: ``max_proposals_per_image`` (latent proposals per accepted latent of a component) and
 ``max_synthesis_per_image`` (verify). Cells the probes show cannot be reached within them raise

@@ -42,11 +42,7 @@ class _VerifyMixin:
         kept: list[list[tuple]] = [[] for _ in range(k)]
         rejected = np.zeros(k, np.int64)  # synthesized candidates not kept, by the cell they were labelled in
         synth = rounds = 0
-        # a block's last images cost the most (each cell's last one comes from its best component alone, with
-        # no other cell's candidates to share the draws): besides max_synthesis_per_image per image a block
-        # may spend the expected cost of one image of each of its cells that way, sum_c 1 / max_g C_keep[g, c]
-        best = np.where(usable[:, None], plan["C_keep"], 0.0).max(axis=0)
-        fill_in = float(np.sum(1.0 / best[(target_counts > 0) & (best > 0)]))
+        fill_in = self._fill_in_allowance(target_counts)
         budget = self.max_synthesis_per_image * n + fill_in
         while need.sum() > 0:
             C = (prior + seen) / np.maximum(prior_w + drawn[:, None], 1e-12)
@@ -141,6 +137,20 @@ class _VerifyMixin:
         res.stats.update(synthesis_calls=synth, verify_rounds=rounds, verify_rejected_per_cell=rejected.tolist(),
                          verify_capped_per_cell=capped.tolist())
         return res
+
+    def _fill_in_allowance(self, target_counts) -> float:
+        """Synthesis calls a block may spend besides ``max_synthesis_per_image`` per image.
+
+        A block's last images cost the most: each cell's last one comes from its best component alone, with
+        no other cell's candidates to share the draws. The allowance is what one image of each cell with
+        target counts costs that way, a sum of geometric waiting times with success rates
+        ``y_c = max_g C_keep[g, c]`` (usable components): its mean ``sum_c 1 / y_c`` plus three standard
+        deviations ``sqrt(sum_c (1 - y_c) / y_c^2)``.
+        """
+        plan = self.plan_
+        best = np.where(plan["affordable"][:, None], plan["C_keep"], 0.0).max(axis=0)
+        y = best[(np.asarray(target_counts) > 0) & (best > 0)]
+        return float(np.sum(1.0 / y) + 3.0 * np.sqrt(np.sum((1.0 - y) / y**2)))
 
     def _achieved(self, target_counts, need) -> dict[str, int]:
         return {cid: int(t - r) for cid, t, r in zip(self.space.ids, target_counts, need)}
