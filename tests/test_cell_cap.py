@@ -120,9 +120,13 @@ def test_the_default_cap_is_relaxed_to_fit_the_budget_and_says_so(world):
         assert BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3,
                                max_synthesis_per_image=costs[0.3] + 1e-6).max_cell_tv == 0.3
     # an explicit cap is never relaxed
-    with pytest.raises(BudgetError, match="max_synthesis_per_image"):
+    with pytest.raises(BudgetError, match="max_synthesis_per_image.*cell cap max_cell_tv=0.3 adds to that"):
         BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_cell_tv=0.3,
                         max_synthesis_per_image=budget)
+    # relaxed all the way: the warning says there is no cap (not "within total variation 1")
+    with pytest.warns(RuntimeWarning, match="using max_cell_tv=1 .*no cell cap"):
+        BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3,
+                        max_synthesis_per_image=max(costs[1.0], 1.0) + 1e-6)
 
 
 def test_bad_cap_is_refused(world, tmp_path):

@@ -138,6 +138,10 @@ def test_verify_gives_exact_counts(noisy, target, cap):
     # and both are counted by labelled cell
     assert s.max_cell_tv == (0.3 if cap is None else cap)
     assert (sum(st["verify_capped_per_cell"]) > 0) == (s.max_cell_tv < 1)
+    # candidates labelled in a cell without target mass are rejected as such, never counted as cap refusals
+    assert np.all(np.asarray(st["verify_capped_per_cell"])[s.q == 0] == 0)
+    if np.any(s.q == 0):
+        assert np.asarray(st["verify_rejected_per_cell"])[s.q == 0].sum() > 0
     assert N + sum(st["verify_rejected_per_cell"]) + sum(st["verify_capped_per_cell"]) == st["synthesis_calls"]
     _assert_predicted_consistent(st, s.tolerance)
     assert st["predicted"] == st["target"] and st["predicted_tv"] == 0.0 and st["reachable"]

@@ -239,11 +239,12 @@ class _PlanningMixin:
                     why = why or str(err)  # why the default did not fit
                     continue
                 if u > first:
+                    bound = (f"each cell's images are within total variation {u:g} of the natural ones" if u < 1 else
+                             "no cell cap: each cell's images may crowd the part of the cell its component favours")
                     warnings.warn(f"verify's default cell cap max_cell_tv={first:g} does not fit the budget ({why}); "
                                   f"using max_cell_tv={u:g} ({plan['verify_cost']:.3g} synthesis calls per kept image "
-                                  f"predicted): each cell's images are within total variation {u:g} of the natural "
-                                  f"ones. Raise max_synthesis_per_image to keep {first:g}, or set max_cell_tv "
-                                  f"to choose (1 = no cap, the cheapest)", RuntimeWarning, stacklevel=4)
+                                  f"predicted): {bound}. Raise max_synthesis_per_image to keep {first:g}, or set "
+                                  f"max_cell_tv to choose (1 = no cap, the cheapest)", RuntimeWarning, stacklevel=4)
                 return plan
 
     def _plan(self) -> dict[str, Any]:
@@ -510,9 +511,11 @@ class _PlanningMixin:
             cost = plan["verify_cost"]
             if cost > self.max_synthesis_per_image:
                 worst = int(np.argmax(np.where(self.q > 0, self.q / np.maximum(plan["C_keep"].max(axis=0), 1e-12), 0)))
+                capped = (f"; verify's cell cap max_cell_tv={self.max_cell_tv:g} adds to that (a larger value costs "
+                          f"less, 1 = no cap)" if self.max_cell_tv < 1 else "")
                 raise BudgetError(f"verify would need about {cost:.3g} synthesis calls per kept image "
                                   f"(> max_synthesis_per_image={self.max_synthesis_per_image:g}); the hardest cell is "
-                                  f"{ids[worst]!r}", cell=ids[worst])
+                                  f"{ids[worst]!r}{capped}", cell=ids[worst])
             return
         for g in np.flatnonzero(plan["weights"] > 0):
             if acc[g] * self.max_proposals_per_image < 1.0:

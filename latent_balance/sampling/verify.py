@@ -98,7 +98,9 @@ class _VerifyMixin:
                 a = self._accept_prob(self.model.predict_proba(lat), plan["sharpness"])[np.arange(len(comp)), comp]
                 with np.errstate(divide="ignore"):
                     p_keep = np.minimum(1.0, kappa[comp, cells] / np.maximum(a, 1e-300))
-                keepable = cap_rng.random(len(cells)) < p_keep
+                # only cells the block fills are capped: a candidate labelled in a cell without target counts is
+                # rejected as such (counted in verify_rejected_per_cell), not as a cap refusal
+                keepable = (cap_rng.random(len(cells)) < p_keep) | (target_counts[cells] == 0)
                 np.add.at(capped, cells[~keepable], 1)
             np.add.at(seen, (comp[keepable], cells[keepable]), 1.0)
             # candidates are offered to the cells interleaved across components (by relative rank within
