@@ -59,7 +59,9 @@ def test_grow_recomputes_nothing(tmp_path):
     assert g.calls == 25  # only the 15 new seeds were synthesized
     fresh = build_probes(CountingGen(), [_lab()], 25, batch_size=25)
     np.testing.assert_array_equal(ps.latents, fresh.latents)
-    np.testing.assert_allclose(ps.probs["sign"], fresh.probs["sign"])  # (a) elementwise: batch size cannot matter
+    # (a) elementwise: batch size cannot matter beyond float32 rounding of the labeler (a 1-ulp difference,
+    # 6e-8, was seen once at batch 4 vs 25 on a fresh CI clone)
+    np.testing.assert_allclose(ps.probs["sign"], fresh.probs["sign"], rtol=1e-6)
     again = build_probes(g, [_lab()], 12, path=path)
     assert g.calls == 25 and len(again) == 12 and len(ProbeSet.load(path)) == 25
 
