@@ -234,6 +234,9 @@ def main() -> None:
                                                  - 1 / len(names)).sum()),
                "synthesis_calls_per_kept_image": st["synthesis_calls_per_kept_image"],
                "predicted_synthesis_calls_per_kept_image": p.get("verify_cost"),
+               # verify's plain-generator source: share of its draws in the plan, and of the kept images
+               "predicted_plain_share_of_draws": p.get("plain_share"),
+               "plain_kept_share": st.get("plain_kept", 0) / max(n, 1),
                "warnings": [str(w.message) for w in ws if issubclass(w.category, RuntimeWarning)],
                "sample_seconds": time.perf_counter() - t}
         # at most per_cell images of each labelled cell (the first ones), like the natural side

@@ -708,9 +708,10 @@ def _cell_spec(cell: str, attributes) -> dict:
 @click.option("--max-cell-tv", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="With --verify: bound on the total variation distance between each cell's kept images (their "
                    "latents) and the natural generator's images of that cell; candidates that would crowd a cell "
-                   "are refused in proportion, at a predicted cost in synthesis calls (default 0.3, relaxed with a "
-                   "warning when it does not fit --max-synthesis-per-image; 1 = no bound, the cheapest; see "
-                   "docs/sampling.md).")
+                   "are refused in proportion, at a predicted cost in synthesis calls; with a bound, verify also "
+                   "draws from the plain generator where that is cheaper, so a bound never costs more than plain "
+                   "rejection sampling (default 0.2, relaxed with a warning when it does not fit "
+                   "--max-synthesis-per-image; 1 = no bound, the cheapest; see docs/sampling.md).")
 @click.option("--max-synthesis-per-image", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Verify: stop before starting when more synthesis calls per kept image are predicted "
                    "(rare cells can need more: female,old,smiling on dcgan-faces about 17 without the cell cap, 47-56 with it).")

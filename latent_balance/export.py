@@ -185,8 +185,13 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
             old = {**old, "output": _DEFAULT_OUTPUT}  # written before output options existed: png files
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            hint = (" (it was written without verify's cell cap: max_cell_tv=1 resumes it)"
-                    if "max_cell_tv" in settings and "max_cell_tv" not in old and old.get("verify") else "")
+            hint = ""
+            if "max_cell_tv" in settings and "max_cell_tv" not in old and old.get("verify"):
+                hint = " (it was written without verify's cell cap: max_cell_tv=1 resumes it)"
+            elif "verify_plain_generator" in settings and "verify_plain_generator" not in old and old.get("verify"):
+                hint = (" (it was written before verify drew from the plain generator beside its components, so this "
+                        "version draws other images for it: finish it with the version that wrote it, or with "
+                        "max_cell_tv=1 if it was written without a cell cap)")
             raise DatasetError(f"{out_dir} holds a dataset written with other settings (differs in {diff}); "
                                f"use another --out folder, or the same settings to resume{hint}")
     elif out_dir.exists() and any(p for p in out_dir.iterdir() if not p.name.startswith(".")):
@@ -882,6 +887,10 @@ def _card_markdown(card: dict) -> str:
                      f"their component over-represents their region of the cell, so each cell's latents are within "
                      f"total variation {cap:g} of the natural generator's for that cell (cell cap refused per image, "
                      f"above; docs/sampling.md)")
+    if (card.get("settings") or {}).get("verify_plain_generator"):
+        lines.append("- verify also drew candidates from the plain generator (no acceptance test; their images are the "
+                     "natural images of their cells) where that was cheaper than the capped components (plain "
+                     "generator draws and kept per image, above)")
     ex = card.get("exclusions")
     if ex:
         cells = ", ".join(f"`{c}`" for c in ex["cells"])

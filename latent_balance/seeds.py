@@ -16,7 +16,9 @@ from the user's seed with :func:`stream_seeds`, so its draws never collide with 
 first 2**30 seeds. A user seed has :data:`TOTAL_STREAMS` streams: the first :data:`MAX_STREAMS`
 (2**12) of 2**30 seeds each fill ``[2**30, 2**62 + 2**30)`` (the original layout, unchanged, so datasets
 written before the extension keep their latents), and 2**20 more of 2**21 seeds each fill
-``[3 * 2**61, 2**63)``.
+``[3 * 2**61, 2**63)``. Verify's plain-generator draws (the generator's own latents, no acceptance
+test) use one further stream per user seed and block, :func:`plain_stream_seeds`, of 2**20 seeds each in
+``[2**62 + 2**31, 3 * 2**61)``, between the two.
 The sampler uses one stream per cell and block, so the extension lifts the cap on a dataset from
 ``4,096 / cells`` blocks to ``(4,096 + 2**20) / cells`` blocks (ten million images over 300 cells fit
 with blocks of 3,000).
@@ -44,6 +46,8 @@ EXTRA_STREAMS = 2**20  # further streams per user seed, in [3 * 2**61, 2**63)
 EXTRA_STREAM_LENGTH = 2**21  # seeds per further stream
 TOTAL_STREAMS = MAX_STREAMS + EXTRA_STREAMS
 _EXTRA_BASE = 3 * 2**61
+PLAIN_STREAM_LENGTH = 2**20  # seeds per block of verify's plain-generator stream
+_PLAIN_BASE = 2**62 + 2**31
 
 
 def check_seeds(seeds) -> np.ndarray:
@@ -229,4 +233,25 @@ def stream_seeds(seed: int, stream: int, start: int, count: int) -> np.ndarray:
         base = (1 + seed * MAX_STREAMS + stream) * STREAM_LENGTH
     else:
         base = _EXTRA_BASE + (seed * EXTRA_STREAMS + stream - MAX_STREAMS) * EXTRA_STREAM_LENGTH
+    return np.arange(base + start, base + start + count, dtype=np.int64)
+
+
+def plain_stream_seeds(seed: int, block: int, start: int, count: int) -> np.ndarray:
+    """Seeds ``[start, start + count)`` of verify's plain-generator stream of block `block`.
+
+    Layout (int64): user seed s, block b is the block of :data:`PLAIN_STREAM_LENGTH` (2**20) seeds
+    starting at ``2**62 + 2**31 + (s * TOTAL_STREAMS + b) * 2**20``. It lies between the original
+    streams (which end at ``2**62 + 2**30``) and the further ones (from ``3 * 2**61``), so it never
+    overlaps any proposal stream, another user seed's or block's plain stream, or the probe seeds.
+
+    Raises:
+        ValueError: an argument out of range (seed < 2**20, block < :data:`TOTAL_STREAMS`,
+            start + count <= 2**20).
+    """
+    if seed < 0 or block < 0 or start < 0 or count < 0:
+        raise ValueError("seed, block, start and count must be non-negative")
+    if seed >= MAX_USER_SEED or block >= TOTAL_STREAMS or start + count > PLAIN_STREAM_LENGTH:
+        raise ValueError(f"plain stream seeds out of range: need seed < 2**20, block < {TOTAL_STREAMS}, start + count "
+                         f"<= {PLAIN_STREAM_LENGTH} (got seed={seed}, block={block}, start+count={start + count})")
+    base = _PLAIN_BASE + (seed * TOTAL_STREAMS + block) * PLAIN_STREAM_LENGTH
     return np.arange(base + start, base + start + count, dtype=np.int64)

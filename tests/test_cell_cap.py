@@ -15,7 +15,7 @@ from scipy.stats import ks_2samp
 
 from latent_balance import BalancedSampler
 from latent_balance.sampling import BalancedSource, BudgetError
-from latent_balance.sampling.planning import _CAP_STEPS, _lp_allocation
+from latent_balance.sampling.planning import _CAP_STEPS, MAX_CELL_TV, _lp_allocation
 
 N = 4000
 
@@ -88,10 +88,11 @@ def test_no_cap_is_the_plan_without_it(world):
     ra = a.sample(300)
     assert sum(ra.stats["verify_capped_per_cell"]) == 0
     # the dataset settings record the cap only when it bounds something (datasets written before the cap
-    # existed resume with max_cell_tv=1); the default (0.3) is recorded
+    # existed resume with max_cell_tv=1); the default is recorded
     assert "max_cell_tv" not in BalancedSource(a).settings()
+    assert "verify_plain_generator" not in BalancedSource(a).settings() and not a.plan_["sources"]["plain"]
     d = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3)
-    assert d.max_cell_tv == 0.3 and BalancedSource(d).settings()["max_cell_tv"] == 0.3
+    assert d.max_cell_tv == MAX_CELL_TV and BalancedSource(d).settings()["max_cell_tv"] == MAX_CELL_TV
     c = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=3, max_cell_tv=0.5)
     assert BalancedSource(c).settings()["max_cell_tv"] == 0.5
     # the capped confusion rows keep at most what the uncapped ones do
@@ -107,21 +108,22 @@ def test_the_default_cap_is_relaxed_to_fit_the_budget_and_says_so(world):
     labs = w.labelers()
     costs = {u: BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_cell_tv=u,
                                 max_synthesis_per_image=100).plan_["verify_cost"] for u in _CAP_STEPS}
-    assert costs[0.3] > costs[1.0]
+    d = MAX_CELL_TV
+    assert _CAP_STEPS[0] == d and costs[d] > costs[1.0]
     # a budget between the default's cost and the next step's: the default is relaxed to the first step within it
-    fits = [u for u in _CAP_STEPS if costs[u] <= costs[0.3] - 1e-6]
+    fits = [u for u in _CAP_STEPS if costs[u] <= costs[d] - 1e-6]
     budget = max(costs[fits[0]], 1.0) + 1e-6
-    with pytest.warns(RuntimeWarning, match=r"default cell cap max_cell_tv=0.3 does not fit .*using max_cell_tv="):
+    with pytest.warns(RuntimeWarning, match=rf"default cell cap max_cell_tv={d:g} does not fit .*using max_cell_tv="):
         s = BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_synthesis_per_image=budget)
     assert s.max_cell_tv == fits[0] and s.plan_["verify_cost"] <= budget
     # within the budget: the default, no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3,
-                               max_synthesis_per_image=costs[0.3] + 1e-6).max_cell_tv == 0.3
+                               max_synthesis_per_image=costs[d] + 1e-6).max_cell_tv == d
     # an explicit cap is never relaxed
-    with pytest.raises(BudgetError, match="max_synthesis_per_image.*cell cap max_cell_tv=0.3 adds to that"):
-        BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_cell_tv=0.3,
+    with pytest.raises(BudgetError, match=rf"max_synthesis_per_image.*cell cap max_cell_tv={d:g} adds to that"):
+        BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_cell_tv=d,
                         max_synthesis_per_image=budget)
     # relaxed all the way: the warning says there is no cap (not "within total variation 1")
     with pytest.warns(RuntimeWarning, match="using max_cell_tv=1 .*no cell cap"):
@@ -173,3 +175,61 @@ def test_dataset_card_says_what_the_cap_refused(world, tmp_path):
     assert refused > 0 and card["cost"]["cell_cap_refused_per_image"] == pytest.approx(refused / 100)
     md = (tmp_path / "d" / "dataset_card.md").read_text()
     assert "cell cap refused per image" in md and "verify's cell cap (max_cell_tv 0.5)" in md
+    assert "plain generator draws per image" in md and "verify also drew candidates from the plain generator" in md
+    assert card["cost"]["plain_generator_kept_per_image"] == pytest.approx(s.sample(100).stats["plain_kept"] / 100)
+
+
+def test_verify_draws_from_the_plain_generator_where_that_is_cheaper(world):
+    from latent_balance.seeds import PLAIN_STREAM_LENGTH, TOTAL_STREAMS, plain_stream_seeds
+
+    w, model, _, _ = world
+    labs = w.labelers()
+    seed, k = 5, len(model.space_)
+    s = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=seed,
+                        max_cell_tv=0.2, block_size=500)
+    src = s.plan_["sources"]
+    assert src["plain"] and src["C_keep"].shape == (k + 1, k) and src["acceptance"][k] == 1.0
+    # the plain generator's row: the held-out probes' labelled distribution (hard labels), never capped
+    cells = np.asarray(model.heldout_["cells"])
+    np.testing.assert_allclose(src["C_keep"][k], np.bincount(cells, minlength=k) / len(cells))
+    assert np.all(src["kappa"][k] == 1.0)
+    # the plan is the linear program over components and plain generator: no dearer than either alone
+    cost = s.plan_["verify_cost"]
+    assert cost == pytest.approx(_lp_allocation(src["C_keep"], s.q, src["usable"]).sum())
+    components_only = _lp_allocation(src["C_keep"][:k], s.q, src["usable"][:k]).sum()
+    plain_only = float(np.max(s.q / src["C_keep"][k]))
+    assert cost <= min(components_only, plain_only) + 1e-9
+    assert 0 < s.plan_["plain_share"] < 1, s.plan_["plain_share"]  # this world mixes both (else the test is moot)
+    res = s.sample(1000)
+    st = res.stats
+    plain = res.components == k
+    assert plain.sum() == st["plain_kept"] > 0 and st["plain_draws"] >= st["plain_kept"]
+    np.testing.assert_array_equal(res.counts(labelled=True), res.counts())
+    # every candidate is kept, rejected (cell full) or refused by the cap; plain ones are never refused
+    assert 1000 + sum(st["verify_rejected_per_cell"]) + sum(st["verify_capped_per_cell"]) == st["synthesis_calls"]
+    assert st["latent_proposals"] == sum(st["latent_proposals_per_component"]) + st["plain_draws"]
+    # plain candidates come from each block's plain stream and are the generator's own latents of their seeds
+    base = plain_stream_seeds(seed, 0, 0, 1)[0]
+    block = (res.seeds[plain] - base) // PLAIN_STREAM_LENGTH
+    assert set(block.tolist()) <= set(st["blocks"]) and np.all(res.seeds[plain] >= base)
+    np.testing.assert_array_equal(res.seeds[plain] - base - block * PLAIN_STREAM_LENGTH >= 0, True)
+    assert np.all(block < TOTAL_STREAMS)
+    z = w.generator.sample_z(res.seeds[plain])
+    np.testing.assert_allclose(res.latents[plain], w.generator.to_latent(z).numpy(), rtol=1e-6, atol=1e-6)
+    # the dataset settings say so, and the same seed gives the same draws
+    assert BalancedSource(s).settings()["verify_plain_generator"] is True
+    again = BalancedSampler(w.generator, model, None, verify=True, sharpness="auto", labelers=labs, seed=seed,
+                            max_cell_tv=0.2, block_size=500).sample(1000)
+    np.testing.assert_array_equal(again.seeds, res.seeds)
+
+
+def test_resuming_a_dataset_written_before_the_plain_generator_source_says_why(tmp_path):
+    import json
+
+    from latent_balance.export import SETTINGS, DatasetError, _check_settings
+
+    old = {"verify": True, "seed": 0, "max_cell_tv": 0.3, "output": {"image_format": "png"}}
+    (tmp_path / SETTINGS).write_text(json.dumps(old))
+    with pytest.raises(DatasetError, match=r"differs in \['verify_plain_generator'\].*before verify drew from the "
+                                           r"plain generator"):
+        _check_settings(tmp_path, {**old, "verify_plain_generator": True})

@@ -63,6 +63,28 @@ def test_stream_layout_extension():
         stream_seeds(0, TOTAL_STREAMS, 0, 1)
 
 
+def test_plain_stream_layout():
+    """Verify's plain-generator streams (one per user seed and block, 2**20 seeds) lie between the original
+    streams' last seed and the further streams' first, tile their region without overlaps, and have
+    z's bit-identical to one default_rng per seed (the fast seeding path) at its edges."""
+    from latent_balance.seeds import PLAIN_STREAM_LENGTH, TOTAL_STREAMS, plain_stream_seeds
+
+    last_original = stream_seeds(2**20 - 1, 2**12 - 1, 2**30 - 1, 1)[0]
+    first_extra = stream_seeds(0, 2**12, 0, 1)[0]
+    first = plain_stream_seeds(0, 0, 0, 1)[0]
+    last = plain_stream_seeds(2**20 - 1, TOTAL_STREAMS - 1, PLAIN_STREAM_LENGTH - 1, 1)[0]
+    assert last_original < first and last < first_extra
+    assert plain_stream_seeds(3, 8, 0, 1)[0] - plain_stream_seeds(3, 7, 0, 1)[0] == PLAIN_STREAM_LENGTH
+    assert plain_stream_seeds(4, 0, 0, 1)[0] - plain_stream_seeds(3, TOTAL_STREAMS - 1, 0, 1)[0] == PLAIN_STREAM_LENGTH
+    np.testing.assert_array_equal(np.diff(plain_stream_seeds(2, 5, 10, 100)), 1)
+    for bad in ((0, 0, PLAIN_STREAM_LENGTH - 5, 6), (0, TOTAL_STREAMS, 0, 1), (2**20, 0, 0, 1), (0, -1, 0, 1)):
+        with pytest.raises(ValueError):
+            plain_stream_seeds(*bad)
+    edge = np.array([first, last, plain_stream_seeds(7, 99, 12345, 1)[0]], np.int64)
+    ref = np.stack([np.random.default_rng(int(x)).standard_normal(16) for x in edge]).astype(np.float32)
+    np.testing.assert_array_equal(z_from_seeds(edge, 16), ref)
+
+
 def test_stream_seeds_disjoint():
     a = stream_seeds(0, 0, 0, 10)
     b = stream_seeds(0, 1, 0, 10)

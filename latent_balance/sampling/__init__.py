@@ -44,10 +44,15 @@ smile boundaries). A candidate of component g labelled c is kept with probabilit
 ``min(1, kappa_gc / a_g(x))``, ``kappa_gc`` the ``max_cell_tv`` quantile of ``a_g`` over the
 held-out probes labelled c: the kept density is the natural one capped at ``kappa_gc``, within total
 variation ``max_cell_tv`` of the natural images of the cell. The linear program plans with the capped
-confusion ``C_keep``. Default 0.3 (:data:`~latent_balance.sampling.planning.MAX_CELL_TV`), relaxed
-with a warning to the first of 0.4, 0.5, 0.7, 1 within ``max_synthesis_per_image``; 1 = no cap. A verify
+confusion ``C_keep``. With a cap, the plain generator (every latent accepted, a = 1, never refused;
+its row of ``C_keep`` the natural labelled distribution) is one more source of the linear program:
+its images are the natural images of their cells, and the cheapest plan mixes it in wherever the
+capped components cost more, so a cap never costs more than plain rejection sampling. Default 0.2
+(:data:`~latent_balance.sampling.planning.MAX_CELL_TV`), relaxed
+with a warning to the first of 0.3, 0.4, 0.5, 0.7, 1 within ``max_synthesis_per_image``; 1 = no cap
+(components only, the cheapest). A verify
 block may spend, besides ``max_synthesis_per_image`` per image, what one image of each of its cells costs
-from its best component alone (geometric waiting times with rates ``y_c = max_g C_keep[g, c]``: mean
+from its best source alone (geometric waiting times with rates ``y_c = max_g C_keep[g, c]``: mean
 ``sum_c 1 / y_c`` plus three standard deviations).
 
 Budgets: ``max_proposals_per_image`` (latent proposals per accepted latent of a component) and
@@ -56,7 +61,8 @@ Budgets: ``max_proposals_per_image`` (latent proposals per accepted latent of a 
 raise it with what was achieved.
 
 Determinism and blocks: outputs are produced in blocks (``block_size`` outputs). Block b draws
-component g's proposals from stream ``b * n_cells + g`` of the user seed, so blocks are independent,
+component g's proposals from stream ``b * n_cells + g`` of the user seed (verify's plain-generator draws
+from :func:`latent_balance.seeds.plain_stream_seeds` of block b), so blocks are independent,
 reproducible and disjoint (at most ``4096 // n_cells`` blocks per seed). ``sample(n)`` splits the n
 outputs into blocks exactly as :func:`latent_balance.export.write_dataset` does, so the API and the
 CLI produce the same images for the same settings.

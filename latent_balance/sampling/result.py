@@ -20,7 +20,8 @@ class SampleResult:
         z:          float32 [n, z_dim] prior latents.
         latents:    float32 [n, latent_dim] modelled latents (feed ``generator.synthesize``).
         cells:      int64 [n] intended cell per output (verify: the labelled cell it was kept for).
-        components: int64 [n] the component each latent was drawn from.
+        components: int64 [n] the component each latent was drawn from (0..n_cells-1, the component aimed
+                at that cell), or n_cells for verify's plain generator (no acceptance test).
         cell_ids:   names of all cells (``cells`` indexes into it).
         images:     float32 tensor [n, 3, H, W] in [-1, 1] when images were requested, else None.
         probs:      attribute -> float64 [n, C] labeler probabilities when labelled, else None.

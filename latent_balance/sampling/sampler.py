@@ -81,8 +81,8 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                      allocation).
         max_cell_tv: verify only: bound on the total variation distance between the latents of the images
                      kept in a cell and the natural generator's latents labelled in that cell (default
-                     :data:`~latent_balance.sampling.planning.MAX_CELL_TV` = 0.3, relaxed through 0.4, 0.5,
-                     0.7, 1 with a warning when its predicted cost exceeds ``max_synthesis_per_image``; an
+                     :data:`~latent_balance.sampling.planning.MAX_CELL_TV` = 0.2, relaxed through 0.3, 0.4,
+                     0.5, 0.7, 1 with a warning when its predicted cost exceeds ``max_synthesis_per_image``; an
                      explicit value is never relaxed; 1 = no bound, the cheapest). A component's
                      proposals crowd each cell's images toward its own region; a candidate from component g
                      labelled c is therefore kept only with probability ``min(1, kappa_gc / a_g(x))``, where
@@ -91,6 +91,9 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                      whose total variation to the natural cell is at most ``max_cell_tv`` (the mass below the
                      cap). Smaller = closer to the natural images of each cell, more synthesis calls (the
                      linear program plans with the capped confusion, so the cost is predicted and budgeted).
+                     With a cap (< 1) the linear program may also draw from the plain generator (no
+                     acceptance test, never refused; ``stats["plain_draws"]``, ``["plain_kept"]``), so a
+                     cap never costs more than plain rejection sampling.
         exclude:     persons not to depict (:mod:`latent_balance.forget`): :class:`~latent_balance.forget.Person`
                      objects or person-file paths. Proposals inside a person's latent region are rejected before
                      synthesis; with images, every image is embedded and one within the person's threshold is
@@ -247,7 +250,8 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             ``target``, ``predicted`` / ``predicted_tv`` / ``predicted_kl`` / ``reachable`` (the outputs'
             expected labelled distribution: the target itself with verify), ``latent_predicted*`` (the
             latent-only candidates' expected labelled distribution), ``latent_proposals`` (total and
-            ``per_component``), ``accepted_per_component``, ``acceptance_rate_per_component``,
+            ``per_component``; the total includes ``plain_draws``, verify's draws from the plain generator,
+            of which ``plain_kept`` were kept), ``accepted_per_component``, ``acceptance_rate_per_component``,
             ``latent_proposals_per_kept_image`` (overall, ``..._per_component``: a component's proposals over
             the images kept from it, and ``..._per_cell``: the mean of that over the images kept in each
             cell), ``synthesis_calls``,
@@ -520,13 +524,17 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         props = np.sum([p.stats["latent_proposals_per_component"] for p in parts], axis=0)
         acc = np.sum([p.stats["accepted_per_component"] for p in parts], axis=0)
         kept = np.sum([p.stats["kept_per_component"] for p in parts], axis=0)
+        plain_draws = int(sum(p.stats.get("plain_draws", 0) for p in parts))
+        plain_kept = int(sum(p.stats.get("plain_kept", 0) for p in parts))
         synth = int(sum(p.stats["synthesis_calls"] for p in parts))
         n = len(res)
         with np.errstate(divide="ignore", invalid="ignore"):
             per_comp = np.where(kept > 0, props / np.maximum(kept, 1), np.nan)
             rate = np.where(props > 0, acc / np.maximum(props, 1), np.nan)
-            # per cell: each kept image carries its component's proposals per kept image
-            cost = np.where(kept > 0, props / np.maximum(kept, 1), 0.0)[res.components]
+            # per cell: each kept image carries its source's proposals per kept image (the plain generator,
+            # source k, proposes one latent per draw)
+            cost = np.append(np.where(kept > 0, props / np.maximum(kept, 1), 0.0),
+                             plain_draws / max(plain_kept, 1))[res.components]
             per_cell = np.bincount(res.cells, weights=cost, minlength=k) / np.bincount(res.cells, minlength=k)
         plan = self.plan_
         res.stats = {
@@ -535,10 +543,12 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             "sharpness": plan["sharpness"].tolist(), "threshold": self.threshold,
             "target": self.q.tolist(), "pi": None if plan["pi"] is None else plan["pi"].tolist(),
             **self._predicted_stats(plan),
-            "latent_proposals": int(props.sum()), "latent_proposals_per_component": props.astype(int).tolist(),
+            "latent_proposals": int(props.sum()) + plain_draws,
+            "latent_proposals_per_component": props.astype(int).tolist(),
+            "plain_draws": plain_draws, "plain_kept": plain_kept,
             "accepted_per_component": acc.astype(int).tolist(), "kept_per_component": kept.astype(int).tolist(),
             "acceptance_rate_per_component": [None if np.isnan(v) else float(v) for v in rate],
-            "latent_proposals_per_kept_image": float(props.sum() / max(n, 1)),
+            "latent_proposals_per_kept_image": float((props.sum() + plain_draws) / max(n, 1)),
             "latent_proposals_per_kept_image_per_component": [None if np.isnan(v) else float(v) for v in per_comp],
             "latent_proposals_per_kept_image_per_cell": [None if np.isnan(v) else float(v) for v in per_cell],
             "synthesis_calls": synth, "synthesis_calls_per_kept_image": synth / max(n, 1),
@@ -636,6 +646,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                 "sharpness": p["sharpness"].tolist(), "threshold": self.threshold,
                 "pi": None if p["pi"] is None else p["pi"].tolist(), **self._predicted_stats(p),
                 "acceptance": p["acceptance"].tolist(), "ess": p["ess"].tolist(), "verify_cost": p["verify_cost"],
+                "verify_plain_share": p.get("plain_share"),
                 "proposals_per_kept": None if p.get("proposals_per_kept") is None else p["proposals_per_kept"].tolist(),
                 "confusion": p["C"].tolist(), "auto": p.get("auto")}
 

@@ -54,6 +54,8 @@ class BalancedSource:
                    if s.min_diversity > 0 else {}),
                 # the cell cap only when bounded: datasets written before it existed (no cap) still resume
                 **({"max_cell_tv": s.max_cell_tv} if s.max_cell_tv < 1 else {}),
+                # verify's plain-generator source (with a cell cap): datasets written before it do not resume
+                **({"verify_plain_generator": True} if s.plan_.get("sources", {}).get("plain") else {}),
                 # excluded persons only when set: datasets written before `exclude` existed still resume
                 **({"exclude": s.exclusion.settings()} if s.exclusion is not None else {}),
                 "allocation": s.allocation, "confusion": s.confusion, "sampler_block_size": s.block_size,
@@ -73,12 +75,15 @@ class BalancedSource:
         res = self.sampler.sample_block(block, slots, images=True, progress=progress)
         st = res.stats
         stats = {"synthesis_calls": float(st["synthesis_calls"]),
-                 "latent_proposals": float(np.sum(st["latent_proposals_per_component"]))}
+                 "latent_proposals": float(np.sum(st["latent_proposals_per_component"]) + st["plain_draws"])}
         if self.sampler.verify:
             zero = np.asarray(self.sampler.q) == 0
             stats[EXCLUDED_REJECTED] = float(np.asarray(st["verify_rejected_per_cell"])[zero].sum())
             if self.sampler.max_cell_tv < 1:  # candidates the cell cap refused (the card's cost lines)
                 stats["cell_cap_refused"] = float(np.sum(st["verify_capped_per_cell"]))
+            if self.sampler.plan_["sources"]["plain"]:  # candidates from the plain generator, and those kept
+                stats["plain_generator_draws"] = float(st["plain_draws"])
+                stats["plain_generator_kept"] = float(st["plain_kept"])
         if self.sampler.exclusion is not None:  # per person i: candidates rejected at each stage (the card's "forget")
             for i in range(len(self.sampler.exclusion.persons)):
                 stats[f"{FORGET_PREFIX}latent_rejected:{i}"] = float(st["exclude_latent_rejected"][i])

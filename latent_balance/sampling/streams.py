@@ -4,7 +4,9 @@ Block b draws component g's proposals from stream ``b * n_cells + g`` of the use
 (:func:`latent_balance.seeds.stream_seeds`), with its own generator of acceptance uniforms consumed in
 proposal order, so results never depend on batch sizes. When the cells include the class of a generator
 sampled over several classes, component g's proposals are given g's class (``BalancedSampler._class_steering``):
-a proposal is then (seed, class), and its z the seed's z with that class.
+a proposal is then (seed, class), and its z the seed's z with that class. Verify's plain generator (source
+``n_cells``, when the plan uses it) draws block b's latents from :func:`latent_balance.seeds.plain_stream_seeds`
+and accepts them all.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..seeds import stream_length, stream_seeds
+from ..seeds import PLAIN_STREAM_LENGTH, plain_stream_seeds, stream_length, stream_seeds
 from .errors import BudgetError
 
 if TYPE_CHECKING:
@@ -33,11 +35,14 @@ class _Streams:
         self.s, self.block = sampler, block
         k = len(sampler.space)
         self.k = k
-        self.next = np.zeros(k, np.int64)
-        self.proposals = np.zeros(k, np.int64)
-        self.accepted = np.zeros(k, np.int64)
-        self.requested = np.zeros(k, np.int64)
-        self.kept = np.zeros(k, np.int64)
+        # sources: the k components, and verify's plain generator (source k) when the plan has it
+        self.plain = bool(sampler.plan_.get("sources", {}).get("plain", False))
+        n_src = k + self.plain
+        self.next = np.zeros(n_src, np.int64)
+        self.proposals = np.zeros(n_src, np.int64)
+        self.accepted = np.zeros(n_src, np.int64)
+        self.requested = np.zeros(n_src, np.int64)
+        self.kept = np.zeros(n_src, np.int64)
         self.rngs: dict[int, np.random.Generator] = {}
         self.buf: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self.latent_time = 0.0
@@ -46,7 +51,8 @@ class _Streams:
         self.exclude_latent = np.zeros(npers, np.int64)  # accepted proposals inside a person's region, rejected
         self.exclude_images = np.zeros(npers, np.int64)  # synthesized candidates matching a person, rejected
         self.exclude_checked = 0  # synthesized candidates checked against the persons' embeddings
-        self.rate = sampler.plan_["acceptance"]  # per proposal of the component (in its class when steered)
+        # per proposal of the component (in its class when steered); 1 for the plain generator
+        self.rate = sampler.plan_["sources"]["acceptance"] if self.plain else sampler.plan_["acceptance"]
         steer = getattr(sampler, "_steer", None)
         self.steer = None if steer is None else steer[0]
 
@@ -75,30 +81,34 @@ class _Streams:
             BudgetError: the component used more than its proposal budget.
         """
         s = self.s
+        plain = g == self.k  # verify's plain generator: its own stream, every latent accepted
         stream = self.block * self.k + g
+        length = PLAIN_STREAM_LENGTH if plain else stream_length(stream)
         limit = s.max_proposals_per_image * (self.requested[g] + _BUDGET_SLACK)
         missing = count - have
         rate = max(float(self.rate[g]), 1e-9)
-        size = int(min(s.proposal_batch, max(64, math.ceil(1.2 * missing / rate) + 16),
-                       stream_length(stream) - self.next[g]))
+        size = int(min(s.proposal_batch, max(64, math.ceil(1.2 * missing / rate) + 16), length - self.next[g]))
         if size <= 0:
-            cid = s.space.ids[g]
-            raise BudgetError(f"cell {cid!r}: block {self.block} used all {stream_length(stream)} seeds of its "
-                              f"proposal stream for {have} of the {int(self.requested[g])} accepted latents "
-                              f"needed; use a smaller block size", cell=cid,
-                              achieved={cid: int(self.requested[g] - count + have)})
+            cid = "the plain generator" if plain else f"cell {s.space.ids[g]!r}"
+            raise BudgetError(f"{cid}: block {self.block} used all {length} seeds of its "
+                              f"proposal stream for {have} of the {int(self.requested[g])} latents "
+                              f"needed; use a smaller block size", cell=None if plain else s.space.ids[g])
         t0 = time.perf_counter()
-        seeds = stream_seeds(s.seed, stream, int(self.next[g]), size)
+        seeds = (plain_stream_seeds(s.seed, self.block, int(self.next[g]), size) if plain else
+                 stream_seeds(s.seed, stream, int(self.next[g]), size))
         self.next[g] += size
         z_t = s.generator.sample_z(seeds)
         if self.steer is not None:
             z_t = s.generator.assign_classes(z_t, int(self.steer[g]))
         lat_t = s.generator.to_latent(z_t)
         lat = lat_t.detach().cpu().numpy().astype(np.float32, copy=False)
-        P = s.model.predict_proba(lat)[:, [g]]
-        a = s._accept_prob(P, self.sharp[[g]], comps=[g])[:, 0]
-        u = self.rngs[g].random(size)
-        ok = u < a
+        if plain:
+            ok = np.ones(size, bool)
+        else:
+            P = s.model.predict_proba(lat)[:, [g]]
+            a = s._accept_prob(P, self.sharp[[g]], comps=[g])[:, 0]
+            u = self.rngs[g].random(size)
+            ok = u < a
         if s.exclusion is not None and ok.any():  # the latent filter: a person's region is never proposed
             inside = s.exclusion.inside(lat[ok])
             self.exclude_latent += inside.sum(axis=0)
@@ -109,7 +119,7 @@ class _Streams:
             self.accepted[g] += int(ok.sum())
             have += int(ok.sum())
         self.latent_time += time.perf_counter() - t0
-        if have < count and self.proposals[g] > limit:
+        if have < count and self.proposals[g] > limit and not plain:
             cid = s.space.ids[g]
             raise BudgetError(f"cell {cid!r}: {int(self.proposals[g])} latent proposals gave {have} of the "
                               f"{int(self.requested[g])} accepted latents needed in block {self.block} "
@@ -127,9 +137,12 @@ class _Streams:
         return seeds[:count], z[:count], lat[:count]
 
     def stats(self) -> dict[str, Any]:
-        out = {"latent_proposals_per_component": self.proposals.copy(),
-               "accepted_per_component": self.accepted.copy(),
-               "kept_per_component": self.kept.copy()}
+        k = self.k
+        out = {"latent_proposals_per_component": self.proposals[:k].copy(),
+               "accepted_per_component": self.accepted[:k].copy(),
+               "kept_per_component": self.kept[:k].copy(),
+               "plain_draws": int(self.proposals[k]) if self.plain else 0,
+               "plain_kept": int(self.kept[k]) if self.plain else 0}
         if self.s.exclusion is not None:
             out.update(exclude_latent_rejected=self.exclude_latent.copy(),
                        exclude_images_rejected=self.exclude_images.copy(), exclude_images_checked=int(self.exclude_checked))

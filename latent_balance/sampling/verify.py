@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import BudgetError
-from .planning import _lp_allocation
+from .planning import _diverse_sources, _lp_allocation
 from .result import SampleResult
 
 __all__: list[str] = []
@@ -29,14 +29,17 @@ class _VerifyMixin:
         need = target_counts.copy()
         n = len(slots)
         plan = self.plan_
-        usable = plan["affordable"]
-        natural = np.where(usable, np.asarray(self.model.natural_["proportions"], np.float64), 0.0)
+        # the sources drawn from: the k components, and the plain generator (source k) when it is one
+        src = plan["sources"]
+        n_src = len(src["acceptance"])
+        usable = src["affordable"]
+        diverse = _diverse_sources(src, np.asarray(self.model.natural_["proportions"], np.float64), usable)
         # prior of the in-block update of C: the held-out estimate with weight = its effective sample size
-        prior_w = np.minimum(plan["ess"], 200.0)[:, None]
-        kappa = plan.get("kappa")  # verify's cell caps (max_cell_tv < 1), else None
-        prior = plan["C_keep"] * prior_w
-        seen = np.zeros((k, k))  # candidates per (component, labelled cell) that passed the cell cap
-        drawn = np.zeros(k)  # candidates per component
+        prior_w = np.minimum(src["ess"], 200.0)[:, None]
+        kappa = src["kappa"]  # verify's cell caps (max_cell_tv < 1), else None
+        prior = src["C_keep"] * prior_w
+        seen = np.zeros((n_src, k))  # candidates per (source, labelled cell) that passed the cell cap
+        drawn = np.zeros(n_src)  # candidates per source
         capped = np.zeros(k, np.int64)  # candidates refused by the cell cap, by labelled cell
         cap_rng = np.random.default_rng([self.seed, streams.block, 0xCA9])
         kept: list[list[tuple]] = [[] for _ in range(k)]
@@ -49,11 +52,11 @@ class _VerifyMixin:
             m = _lp_allocation(C, need, usable)
             blend = plan.get("diversity_blend", 0.0)
             if m is not None and blend > 0:
-                # the plan's diversity blend: toward the natural frequencies, scaled to cover every need
-                reach = natural @ C
+                # the plan's diversity blend: toward the diverse allocation, scaled to cover every need
+                reach = diverse @ C
                 rows = need > 0
                 if np.all(reach[rows] > 0):
-                    m = (1 - blend) * m + blend * natural * float(np.max(need[rows] / reach[rows]))
+                    m = (1 - blend) * m + blend * diverse * float(np.max(need[rows] / reach[rows]))
             if m is None:
                 g = int(np.flatnonzero(need)[0])
                 raise BudgetError(f"cell {self.space.ids[g]!r} cannot be filled: no usable component produces it "
@@ -95,9 +98,14 @@ class _VerifyMixin:
                 # the cell cap: a candidate of component g labelled c is kept with probability
                 # min(1, kappa[g, c] / a_g(latent)), so each cell's kept latents follow the natural density
                 # capped at kappa (uniforms from the block's own generator, in candidate order)
-                a = self._accept_prob(self.model.predict_proba(lat), plan["sharpness"])[np.arange(len(comp)), comp]
-                with np.errstate(divide="ignore"):
-                    p_keep = np.minimum(1.0, kappa[comp, cells] / np.maximum(a, 1e-300))
+                # (the plain generator's candidates, a = 1 <= kappa, are never refused)
+                p_keep = np.ones(len(comp))
+                own = np.flatnonzero(comp < k)
+                if len(own):
+                    a = self._accept_prob(self.model.predict_proba(lat[own]), plan["sharpness"])[np.arange(len(own)),
+                                                                                                  comp[own]]
+                    with np.errstate(divide="ignore"):
+                        p_keep[own] = np.minimum(1.0, kappa[comp[own], cells[own]] / np.maximum(a, 1e-300))
                 # only cells the block fills are capped: a candidate labelled in a cell without target counts is
                 # rejected as such (counted in verify_rejected_per_cell), not as a cap refusal
                 keepable = (cap_rng.random(len(cells)) < p_keep) | (target_counts[cells] == 0)
@@ -146,11 +154,11 @@ class _VerifyMixin:
         A block's last images cost the most: each cell's last one comes from its best component alone, with
         no other cell's candidates to share the draws. The allowance is what one image of each cell with
         target counts costs that way, a sum of geometric waiting times with success rates
-        ``y_c = max_g C_keep[g, c]`` (usable components): its mean ``sum_c 1 / y_c`` plus three standard
+        ``y_c = max_g C_keep[g, c]`` (usable sources, the plain generator among them): its mean ``sum_c 1 / y_c`` plus three standard
         deviations ``sqrt(sum_c (1 - y_c) / y_c^2)``.
         """
-        plan = self.plan_
-        best = np.where(plan["affordable"][:, None], plan["C_keep"], 0.0).max(axis=0)
+        src = self.plan_["sources"]
+        best = np.where(src["affordable"][:, None], src["C_keep"], 0.0).max(axis=0)
         y = best[(np.asarray(target_counts) > 0) & (best > 0)]
         return float(np.sum(1.0 / y) + 3.0 * np.sqrt(np.sum((1.0 - y) / y**2)))
 
