@@ -164,7 +164,10 @@ def test_verify_gives_exact_counts(noisy, target, cap):
     assert st["synthesis_calls_per_kept_image"] < bound
     assert res.images.shape == (N, 3, w.res, w.res)
     # per-cell latent cost: mean over the images kept in a cell of their component's proposals per kept image
-    props, kept = np.array(st["latent_proposals_per_component"]), np.array(st["kept_per_component"])
+    # (the plain generator, source k when verify has a cell cap: its latents drawn per image kept from it)
+    props = np.append(st["latent_proposals_per_component"], st["plain_latents"])
+    kept = np.append(st["kept_per_component"], max(st["plain_kept"], 1))
+    assert np.sum(res.components == len(s.q)) == st["plain_kept"]
     for c in np.flatnonzero(want):
         rows = [i for i in range(N) if res.cells[i] == c]
         ref = np.mean([props[res.components[i]] / kept[res.components[i]] for i in rows])

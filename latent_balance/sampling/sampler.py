@@ -250,8 +250,9 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             ``target``, ``predicted`` / ``predicted_tv`` / ``predicted_kl`` / ``reachable`` (the outputs'
             expected labelled distribution: the target itself with verify), ``latent_predicted*`` (the
             latent-only candidates' expected labelled distribution), ``latent_proposals`` (total and
-            ``per_component``; the total includes ``plain_draws``, verify's draws from the plain generator,
-            of which ``plain_kept`` were kept), ``accepted_per_component``, ``acceptance_rate_per_component``,
+            ``per_component``; the total includes ``plain_latents``, the latents verify drew from the plain
+            generator, of which ``plain_draws`` were synthesized and ``plain_kept`` kept),
+            ``accepted_per_component``, ``acceptance_rate_per_component``,
             ``latent_proposals_per_kept_image`` (overall, ``..._per_component``: a component's proposals over
             the images kept from it, and ``..._per_cell``: the mean of that over the images kept in each
             cell), ``synthesis_calls``,
@@ -525,6 +526,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         acc = np.sum([p.stats["accepted_per_component"] for p in parts], axis=0)
         kept = np.sum([p.stats["kept_per_component"] for p in parts], axis=0)
         plain_draws = int(sum(p.stats.get("plain_draws", 0) for p in parts))
+        plain_latents = int(sum(p.stats.get("plain_latents", 0) for p in parts))
         plain_kept = int(sum(p.stats.get("plain_kept", 0) for p in parts))
         synth = int(sum(p.stats["synthesis_calls"] for p in parts))
         n = len(res)
@@ -534,7 +536,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             # per cell: each kept image carries its source's proposals per kept image (the plain generator,
             # source k, proposes one latent per draw)
             cost = np.append(np.where(kept > 0, props / np.maximum(kept, 1), 0.0),
-                             plain_draws / max(plain_kept, 1))[res.components]
+                             plain_latents / max(plain_kept, 1))[res.components]
             per_cell = np.bincount(res.cells, weights=cost, minlength=k) / np.bincount(res.cells, minlength=k)
         plan = self.plan_
         res.stats = {
@@ -543,12 +545,12 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             "sharpness": plan["sharpness"].tolist(), "threshold": self.threshold,
             "target": self.q.tolist(), "pi": None if plan["pi"] is None else plan["pi"].tolist(),
             **self._predicted_stats(plan),
-            "latent_proposals": int(props.sum()) + plain_draws,
+            "latent_proposals": int(props.sum()) + plain_latents,
             "latent_proposals_per_component": props.astype(int).tolist(),
-            "plain_draws": plain_draws, "plain_kept": plain_kept,
+            "plain_draws": plain_draws, "plain_latents": plain_latents, "plain_kept": plain_kept,
             "accepted_per_component": acc.astype(int).tolist(), "kept_per_component": kept.astype(int).tolist(),
             "acceptance_rate_per_component": [None if np.isnan(v) else float(v) for v in rate],
-            "latent_proposals_per_kept_image": float((props.sum() + plain_draws) / max(n, 1)),
+            "latent_proposals_per_kept_image": float((props.sum() + plain_latents) / max(n, 1)),
             "latent_proposals_per_kept_image_per_component": [None if np.isnan(v) else float(v) for v in per_comp],
             "latent_proposals_per_kept_image_per_cell": [None if np.isnan(v) else float(v) for v in per_cell],
             "synthesis_calls": synth, "synthesis_calls_per_kept_image": synth / max(n, 1),

@@ -141,7 +141,9 @@ class _Streams:
         out = {"latent_proposals_per_component": self.proposals[:k].copy(),
                "accepted_per_component": self.accepted[:k].copy(),
                "kept_per_component": self.kept[:k].copy(),
-               "plain_draws": int(self.proposals[k]) if self.plain else 0,
+               # verify's plain generator: candidates synthesized, latents drawn (some stay buffered), kept
+               "plain_draws": int(self.requested[k]) if self.plain else 0,
+               "plain_latents": int(self.proposals[k]) if self.plain else 0,
                "plain_kept": int(self.kept[k]) if self.plain else 0}
         if self.s.exclusion is not None:
             out.update(exclude_latent_rejected=self.exclude_latent.copy(),
