@@ -188,6 +188,10 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
             hint = ""
             if "max_cell_tv" in settings and "max_cell_tv" not in old and old.get("verify"):
                 hint = " (it was written without verify's cell cap: max_cell_tv=1 resumes it)"
+            elif "max_cell_tv_relaxed_from" in settings and "max_cell_tv_relaxed_from" not in old and old.get("verify"):
+                used = settings.get("max_cell_tv", 1)
+                hint = (f" (this run relaxed verify's default cell cap to {used:g} to fit the synthesis budget; pass "
+                        f"max_cell_tv={old.get('max_cell_tv', 1):g} explicitly to resume the folder's run)")
             elif "verify_plain_generator" in settings and "verify_plain_generator" not in old and old.get("verify"):
                 hint = (" (it was written before verify drew from the plain generator beside its components, so this "
                         "version draws other images for it: finish it with the version that wrote it, or with "
@@ -882,6 +886,11 @@ def _card_markdown(card: dict) -> str:
     if card.get("time"):
         lines.append(_time_line(card["time"]))
     cap = (card.get("settings") or {}).get("max_cell_tv")
+    relaxed = (card.get("settings") or {}).get("max_cell_tv_relaxed_from")
+    if relaxed is not None:
+        lines.append(f"- verify's default cell cap (max_cell_tv {relaxed:g}) did not fit max_synthesis_per_image and "
+                     f"was relaxed to " + (f"{cap:g}" if cap is not None else "1: no cell cap, so each cell's images "
+                                            "may crowd the part of the cell its component favours"))
     if cap is not None:
         lines.append(f"- verify's cell cap (max_cell_tv {cap:g}): candidates were refused in proportion to how much "
                      f"their component over-represents their region of the cell, so each cell's latents are within "

@@ -103,7 +103,7 @@ def test_no_cap_is_the_plan_without_it(world):
     np.testing.assert_array_equal(r1.latents, r2.latents)
 
 
-def test_the_default_cap_is_relaxed_to_fit_the_budget_and_says_so(world):
+def test_the_default_cap_is_relaxed_to_fit_the_budget_and_says_so(world, tmp_path):
     w, model, _, _ = world
     labs = w.labelers()
     costs = {u: BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_cell_tv=u,
@@ -116,11 +116,20 @@ def test_the_default_cap_is_relaxed_to_fit_the_budget_and_says_so(world):
     with pytest.warns(RuntimeWarning, match=rf"default cell cap max_cell_tv={d:g} does not fit .*using max_cell_tv="):
         s = BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_synthesis_per_image=budget)
     assert s.max_cell_tv == fits[0] and s.plan_["verify_cost"] <= budget
-    # within the budget: the default, no warning
+    # the dataset settings, and so the card, say the default was relaxed
+    from latent_balance.export import write_dataset
+
+    assert BalancedSource(s).settings()["max_cell_tv_relaxed_from"] == d
+    write_dataset(tmp_path / "d", BalancedSource(s), 40, block_size=40, show_progress=False)
+    md = (tmp_path / "d" / "dataset_card.md").read_text()
+    assert f"verify's default cell cap (max_cell_tv {d:g}) did not fit max_synthesis_per_image and was relaxed to " \
+           f"{fits[0]:g}" in md
+    # within the budget: the default, no warning, and nothing recorded as relaxed
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        assert BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3,
-                               max_synthesis_per_image=costs[d] + 1e-6).max_cell_tv == d
+        kept = BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3,
+                               max_synthesis_per_image=costs[d] + 1e-6)
+        assert kept.max_cell_tv == d and "max_cell_tv_relaxed_from" not in BalancedSource(kept).settings()
     # an explicit cap is never relaxed
     with pytest.raises(BudgetError, match=rf"max_synthesis_per_image.*cell cap max_cell_tv={d:g} adds to that"):
         BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_cell_tv=d,

@@ -246,6 +246,7 @@ class _PlanningMixin:
         # hundreds of small matrix products: one BLAS thread is faster than several (and much faster on a
         # loaded machine, where multithreaded BLAS waits on busy cores)
         with threadpool_limits(limits=1, user_api="blas"):
+            self.cap_relaxed_from_ = None  # the default cap, when it was relaxed to fit the budget
             if not (self.verify and self._cap_default):
                 return self._plan()
             # the default cell cap, relaxed (warned) to the smallest value within the synthesis budget (from
@@ -263,6 +264,7 @@ class _PlanningMixin:
                     why = why or str(err)  # why the default did not fit
                     continue
                 if u > first:
+                    self.cap_relaxed_from_ = first
                     bound = (f"each cell's images are within total variation {u:g} of the natural ones" if u < 1 else
                              "no cell cap: each cell's images may crowd the part of the cell its component favours")
                     warnings.warn(f"verify's default cell cap max_cell_tv={first:g} does not fit the budget ({why}); "

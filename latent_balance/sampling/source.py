@@ -54,6 +54,8 @@ class BalancedSource:
                    if s.min_diversity > 0 else {}),
                 # the cell cap only when bounded: datasets written before it existed (no cap) still resume
                 **({"max_cell_tv": s.max_cell_tv} if s.max_cell_tv < 1 else {}),
+                # the default cap, when it was relaxed to fit max_synthesis_per_image (the card says so)
+                **({"max_cell_tv_relaxed_from": s.cap_relaxed_from_} if getattr(s, "cap_relaxed_from_", None) else {}),
                 # verify's plain-generator source (with a cell cap): datasets written before it do not resume
                 **({"verify_plain_generator": True} if s.plan_.get("sources", {}).get("plain") else {}),
                 # excluded persons only when set: datasets written before `exclude` existed still resume
