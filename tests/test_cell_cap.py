@@ -243,3 +243,25 @@ def test_resuming_a_dataset_written_before_the_plain_generator_source_says_why(t
     with pytest.raises(DatasetError, match=r"differs in \['verify_plain_generator'\].*before verify drew from the "
                                            r"plain generator"):
         _check_settings(tmp_path, {**old, "verify_plain_generator": True})
+
+
+def test_verify_warns_when_a_targeted_cell_has_few_heldout_probes(world, monkeypatch):
+    from latent_balance.sampling import planning
+
+    w, model, _, _ = world
+    labs = w.labelers()
+    counts = np.bincount(np.asarray(model.heldout_["cells"]), minlength=len(model.space_))
+    assert counts.min() >= planning._MIN_HELDOUT_PER_CELL  # this world's model: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_synthesis_per_image=100)
+    # a threshold above the rarest cell's held-out count: that cell (and only cells at or below it) is named
+    rare = int(np.argmin(counts))
+    monkeypatch.setattr(planning, "_MIN_HELDOUT_PER_CELL", int(counts[rare]) + 1)
+    with pytest.warns(RuntimeWarning, match=rf"fewer than {counts[rare] + 1} held-out probes labelled in .*"
+                                            rf"'{model.space_.ids[rare]}': {counts[rare]}.*build more probes"):
+        BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_synthesis_per_image=100)
+    # latent-only sampling does not predict a synthesis cost: no such warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        BalancedSampler(w.generator, model, None, labelers=labs, seed=3, mode="posterior", sharpness=1.0)

@@ -55,6 +55,9 @@ _CAP_STEPS = (0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 #: Blends of the allocation weights toward the diverse allocation tried by the planner (0 = the
 #: cheapest / closest allocation, 1 = the diverse one).
 _BLENDS = tuple(i / 10 for i in range(11))
+#: Verify warns when a targeted cell has fewer held-out probes than this (its yield's relative standard
+#: error is then above 1 / sqrt(20) = 22%, before the optimism of choosing the cheapest plan on them).
+_MIN_HELDOUT_PER_CELL = 20
 #: Held-out probes per labelled cell used for the diversity prediction (the first ones of the split).
 _DIVERSITY_PROBES = 300
 
@@ -291,6 +294,8 @@ class _PlanningMixin:
         else:
             plan = self._evaluate(self._sharpness_vector(self._sharpness_arg))
         self._check_budgets(plan)
+        if self.verify:
+            self._warn_thin_cells(plan)
         # warned when the automatic search found no plan meeting the floor; at a given sharpness the plan
         # reports its predicted diversity (stats) and the most diverse allocation was taken
         if not plan["diverse"] and isinstance(self._sharpness_arg, str):
@@ -321,6 +326,23 @@ class _PlanningMixin:
                 raise UnreachableTarget(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         return plan
+
+    def _warn_thin_cells(self, plan: dict) -> None:
+        """Warn when verify's cost prediction rests on fewer than :data:`_MIN_HELDOUT_PER_CELL` held-out
+        probes labelled in a targeted cell: each yield ``C_keep[g, c]`` is a share estimated from them
+        (relative standard error above ``1 / sqrt(n)``), and the plan picks the sources whose estimates
+        are highest, so the realized cost can be several times the prediction (a fresh-user run: a
+        3,000-probe DCGAN model, about 10 held-out probes of ``female|old|smiling``, predicted 7.9 and
+        needed 29.5 synthesis calls per image, stopping when the budget was spent)."""
+        thin = {self.space.ids[c]: len(self._cell_rows[c]) for c in np.flatnonzero(self.q > 0)
+                if len(self._cell_rows[c]) < _MIN_HELDOUT_PER_CELL}
+        if thin:
+            n_probes = self.model.meta_.get("n_probes")
+            warnings.warn(f"verify's predicted cost ({plan['verify_cost']:.3g} synthesis calls per kept image) rests "
+                          f"on fewer than {_MIN_HELDOUT_PER_CELL} held-out probes labelled in {thin}: the run may need "
+                          f"several times that and stop when max_synthesis_per_image is spent; build more probes "
+                          f"(the model has {n_probes}) and fit again for a reliable prediction", RuntimeWarning,
+                          stacklevel=4)
 
     def _no_worse_than_posterior(self, plan: dict) -> dict:
         """Guard of the automatic latent-only choice (held-out predictions, no synthesis).
