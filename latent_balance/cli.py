@@ -83,9 +83,8 @@ def _run(ctx: click.Context, fn, *args, **kwargs):
         if verbose:
             traceback.print_exc()
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        for pattern, flag in _API_TO_FLAG:  # the library names its arguments; the CLI user knows the flags
-            msg = pattern.sub(flag, str(msg))
-        raise InputError(f"{msg}") from err
+        # the library names its arguments; the CLI user knows the flags
+        raise InputError(_cli_names(str(msg))) from err
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
         if verbose:
             traceback.print_exc()
@@ -148,6 +147,17 @@ _API_TO_FLAG = [
     (re.compile(r"\bnatural_probes\b"), "--natural-probes"),
     (re.compile(r"\bprobes_per_reference\b"), "--probes-per-reference"),
 ]
+# settings keys (as a resume refusal lists them, quoted) that are CLI flags
+_SETTING_FLAGS = re.compile(r"'(verify|sharpness|seed|mode|threshold|exclude|target)'")
+
+
+def _cli_names(text: str) -> str:
+    """`text` with the library's argument and settings names replaced by the CLI flags that set them."""
+    for pattern, flag in _API_TO_FLAG:
+        text = pattern.sub(flag, text)
+    return _SETTING_FLAGS.sub(lambda m: f"'--{m.group(1)}'", text)
+
+
 _CAP_NEEDS_VERIFY = ("--max-cell-tv bounds what verification keeps in each cell: it needs --verify (latent-only "
                      "sampling does not know an image's cell)")
 # Library warnings about a measure's sample size: the flags that change it.
@@ -639,7 +649,7 @@ def _sampler(ctx, generator, model, target, mode, verify, labelers, sharpness, t
             return s.for_cell(spec) if cell else s
         except SamplingError as err:  # a budget or target it cannot meet, found while planning: nothing made yet
             hint = " (raise it with --max-synthesis-per-image)" if "max_synthesis_per_image" in str(err) else ""
-            raise InputError(f"{err}{hint}") from err
+            raise InputError(_cli_names(f"{err}{hint}")) from err
 
     return _run(ctx, build)
 

@@ -183,15 +183,21 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
             raise DatasetError(f"{path} is unreadable ({err}); refusing to write into {out_dir}") from err
         if "output" not in old and settings.get("output") == _DEFAULT_OUTPUT:
             old = {**old, "output": _DEFAULT_OUTPUT}  # written before output options existed: png files
-        if old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        # where the default cell cap was relaxed from is a note for the card: the draws depend on the cap used
+        # (max_cell_tv) only, so a run passing that cap explicitly resumes the folder, and vice versa
+        informational = ("max_cell_tv_relaxed_from",)
+        old_c, new_c = ({k: v for k, v in d.items() if k not in informational} for d in (old, settings))
+        if old_c != new_c:
+            diff = sorted(k for k in set(old_c) | set(new_c) if old_c.get(k) != new_c.get(k))
+            if len(diff) > 1 and "verify_plain_generator" in diff:
+                diff.remove("verify_plain_generator")  # follows from the verify / cap settings listed
             hint = ""
             if "max_cell_tv" in settings and "max_cell_tv" not in old and old.get("verify"):
                 hint = " (it was written without verify's cell cap: max_cell_tv=1 resumes it)"
-            elif "max_cell_tv_relaxed_from" in settings and "max_cell_tv_relaxed_from" not in old and old.get("verify"):
-                used = settings.get("max_cell_tv", 1)
-                hint = (f" (this run relaxed verify's default cell cap to {used:g} to fit the synthesis budget; pass "
-                        f"max_cell_tv={old.get('max_cell_tv', 1):g} explicitly to resume the folder's run)")
+            elif "max_cell_tv_relaxed_from" in settings and old.get("verify") and "max_cell_tv" in diff:
+                hint = (f" (this run relaxed verify's default cell cap to {settings.get('max_cell_tv', 1):g} to fit "
+                        f"the synthesis budget; pass max_cell_tv={old.get('max_cell_tv', 1):g} explicitly to resume "
+                        f"the folder's run)")
             elif "verify_plain_generator" in settings and "verify_plain_generator" not in old and old.get("verify"):
                 hint = (" (it was written before verify drew from the plain generator beside its components, so this "
                         "version draws other images for it: finish it with the version that wrote it, or with "
@@ -897,9 +903,14 @@ def _card_markdown(card: dict) -> str:
                      f"total variation {cap:g} of the natural generator's for that cell (cell cap refused per image, "
                      f"above; docs/sampling.md)")
     if (card.get("settings") or {}).get("verify_plain_generator"):
-        lines.append("- verify also drew candidates from the plain generator (no acceptance test; their images are the "
-                     "natural images of their cells) where that was cheaper than the capped components (plain "
-                     "generator draws and kept per image, above)")
+        if card["cost"].get("plain_generator_draws_per_image", 0) > 0:
+            lines.append("- verify also drew candidates from the plain generator (no acceptance test; their images are "
+                         "the natural images of their cells) where that was cheaper than the capped components "
+                         "(above: its candidates per image, and the share of the images kept from it as \"plain "
+                         "generator kept per image\")")
+        else:
+            lines.append("- the plain generator was one of verify's sources but never the cheaper one here: no "
+                         "candidate was drawn from it")
     ex = card.get("exclusions")
     if ex:
         cells = ", ".join(f"`{c}`" for c in ex["cells"])

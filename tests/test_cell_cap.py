@@ -186,6 +186,12 @@ def test_dataset_card_says_what_the_cap_refused(world, tmp_path):
     assert "cell cap refused per image" in md and "verify's cell cap (max_cell_tv 0.5)" in md
     assert "plain generator draws per image" in md and "verify also drew candidates from the plain generator" in md
     assert card["cost"]["plain_generator_kept_per_image"] == pytest.approx(s.sample(100).stats["plain_kept"] / 100)
+    # a plain source that was never the cheaper one: the card does not claim draws from it
+    from latent_balance.export import _card_markdown
+
+    card["cost"]["plain_generator_draws_per_image"] = 0.0
+    md0 = _card_markdown(card)
+    assert "verify also drew" not in md0 and "no candidate was drawn from it" in md0
 
 
 def test_verify_draws_from_the_plain_generator_where_that_is_cheaper(world):
@@ -265,3 +271,29 @@ def test_verify_warns_when_a_targeted_cell_has_few_heldout_probes(world, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         BalancedSampler(w.generator, model, None, labelers=labs, seed=3, mode="posterior", sharpness=1.0)
+
+
+def test_the_relaxed_from_note_does_not_block_a_resume(tmp_path):
+    """A folder whose default cap was relaxed to 0.3 resumes with --max-cell-tv 0.3 given explicitly (same
+    draws); a refusal lists what the user set, not the plain-source key that follows from it."""
+    import json
+
+    from latent_balance.export import SETTINGS, DatasetError, _check_settings
+
+    old = {"verify": True, "seed": 0, "max_cell_tv": 0.3, "max_cell_tv_relaxed_from": MAX_CELL_TV,
+           "verify_plain_generator": True, "output": {"image_format": "png"}}
+    (tmp_path / SETTINGS).write_text(json.dumps(old))
+    _check_settings(tmp_path, {k: v for k, v in old.items() if k != "max_cell_tv_relaxed_from"})
+    with pytest.raises(DatasetError, match=r"differs in \['max_cell_tv', 'verify'\]"):
+        _check_settings(tmp_path, {"verify": False, "seed": 0, "output": {"image_format": "png"}})
+
+
+def test_cli_errors_name_flags():
+    from latent_balance.cli import _cli_names
+
+    msg = ("verify would need about 6.66 synthesis calls per kept image (> max_synthesis_per_image=3); the hardest "
+           "cell is 'female|old|smiling'; verify's cell cap max_cell_tv=0.2 adds to that")
+    out = _cli_names(msg)
+    assert "--max-synthesis-per-image=3" in out and "--max-cell-tv=0.2" in out and "'female|old|smiling'" in out
+    assert (_cli_names("differs in ['max_cell_tv', 'sharpness', 'verify', 'verify_plain_generator']")
+            == "differs in ['--max-cell-tv', '--sharpness', '--verify', 'verify_plain_generator']")

@@ -356,7 +356,11 @@ def test_warnings_are_one_line_name_cli_flags_and_only_when_they_apply(work, tmp
     base[base.index(tmp_path / "a")] = tmp_path / "b"
     r = _run_cli([*base, "--verify"])
     assert r.returncode == 0, r.stderr
-    assert "warning" not in r.stderr.lower() and "outside what the latent model" not in r.stderr
+    # (this 1,500-probe model has ~12 held-out probes in its rarest cell: verify's cost prediction is warned
+    # about, which does apply)
+    warns = [line for line in r.stderr.splitlines() if "warning" in line.lower()
+             and "held-out probes labelled in" not in line]
+    assert not warns and "outside what the latent model" not in r.stderr, r.stderr
 
 
 def test_cli_warning_text_is_one_line():

@@ -251,7 +251,10 @@ class _PlanningMixin:
         with threadpool_limits(limits=1, user_api="blas"):
             self.cap_relaxed_from_ = None  # the default cap, when it was relaxed to fit the budget
             if not (self.verify and self._cap_default):
-                return self._plan()
+                plan = self._plan()
+                if self.verify:
+                    self._warn_thin_cells(plan)
+                return plan
             # the default cell cap, relaxed (warned) to the smallest value within the synthesis budget (from
             # the default again for every plan: for_cell re-plans a copy of a sampler that may have relaxed)
             first = MAX_CELL_TV
@@ -274,6 +277,7 @@ class _PlanningMixin:
                                   f"using max_cell_tv={u:g} ({plan['verify_cost']:.3g} synthesis calls per kept image "
                                   f"predicted): {bound}. Raise max_synthesis_per_image to keep {first:g}, or set "
                                   f"max_cell_tv to choose (1 = no cap, the cheapest)", RuntimeWarning, stacklevel=4)
+                self._warn_thin_cells(plan)  # after the relaxation warning, whose cost it qualifies
                 return plan
 
     def _plan(self) -> dict[str, Any]:
@@ -294,8 +298,6 @@ class _PlanningMixin:
         else:
             plan = self._evaluate(self._sharpness_vector(self._sharpness_arg))
         self._check_budgets(plan)
-        if self.verify:
-            self._warn_thin_cells(plan)
         # warned when the automatic search found no plan meeting the floor; at a given sharpness the plan
         # reports its predicted diversity (stats) and the most diverse allocation was taken
         if not plan["diverse"] and isinstance(self._sharpness_arg, str):
@@ -342,7 +344,7 @@ class _PlanningMixin:
                           f"on fewer than {_MIN_HELDOUT_PER_CELL} held-out probes labelled in {thin}: the run may need "
                           f"several times that and stop when max_synthesis_per_image is spent; build more probes "
                           f"(the model has {n_probes}) and fit again for a reliable prediction", RuntimeWarning,
-                          stacklevel=4)
+                          stacklevel=5)
 
     def _no_worse_than_posterior(self, plan: dict) -> dict:
         """Guard of the automatic latent-only choice (held-out predictions, no synthesis).
