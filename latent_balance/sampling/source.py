@@ -57,7 +57,7 @@ class BalancedSource:
                 # the default cap, when it was relaxed to fit max_synthesis_per_image (the card says so)
                 **({"max_cell_tv_relaxed_from": s.cap_relaxed_from_} if getattr(s, "cap_relaxed_from_", None) else {}),
                 # verify's plain-generator source (with a cell cap): datasets written before it do not resume
-                **({"verify_plain_generator": True} if s.plan_.get("sources", {}).get("plain") else {}),
+                **({"verify_plain_generator": True} if s.plan_["sources"]["plain"] else {}),
                 # excluded persons only when set: datasets written before `exclude` existed still resume
                 **({"exclude": s.exclusion.settings()} if s.exclusion is not None else {}),
                 "allocation": s.allocation, "confusion": s.confusion, "sampler_block_size": s.block_size,

@@ -36,7 +36,7 @@ class _Streams:
         k = len(sampler.space)
         self.k = k
         # sources: the k components, and verify's plain generator (source k) when the plan has it
-        self.plain = bool(sampler.plan_.get("sources", {}).get("plain", False))
+        self.plain = bool(sampler.plan_["sources"]["plain"])
         n_src = k + self.plain
         self.next = np.zeros(n_src, np.int64)
         self.proposals = np.zeros(n_src, np.int64)
@@ -52,7 +52,7 @@ class _Streams:
         self.exclude_images = np.zeros(npers, np.int64)  # synthesized candidates matching a person, rejected
         self.exclude_checked = 0  # synthesized candidates checked against the persons' embeddings
         # per proposal of the component (in its class when steered); 1 for the plain generator
-        self.rate = sampler.plan_["sources"]["acceptance"] if self.plain else sampler.plan_["acceptance"]
+        self.rate = sampler.plan_["sources"]["acceptance"]
         steer = getattr(sampler, "_steer", None)
         self.steer = None if steer is None else steer[0]
 
@@ -92,7 +92,8 @@ class _Streams:
             cid = "the plain generator" if plain else f"cell {s.space.ids[g]!r}"
             raise BudgetError(f"{cid}: block {self.block} used all {length} seeds of its "
                               f"proposal stream for {have} of the {int(self.requested[g])} latents "
-                              f"needed; use a smaller block size", cell=None if plain else s.space.ids[g])
+                              f"needed; use a smaller block size", cell=None if plain else s.space.ids[g],
+                              achieved=None if plain else {s.space.ids[g]: int(self.requested[g] - count + have)})
         t0 = time.perf_counter()
         seeds = (plain_stream_seeds(s.seed, self.block, int(self.next[g]), size) if plain else
                  stream_seeds(s.seed, stream, int(self.next[g]), size))
