@@ -888,7 +888,8 @@ def _card_markdown(card: dict) -> str:
               f"({card['chi2_method']}).",
               f"Share of images whose labels match the cell they were generated for: {card['intended_equals_labelled']:.3f}.", ""]
     for k, v in card["cost"].items():
-        lines.append(f"- {k.replace('_', ' ')}: {v:.3f}")
+        label = _COST_LABELS.get(k, k.replace("_", " "))
+        lines.append(f"- {label}: {v:.3f}")
     if card.get("time"):
         lines.append(_time_line(card["time"]))
     cap = (card.get("settings") or {}).get("max_cell_tv")
@@ -906,8 +907,7 @@ def _card_markdown(card: dict) -> str:
         if card["cost"].get("plain_generator_draws_per_image", 0) > 0:
             lines.append("- verify also drew candidates from the plain generator (no acceptance test; their images are "
                          "the natural images of their cells) where that was cheaper than the capped components "
-                         "(above: its candidates per image, and the share of the images kept from it as \"plain "
-                         "generator kept per image\")")
+                         "(above: its candidates per image, and the share of the images kept from it)")
         else:
             lines.append("- the plain generator was one of verify's sources but never the cheaper one here: no "
                          "candidate was drawn from it")
@@ -937,6 +937,10 @@ def _card_markdown(card: dict) -> str:
     lines += ["", "Settings:", "", "```json", json_dumps(card["settings"], indent=2, sort_keys=True), "```", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()), ""]
     return "\n".join(lines)
+
+
+# card cost lines whose key alone misleads: kept images per image is the share of the dataset from that source
+_COST_LABELS = {"plain_generator_kept_per_image": "share of images kept from the plain generator"}
 
 
 def _time_line(tm: dict) -> str:

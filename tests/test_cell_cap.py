@@ -185,7 +185,9 @@ def test_dataset_card_says_what_the_cap_refused(world, tmp_path):
     md = (tmp_path / "d" / "dataset_card.md").read_text()
     assert "cell cap refused per image" in md and "verify's cell cap (max_cell_tv 0.5)" in md
     assert "plain generator draws per image" in md and "verify also drew candidates from the plain generator" in md
-    assert card["cost"]["plain_generator_kept_per_image"] == pytest.approx(s.sample(100).stats["plain_kept"] / 100)
+    share = s.sample(100).stats["plain_kept"] / 100
+    assert card["cost"]["plain_generator_kept_per_image"] == pytest.approx(share)
+    assert f"share of images kept from the plain generator: {share:.3f}" in md  # a share, and labelled as one
     # a plain source that was never the cheaper one: the card does not claim draws from it
     from latent_balance.export import _card_markdown
 
@@ -266,7 +268,15 @@ def test_verify_warns_when_a_targeted_cell_has_few_heldout_probes(world, monkeyp
     monkeypatch.setattr(planning, "_MIN_HELDOUT_PER_CELL", int(counts[rare]) + 1)
     with pytest.warns(RuntimeWarning, match=rf"fewer than {counts[rare] + 1} held-out probes labelled in .*"
                                             rf"'{model.space_.ids[rare]}': {counts[rare]}.*build more probes"):
-        BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_synthesis_per_image=100)
+        s = BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_synthesis_per_image=100)
+    # the sampler for that cell alone (sample(cell=...)) re-plans a cell already named: not warned twice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        s.for_cell(model.space_.ids[rare])
+    # a sampler whose target is a cell that has not been named is warned about it
+    with pytest.warns(RuntimeWarning, match=rf"held-out probes labelled in .*'{model.space_.ids[rare]}'"):
+        BalancedSampler(w.generator, model, {"cells": {model.space_.ids[rare]: 1.0}}, verify=True, labelers=labs,
+                        seed=3, max_synthesis_per_image=100)
     # latent-only sampling does not predict a synthesis cost: no such warning
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)

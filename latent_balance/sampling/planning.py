@@ -336,10 +336,12 @@ class _PlanningMixin:
         (relative standard error above ``1 / sqrt(n)``), and the plan picks the sources whose estimates
         are highest, so the realized cost can be several times the prediction (a fresh-user run: a
         3,000-probe DCGAN model, about 10 held-out probes of ``female|old|smiling``, predicted 7.9 and
-        needed 29.5 synthesis calls per image, stopping when the budget was spent)."""
+        needed 29.5 synthesis calls per image, stopping when the budget was spent). Once per cell and sampler:
+        the samplers :meth:`for_cell` makes share what was warned."""
         thin = {self.space.ids[c]: len(self._cell_rows[c]) for c in np.flatnonzero(self.q > 0)
                 if len(self._cell_rows[c]) < _MIN_HELDOUT_PER_CELL}
-        if thin:
+        if thin.keys() - self._thin_warned:  # once per cell: sample(cell=...) re-plans cells already named
+            self._thin_warned.update(thin)
             n_probes = self.model.meta_.get("n_probes")
             warnings.warn(f"verify's predicted cost ({plan['verify_cost']:.3g} synthesis calls per kept image) rests "
                           f"on fewer than {_MIN_HELDOUT_PER_CELL} held-out probes labelled in {thin}: the run may need "

@@ -145,6 +145,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         if max_cell_tv is not None and not verify:
             raise ValueError("max_cell_tv needs verify=True: which cell an image is in is known only from its labels")
         self._cap_default = max_cell_tv is None  # the default cap may be relaxed to fit the budget (warned)
+        self._thin_warned: set[str] = set()  # cells already warned thin (shared with for_cell's copies: once each)
         if max_cell_tv is None:
             max_cell_tv = MAX_CELL_TV if verify else 1.0
         if not (isinstance(max_cell_tv, (int, float, np.floating, np.integer)) and 0.0 < float(max_cell_tv) <= 1.0):
@@ -527,6 +528,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         kept = np.sum([p.stats["kept_per_component"] for p in parts], axis=0)
         plain_draws = int(sum(p.stats.get("plain_draws", 0) for p in parts))
         plain_latents = int(sum(p.stats.get("plain_latents", 0) for p in parts))
+        proposals = int(sum(p.stats["latent_proposals"] for p in parts))  # components' and the plain generator's
         plain_kept = int(sum(p.stats.get("plain_kept", 0) for p in parts))
         synth = int(sum(p.stats["synthesis_calls"] for p in parts))
         n = len(res)
@@ -545,12 +547,12 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             "sharpness": plan["sharpness"].tolist(), "threshold": self.threshold,
             "target": self.q.tolist(), "pi": None if plan["pi"] is None else plan["pi"].tolist(),
             **self._predicted_stats(plan),
-            "latent_proposals": int(props.sum()) + plain_latents,
+            "latent_proposals": proposals,
             "latent_proposals_per_component": props.astype(int).tolist(),
             "plain_draws": plain_draws, "plain_latents": plain_latents, "plain_kept": plain_kept,
             "accepted_per_component": acc.astype(int).tolist(), "kept_per_component": kept.astype(int).tolist(),
             "acceptance_rate_per_component": [None if np.isnan(v) else float(v) for v in rate],
-            "latent_proposals_per_kept_image": float((props.sum() + plain_latents) / max(n, 1)),
+            "latent_proposals_per_kept_image": float(proposals / max(n, 1)),
             "latent_proposals_per_kept_image_per_component": [None if np.isnan(v) else float(v) for v in per_comp],
             "latent_proposals_per_kept_image_per_cell": [None if np.isnan(v) else float(v) for v in per_cell],
             "synthesis_calls": synth, "synthesis_calls_per_kept_image": synth / max(n, 1),

@@ -77,7 +77,7 @@ class BalancedSource:
         res = self.sampler.sample_block(block, slots, images=True, progress=progress)
         st = res.stats
         stats = {"synthesis_calls": float(st["synthesis_calls"]),
-                 "latent_proposals": float(np.sum(st["latent_proposals_per_component"]) + st["plain_latents"])}
+                 "latent_proposals": float(st["latent_proposals"])}
         if self.sampler.verify:
             zero = np.asarray(self.sampler.q) == 0
             stats[EXCLUDED_REJECTED] = float(np.asarray(st["verify_rejected_per_cell"])[zero].sum())

@@ -146,6 +146,7 @@ class _Streams:
                "plain_draws": int(self.requested[k]) if self.plain else 0,
                "plain_latents": int(self.proposals[k]) if self.plain else 0,
                "plain_kept": int(self.kept[k]) if self.plain else 0}
+        out["latent_proposals"] = int(out["latent_proposals_per_component"].sum()) + out["plain_latents"]
         if self.s.exclusion is not None:
             out.update(exclude_latent_rejected=self.exclude_latent.copy(),
                        exclude_images_rejected=self.exclude_images.copy(), exclude_images_checked=int(self.exclude_checked))
