@@ -31,7 +31,8 @@ MODELS = [
 EVAL = ["fairlearn>=0.10"]  # `latent-balance evaluate`: disparity metrics of a model under test
 SHARDS = ["webdataset>=0.2.90"]  # tar-shard dataset output, readable by webdataset
 RAY = ["ray>=2.9"]  # --engine ray: blocks and probes produced by Ray workers
-TEST = ["pytest>=7.4", "markdown-it-py>=3.0"]  # markdown-it-py: the tests parse the dataset card
+# markdown-it-py: the tests parse the dataset card; pytest-xdist: pytest.ini runs the suite on every core
+TEST = ["pytest>=7.4", "pytest-xdist>=3.5", "markdown-it-py>=3.0"]
 
 setup(
     name="latent-balance",

@@ -3,8 +3,10 @@ import os
 import pytest
 import torch
 
-# Two CPU cores in CI: keep torch from oversubscribing them.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two CPU cores in CI: keep torch from oversubscribing them. pytest.ini runs the suite in pytest-xdist
+# workers (one per core, at most 4): the cores are shared out between them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
