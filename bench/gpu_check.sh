@@ -13,6 +13,8 @@
 #   3. pytest tests/test_ops_*.py: the -m gpu parity tests and the fast CPU tests (the slow
 #      compile / host-kernel tests need no GPU and run in CI)                -> gpu_check.log
 #   4. pytest -m gpu on the rest of tests/ (other GPU tests, if any)          -> gpu_check.log
+#      (3 and 4 run in one process, `-o addopts=`: not in pytest.ini's xdist workers, which would share
+#      the one GPU and need pytest-xdist in the environment used here)
 #   5. $GPU_CHECK_BEFORE_BENCH, if set: a shell command run before the timed benchmarks (e.g. one that
 #      waits for other GPU work started beside this script, so that it does not disturb the timings)
 #   6. bench/bench_ops.py (reference vs CUDA, fp32/fp16, fwd and fwd+bwd)     -> ops_<device>.json
@@ -107,7 +109,7 @@ build_ops() {
 }
 
 pytest_rest_gpu() {  # exit 5 = no test selected: fine
-    "$PY" -m pytest -q -m gpu tests --ignore-glob='tests/test_ops_*.py' -p no:cacheprovider \
+    "$PY" -m pytest -o addopts= -q -m gpu tests --ignore-glob='tests/test_ops_*.py' -p no:cacheprovider \
         -rs
     local rc=$?
     [ "$rc" -eq 5 ] && return 0
@@ -121,7 +123,7 @@ BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-240}"
 
 step env env_report
 step build build_ops
-step pytest_ops "$PY" -m pytest -q -rs -m "gpu or not slow" tests/test_ops_upfirdn2d.py tests/test_ops_bias_act.py \
+step pytest_ops "$PY" -m pytest -o addopts= -q -rs -m "gpu or not slow" tests/test_ops_upfirdn2d.py tests/test_ops_bias_act.py \
     tests/test_ops_cuda.py -p no:cacheprovider --durations=10
 step pytest_gpu pytest_rest_gpu
 if [ -n "${GPU_CHECK_BEFORE_BENCH:-}" ]; then step before_bench bash -c "$GPU_CHECK_BEFORE_BENCH"; fi
