@@ -840,7 +840,7 @@ def _dataset_card(rows: list[dict], stats: dict, settings: dict) -> dict:
             "target_band": m["band"], "target_band_info": m["band_info"],
             "chi2_p": m["chi2_p"], "chi2_method": m["chi2_method"],
             "intended_equals_labelled": float(np.mean([_intended_cell(r) == r["labelled_cell"] for r in rows])),
-            "cost": {f"{k}_per_image": v / n for k, v in stats.items()},
+            "cost": {_COST_KEYS.get(k, f"{k}_per_image"): v / n for k, v in stats.items()},
             "settings": settings, "versions": package_versions()}
 
 
@@ -939,8 +939,10 @@ def _card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-# card cost lines whose key alone misleads: kept images per image is the share of the dataset from that source
-_COST_LABELS = {"plain_generator_kept_per_image": "share of images kept from the plain generator"}
+# the card's cost figures are per image (key + "_per_image"), except these: images kept from the plain
+# generator per image is the share of the dataset from it (its JSON key, and its line in the card)
+_COST_KEYS = {"plain_generator_kept": "plain_generator_kept_share"}
+_COST_LABELS = {"plain_generator_kept_share": "share of images kept from the plain generator"}
 
 
 def _time_line(tm: dict) -> str:

@@ -113,9 +113,10 @@ def test_the_default_cap_is_relaxed_to_fit_the_budget_and_says_so(world, tmp_pat
     # a budget between the default's cost and the next step's: the default is relaxed to the first step within it
     fits = [u for u in _CAP_STEPS if costs[u] <= costs[d] - 1e-6]
     budget = max(costs[fits[0]], 1.0) + 1e-6
-    with pytest.warns(RuntimeWarning, match=rf"default cell cap max_cell_tv={d:g} does not fit .*using max_cell_tv="):
+    with pytest.warns(RuntimeWarning, match=rf"default cell cap max_cell_tv={d:g} does not fit .*using max_cell_tv=") as rec:
         s = BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_synthesis_per_image=budget)
     assert s.max_cell_tv == fits[0] and s.plan_["verify_cost"] <= budget
+    assert {r.filename for r in rec} == {__file__}  # the user's line, from the constructor as from sample(cell=...)
     # the dataset settings, and so the card, say the default was relaxed
     from latent_balance.export import write_dataset
 
@@ -186,7 +187,7 @@ def test_dataset_card_says_what_the_cap_refused(world, tmp_path):
     assert "cell cap refused per image" in md and "verify's cell cap (max_cell_tv 0.5)" in md
     assert "plain generator draws per image" in md and "verify also drew candidates from the plain generator" in md
     share = s.sample(100).stats["plain_kept"] / 100
-    assert card["cost"]["plain_generator_kept_per_image"] == pytest.approx(share)
+    assert card["cost"]["plain_generator_kept_share"] == pytest.approx(share)
     assert f"share of images kept from the plain generator: {share:.3f}" in md  # a share, and labelled as one
     # a plain source that was never the cheaper one: the card does not claim draws from it
     from latent_balance.export import _card_markdown
@@ -267,16 +268,18 @@ def test_verify_warns_when_a_targeted_cell_has_few_heldout_probes(world, monkeyp
     rare = int(np.argmin(counts))
     monkeypatch.setattr(planning, "_MIN_HELDOUT_PER_CELL", int(counts[rare]) + 1)
     with pytest.warns(RuntimeWarning, match=rf"fewer than {counts[rare] + 1} held-out probes labelled in .*"
-                                            rf"'{model.space_.ids[rare]}': {counts[rare]}.*build more probes"):
+                                            rf"'{model.space_.ids[rare]}': {counts[rare]}.*build more probes") as rec:
         s = BalancedSampler(w.generator, model, None, verify=True, labelers=labs, seed=3, max_synthesis_per_image=100)
+    assert {r.filename for r in rec} == {__file__}  # it points at the user's line, not inside the package
     # the sampler for that cell alone (sample(cell=...)) re-plans a cell already named: not warned twice
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         s.for_cell(model.space_.ids[rare])
     # a sampler whose target is a cell that has not been named is warned about it
-    with pytest.warns(RuntimeWarning, match=rf"held-out probes labelled in .*'{model.space_.ids[rare]}'"):
+    with pytest.warns(RuntimeWarning, match=rf"held-out probes labelled in .*'{model.space_.ids[rare]}'") as rec:
         BalancedSampler(w.generator, model, {"cells": {model.space_.ids[rare]: 1.0}}, verify=True, labelers=labs,
                         seed=3, max_synthesis_per_image=100)
+    assert {r.filename for r in rec} == {__file__}
     # latent-only sampling does not predict a synthesis cost: no such warning
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)

@@ -11,6 +11,8 @@ budget checks. See :mod:`latent_balance.sampling` for the formulas.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Any, Mapping
 
@@ -63,6 +65,17 @@ _BLENDS = tuple(i / 10 for i in range(11))
 _MIN_HELDOUT_PER_CELL = 20
 #: Held-out probes per labelled cell used for the diversity prediction (the first ones of the split).
 _DIVERSITY_PROBES = 300
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the calling function that points at the first frame
+    outside the latent_balance package: plans are made from the constructor and from ``for_cell``
+    (``sample(cell=...)``), at different depths."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class _PlanningMixin:
@@ -279,7 +292,8 @@ class _PlanningMixin:
                     warnings.warn(f"verify's default cell cap max_cell_tv={first:g} does not fit the budget ({why}); "
                                   f"using max_cell_tv={u:g} ({plan['verify_cost']:.3g} synthesis calls per kept image "
                                   f"predicted): {bound}. Raise max_synthesis_per_image to keep {first:g}, or set "
-                                  f"max_cell_tv to choose (1 = no cap, the cheapest)", RuntimeWarning, stacklevel=4)
+                                  f"max_cell_tv to choose (1 = no cap, the cheapest)", RuntimeWarning,
+                                  stacklevel=_user_stacklevel())
                 self._warn_thin_cells(plan)  # after the relaxation warning, whose cost it qualifies
                 return plan
 
@@ -345,11 +359,11 @@ class _PlanningMixin:
         if thin.keys() - self._thin_warned:  # once per cell: sample(cell=...) re-plans cells already named
             self._thin_warned.update(thin)
             n_probes = self.model.meta_.get("n_probes")
-            warnings.warn(f"verify's predicted cost ({plan['verify_cost']:.3g} synthesis calls per kept image) rests "
-                          f"on fewer than {_MIN_HELDOUT_PER_CELL} held-out probes labelled in {thin}: the run may need "
+            warnings.warn(f"verify's predicted cost for this target ({plan['verify_cost']:.3g} synthesis calls per "
+                          f"kept image) rests on fewer than {_MIN_HELDOUT_PER_CELL} held-out probes labelled in {thin}: the run may need "
                           f"several times that and stop when max_synthesis_per_image is spent; build more probes "
                           f"(the model has {n_probes}) and fit again for a reliable prediction", RuntimeWarning,
-                          stacklevel=5)
+                          stacklevel=_user_stacklevel())
 
     def _no_worse_than_posterior(self, plan: dict) -> dict:
         """Guard of the automatic latent-only choice (held-out predictions, no synthesis).
