@@ -69,8 +69,8 @@ _DIVERSITY_PROBES = 300
 
 def _user_stacklevel() -> int:
     """``stacklevel`` for a ``warnings.warn`` in the calling function that points at the first frame
-    outside the latent_balance package: plans are made from the constructor and from ``for_cell``
-    (``sample(cell=...)``), at different depths."""
+    outside the latent_balance package (the user's line): plans are made from the constructor and from
+    ``for_cell`` (``sample(cell=...)``), at different depths, so no fixed level is right for both."""
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     frame, level = sys._getframe(1), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
@@ -323,14 +323,14 @@ class _PlanningMixin:
             warnings.warn(f"no plan is predicted to keep every cell's diversity at min_diversity="
                           f"{self.min_diversity:g} (predicted latent spread ratio per cell below it: {low}); using the "
                           f"most diverse plan found (lower the sharpness, or lower min_diversity to trade diversity "
-                          f"for balance or cost)", RuntimeWarning, stacklevel=3)
+                          f"for balance or cost)", RuntimeWarning, stacklevel=_user_stacklevel())
         if self.mode == "matched" and not self.verify:
             thin = [self.space.ids[g] for g in np.flatnonzero((plan["weights"] > 0) & (plan["ess"] < self.min_ess))]
             if thin:
                 warnings.warn(f"the mixture weights use components whose labelled distribution rests on fewer than "
                               f"{self.min_ess:g} effective held-out probes ({thin}); the achieved distribution may "
                               f"differ from the prediction (build more probes or lower the sharpness)",
-                              RuntimeWarning, stacklevel=3)
+                              RuntimeWarning, stacklevel=_user_stacklevel())
         if self.mode == "matched" and not self.verify and not plan["reachable"]:  # verify makes counts exact
             closest = {cid: round(float(v), 4) for cid, v in zip(self.space.ids, plan["predicted"])}
             msg = (f"the target is outside what the latent model can reach (residual TV {plan['predicted_tv']:.4f} > "
@@ -343,7 +343,7 @@ class _PlanningMixin:
                       "Raise the sharpness, use verify=True, or relax the target"))
             if self.strict:
                 raise UnreachableTarget(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            warnings.warn(msg, RuntimeWarning, stacklevel=_user_stacklevel())
         return plan
 
     def _warn_thin_cells(self, plan: dict) -> None:
@@ -360,9 +360,10 @@ class _PlanningMixin:
             self._thin_warned.update(thin)
             n_probes = self.model.meta_.get("n_probes")
             warnings.warn(f"verify's predicted cost for this target ({plan['verify_cost']:.3g} synthesis calls per "
-                          f"kept image) rests on fewer than {_MIN_HELDOUT_PER_CELL} held-out probes labelled in {thin}: the run may need "
-                          f"several times that and stop when max_synthesis_per_image is spent; build more probes "
-                          f"(the model has {n_probes}) and fit again for a reliable prediction", RuntimeWarning,
+                          f"kept image) rests on fewer than {_MIN_HELDOUT_PER_CELL} held-out probes labelled in {thin}: "
+                          f"the run may need several times that and stop when max_synthesis_per_image is spent; "
+                          f"build more probes (the model has {n_probes}) and fit again for a reliable prediction",
+                          RuntimeWarning,
                           stacklevel=_user_stacklevel())
 
     def _no_worse_than_posterior(self, plan: dict) -> dict:
@@ -386,7 +387,8 @@ class _PlanningMixin:
                    f"its predicted TV {plan['predicted_tv']:.4f} is above posterior sampling's "
                    f"{base['predicted_tv']:.4f}")
             warnings.warn(f"automatic sharpness: the matched plan is not predicted better than posterior "
-                          f"sampling at sharpness 1 ({why}); using that", RuntimeWarning, stacklevel=4)
+                          f"sampling at sharpness 1 ({why}); using that", RuntimeWarning,
+                          stacklevel=_user_stacklevel())
             chosen = {**base, "auto": {**(plan.get("auto") or {}), "fallback": "posterior, sharpness 1"}}
         natural = np.asarray(self.model.natural_["proportions"], np.float64)
         natural_tv = total_variation(natural, q)

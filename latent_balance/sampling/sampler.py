@@ -25,7 +25,7 @@ from ..targets import Target
 from .allocation import _AllocationMixin
 from .dataset import BalancedDataset
 from .errors import BudgetError
-from .planning import MAX_CELL_TV, MIN_DIVERSITY, SHARPNESS_GRID, _PlanningMixin
+from .planning import MAX_CELL_TV, MIN_DIVERSITY, SHARPNESS_GRID, _PlanningMixin, _user_stacklevel
 from .result import SampleResult
 from .streams import _count, _Streams
 from .verify import _VerifyMixin
@@ -289,7 +289,8 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         dropped = mask & ~supported
         if dropped.any():
             warnings.warn(f"cells {[self.space.ids[i] for i in np.flatnonzero(dropped)]} match {cell!r} but have fewer "
-                          f"than {self.min_count} probes; they get no outputs", RuntimeWarning, stacklevel=3)
+                          f"than {self.min_count} probes; they get no outputs", RuntimeWarning,
+                          stacklevel=_user_stacklevel())
         q = np.where(supported, counts, 0.0)
         target = Target({"cells": {cid: float(v) for cid, v in zip(self.space.ids, q / q.sum()) if v > 0},
                          "normalize": True})
