@@ -407,8 +407,8 @@ def test_export_source_equals_api(tmp_path, noisy):
     assert [r["labelled_cell"] for r in rows] == ref.cell_names == [r["intended_cell"] for r in rows]
 
 
-def test_block_progress_advances_per_batch_and_round(noisy):
-    """write_dataset's progress advances per batch (latent-only) and per verification round (verify)."""
+def test_block_progress_advances_per_batch(noisy):
+    """write_dataset's progress advances per batch, latent-only and verify (see the next test)."""
     w, model = noisy
     s = BalancedSampler(w.generator, model, labelers=w.labelers(), seed=3, batch_size=7)
     steps = []
@@ -419,7 +419,38 @@ def test_block_progress_advances_per_batch_and_round(noisy):
     v = BalancedSampler(w.generator, model, verify=True, labelers=w.labelers(), seed=3, batch_size=7)
     steps = []
     res = v.sample_block(0, v.schedule(40, 0), progress=steps.append)
-    assert sum(steps) == 40 and len(steps) == res.stats["verify_rounds"] and min(steps) >= 0
+    assert sum(steps) == 40 and len(steps) > res.stats["verify_rounds"] and 0 <= min(steps) <= max(steps) <= 7
+
+
+def test_verify_synthesizes_a_batch_at_a_time_and_stops_when_the_block_is_full(noisy):
+    """Verify synthesizes a round's candidates one batch at a time, in the order they are offered to the
+    cells: the kept images do not depend on the batch size, progress comes per batch, and once the block is
+    full the rest of the round is not synthesized (a whole-round batch synthesizes it all)."""
+    w, model = noisy
+    runs = {}
+    for bs in (1, 7, 10**6):
+        v = BalancedSampler(w.generator, model, SKEWED, verify=True, labelers=w.labelers(), seed=3, batch_size=bs)
+        steps = []
+        before = w.synthesized
+        res = v.sample_block(0, v.schedule(60, 0), progress=steps.append)
+        st = res.stats
+        assert sum(steps) == 60 and 0 <= min(steps) and max(steps) <= bs
+        assert st["synthesis_calls"] == w.synthesized - before
+        assert 60 + sum(st["verify_rejected_per_cell"]) + sum(st["verify_capped_per_cell"]) == st["synthesis_calls"]
+        runs[bs] = res, steps
+    whole, _ = runs[10**6]
+    for bs in (1, 7):
+        res, steps = runs[bs]
+        np.testing.assert_array_equal(res.seeds, whole.seeds)
+        np.testing.assert_array_equal(res.latents, whole.latents)
+        np.testing.assert_array_equal(res.components, whole.components)
+        assert res.stats["verify_rounds"] == whole.stats["verify_rounds"]
+    one, steps1 = runs[1]
+    assert steps1[-1] == 1  # the last candidate synthesized was kept: the block stopped as it filled
+    calls = [runs[bs][0].stats["synthesis_calls"] for bs in (1, 7, 10**6)]
+    assert calls[0] <= calls[1] <= calls[2] and calls[0] < calls[2]
+    plain = [runs[bs][0].stats["plain_draws"] for bs in (1, 7, 10**6)]
+    assert plain[0] <= plain[1] <= plain[2]
 
 
 def test_overlapped_proposals_equal_sequential_and_report_stage_times(sharp):

@@ -137,6 +137,14 @@ class _Streams:
         self.buf[g] = [(seeds[count:], z[count:], lat[count:])] if len(seeds) > count else []
         return seeds[:count], z[:count], lat[:count]
 
+    def put_back(self, g: int, seeds: np.ndarray, z: np.ndarray, lat: np.ndarray) -> None:
+        """Return the last latents taken from component g, unused (verify filled the block first): they go
+        back to the front of its buffer and no longer count as requested (so ``plain_draws`` counts the
+        plain generator's synthesized candidates only)."""
+        if len(seeds):
+            self.buf[g].insert(0, (seeds, z, lat))
+            self.requested[g] -= len(seeds)
+
     def stats(self) -> dict[str, Any]:
         k = self.k
         out = {"latent_proposals_per_component": self.proposals[:k].copy(),

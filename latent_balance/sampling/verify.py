@@ -8,6 +8,7 @@ the block); an image is kept for the cell it is labelled in while that cell stil
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,6 +20,20 @@ from .result import SampleResult
 __all__: list[str] = []
 
 
+@dataclass
+class _Tally:
+    """A verify block's bookkeeping, updated batch by batch (k cells, n_src sources)."""
+
+    target_counts: np.ndarray  # [k] images the block keeps per cell
+    need: np.ndarray  # [k] images still missing per cell
+    seen: np.ndarray  # [n_src, k] candidates per (source, labelled cell) that passed the cell cap
+    drawn: np.ndarray  # [n_src] candidates synthesized per source
+    capped: np.ndarray  # [k] candidates refused by the cell cap, by labelled cell
+    rejected: np.ndarray  # [k] synthesized candidates not kept, by the cell they were labelled in
+    kept: list = field(default_factory=list)  # per cell: (seed, z, latent, source, image, probs), in order kept
+    synth: int = 0  # synthesis calls
+
+
 class _VerifyMixin:
     """The verify loop of :class:`~latent_balance.sampling.BalancedSampler` (uses its ``plan_``, ``space``,
     ``generator``, ``labelers``, budgets, ``_synthesize`` and ``_label``)."""
@@ -26,7 +41,6 @@ class _VerifyMixin:
     def _verify_block(self, slots, streams, timings, progress=None) -> SampleResult:
         k = len(self.space)
         target_counts = np.bincount(slots, minlength=k)
-        need = target_counts.copy()
         n = len(slots)
         plan = self.plan_
         # the sources drawn from: the k components, and the plain generator (source k) when it is one
@@ -38,17 +52,15 @@ class _VerifyMixin:
         prior_w = np.minimum(src["ess"], 200.0)[:, None]
         kappa = src["kappa"]  # verify's cell caps (max_cell_tv < 1), else None
         prior = src["C_keep"] * prior_w
-        seen = np.zeros((n_src, k))  # candidates per (source, labelled cell) that passed the cell cap
-        drawn = np.zeros(n_src)  # candidates per source
-        capped = np.zeros(k, np.int64)  # candidates refused by the cell cap, by labelled cell
+        t = _Tally(target_counts, target_counts.copy(), np.zeros((n_src, k)), np.zeros(n_src), np.zeros(k, np.int64),
+                   np.zeros(k, np.int64), [[] for _ in range(k)])
+        need = t.need
         cap_rng = np.random.default_rng([self.seed, streams.block, 0xCA9])
-        kept: list[list[tuple]] = [[] for _ in range(k)]
-        rejected = np.zeros(k, np.int64)  # synthesized candidates not kept, by the cell they were labelled in
-        synth = rounds = 0
+        rounds = 0
         fill_in = self._fill_in_allowance(target_counts)
         budget = self.max_synthesis_per_image * n + fill_in
         while need.sum() > 0:
-            C = (prior + seen) / np.maximum(prior_w + drawn[:, None], 1e-12)
+            C = (prior + t.seen) / np.maximum(prior_w + t.drawn[:, None], 1e-12)
             m = _lp_allocation(C, need, usable)
             blend = plan.get("diversity_blend", 0.0)
             if m is not None and blend > 0:
@@ -60,12 +72,12 @@ class _VerifyMixin:
             if m is None:
                 g = int(np.flatnonzero(need)[0])
                 raise BudgetError(f"cell {self.space.ids[g]!r} cannot be filled: no usable component produces it "
-                                  f"(after {synth} synthesis calls)", cell=self.space.ids[g],
+                                  f"(after {t.synth} synthesis calls)", cell=self.space.ids[g],
                                   achieved=self._achieved(target_counts, need))
             draw = np.ceil(m - 1e-9).astype(np.int64)
             if draw.sum() == 0:
                 draw[int(np.argmax(m))] = 1
-            if synth + draw.sum() > budget:
+            if t.synth + draw.sum() > budget:
                 worst = int(np.argmax(need))
                 raise BudgetError(f"verify ran out of its budget of {budget:.0f} synthesis calls "
                                   f"(max_synthesis_per_image={self.max_synthesis_per_image:g} per image of the "
@@ -78,57 +90,27 @@ class _VerifyMixin:
             seeds = np.concatenate([b[1] for b in batch])
             z = np.concatenate([b[2] for b in batch])
             lat = np.concatenate([b[3] for b in batch])
-            t0 = time.perf_counter()
-            imgs = self._synthesize(lat)
-            timings["synthesis"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            probs = self._label(imgs, lat)
-            hit = None
-            if self.exclusion is not None:  # every candidate is checked against the excluded persons
-                hit = self.exclusion.matches(imgs)
-                streams.exclude_checked += len(imgs)
-                streams.exclude_images += hit.sum(axis=0)
-                hit = hit.any(axis=1)
-            timings["labeling"] += time.perf_counter() - t0
-            synth += len(lat)
-            cells = self.space.cell_of_probs(probs)
-            np.add.at(drawn, comp, 1.0)
-            keepable = np.ones(len(cells), bool)
-            if kappa is not None:
-                # the cell cap: a candidate of component g labelled c is kept with probability
-                # min(1, kappa[g, c] / a_g(latent)), so each cell's kept latents follow the natural density
-                # capped at kappa (uniforms from the block's own generator, in candidate order)
-                # (the plain generator's candidates, a = 1 <= kappa, are never refused)
-                p_keep = np.ones(len(comp))
-                own = np.flatnonzero(comp < k)
-                if len(own):
-                    a = self._accept_prob(self.model.predict_proba(lat[own]), plan["sharpness"])[np.arange(len(own)),
-                                                                                                  comp[own]]
-                    with np.errstate(divide="ignore"):
-                        p_keep[own] = np.minimum(1.0, kappa[comp[own], cells[own]] / np.maximum(a, 1e-300))
-                # only cells the block fills are capped: a candidate labelled in a cell without target counts is
-                # rejected as such (counted in verify_rejected_per_cell), not as a cap refusal
-                keepable = (cap_rng.random(len(cells)) < p_keep) | (target_counts[cells] == 0)
-                np.add.at(capped, cells[~keepable], 1)
-            np.add.at(seen, (comp[keepable], cells[keepable]), 1.0)
             # candidates are offered to the cells interleaved across components (by relative rank within
-            # their component), so no component's images systematically arrive after the cells are full
+            # their component), so no component's images systematically arrive after the cells are full.
+            # They are synthesized and labelled in that order, one batch at a time: progress advances per
+            # batch, and once the block is full the rest of the round is not synthesized (it would only be
+            # rejected). Every kept image is the one a whole-round pass would keep.
             rank = np.concatenate([(np.arange(len(b[1])) + 0.5) / len(b[1]) for b in batch])
-            missing = int(need.sum())
-            for i in np.lexsort((comp, rank)).tolist():
-                c = int(cells[i])
-                if hit is not None and hit[i]:
-                    continue  # depicts an excluded person: never kept (counted above, per person)
-                if not keepable[i]:
-                    continue  # refused by the cell cap (counted above)
-                if need[c] > 0:
-                    need[c] -= 1
-                    kept[c].append((seeds[i], z[i], lat[i], comp[i], imgs[i], {a: p[i] for a, p in probs.items()}))
-                    streams.kept[comp[i]] += 1
-                else:
-                    rejected[c] += 1
-            if progress is not None:
-                progress(missing - int(need.sum()))  # images kept this round
+            order = np.lexsort((comp, rank))
+            # the cell cap's uniforms: one per candidate of the round, in candidate order, drawn up front
+            u_cap = cap_rng.random(len(comp)) if kappa is not None else None
+            for lo in range(0, len(order), self.batch_size):
+                idx = order[lo : lo + self.batch_size]
+                missing = int(need.sum())
+                self._verify_batch((comp, seeds, z, lat, u_cap), idx, t, streams, timings)
+                if progress is not None:
+                    progress(missing - int(need.sum()))  # images kept from this batch
+                if need.sum() == 0:
+                    rest = order[lo + self.batch_size :]
+                    for g in np.unique(comp[rest]).tolist():
+                        rows = np.sort(rest[comp[rest] == g])  # a component's last candidates, in stream order
+                        streams.put_back(g, seeds[rows], z[rows], lat[rows])
+                    break
         out_seeds = np.zeros(n, np.int64)
         out_z = np.zeros((n, self.generator.z_dim), np.float32)
         out_lat = np.zeros((n, self.generator.latent_dim), np.float32)
@@ -138,15 +120,73 @@ class _VerifyMixin:
         out_probs = {a: np.zeros((n, len(self.labelers[a].classes))) for a in names}
         for c in range(k):
             rows = np.flatnonzero(slots == c)
-            for r, item in zip(rows, kept[c]):
+            for r, item in zip(rows, t.kept[c]):
                 out_seeds[r], out_z[r], out_lat[r], out_comp[r], out_imgs[r], p = item
                 for a in names:
                     out_probs[a][r] = p[a]
         res = SampleResult(out_seeds, out_z, out_lat, slots.copy(), out_comp, list(self.space.ids),
                            images=torch.stack(out_imgs) if n else None, probs=out_probs, labelled=slots.copy())
-        res.stats.update(synthesis_calls=synth, verify_rounds=rounds, verify_rejected_per_cell=rejected.tolist(),
-                         verify_capped_per_cell=capped.tolist())
+        res.stats.update(synthesis_calls=t.synth, verify_rounds=rounds, verify_rejected_per_cell=t.rejected.tolist(),
+                         verify_capped_per_cell=t.capped.tolist())
         return res
+
+    def _verify_batch(self, cand, idx, t: _Tally, streams, timings) -> None:
+        """Synthesize and label candidates `idx` of a round, and offer them to the cells in that order.
+
+        `cand` is the round's (sources [m], seeds [m], z [m, z_dim], latents [m, D], cell-cap uniforms [m] or
+        None). Updates `t`, the streams' counters and `timings` in place.
+        """
+        k = len(self.space)
+        plan = self.plan_
+        kappa = plan["sources"]["kappa"]
+        comp, seeds, z, lat, u_cap = cand
+        comp, lat = comp[idx], lat[idx]
+        t0 = time.perf_counter()
+        imgs = self._synthesize(lat)
+        timings["synthesis"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        probs = self._label(imgs, lat)
+        hit = None
+        if self.exclusion is not None:  # every candidate is checked against the excluded persons
+            hit = self.exclusion.matches(imgs)
+            streams.exclude_checked += len(imgs)
+            streams.exclude_images += hit.sum(axis=0)
+            hit = hit.any(axis=1)
+        timings["labeling"] += time.perf_counter() - t0
+        cells = self.space.cell_of_probs(probs)
+        t.synth += len(idx)
+        np.add.at(t.drawn, comp, 1.0)
+        keepable = np.ones(len(cells), bool)
+        if kappa is not None:
+            # the cell cap: a candidate of component g labelled c is kept with probability
+            # min(1, kappa[g, c] / a_g(latent)), so each cell's kept latents follow the natural density
+            # capped at kappa (uniforms from the block's own generator, in candidate order)
+            # (the plain generator's candidates, a = 1 <= kappa, are never refused)
+            p_keep = np.ones(len(comp))
+            own = np.flatnonzero(comp < k)
+            if len(own):
+                a = self._accept_prob(self.model.predict_proba(lat[own]), plan["sharpness"])[np.arange(len(own)),
+                                                                                              comp[own]]
+                with np.errstate(divide="ignore"):
+                    p_keep[own] = np.minimum(1.0, kappa[comp[own], cells[own]] / np.maximum(a, 1e-300))
+            # only cells the block fills are capped: a candidate labelled in a cell without target counts is
+            # rejected as such (counted in verify_rejected_per_cell), not as a cap refusal
+            keepable = (u_cap[idx] < p_keep) | (t.target_counts[cells] == 0)
+            np.add.at(t.capped, cells[~keepable], 1)
+        np.add.at(t.seen, (comp[keepable], cells[keepable]), 1.0)
+        for j in range(len(idx)):
+            c = int(cells[j])
+            if hit is not None and hit[j]:
+                continue  # depicts an excluded person: never kept (counted above, per person)
+            if not keepable[j]:
+                continue  # refused by the cell cap (counted above)
+            if t.need[c] > 0:
+                t.need[c] -= 1
+                i = idx[j]
+                t.kept[c].append((seeds[i], z[i], lat[j], comp[j], imgs[j], {a: p[j] for a, p in probs.items()}))
+                streams.kept[comp[j]] += 1
+            else:
+                t.rejected[c] += 1
 
     def _fill_in_allowance(self, target_counts) -> float:
         """Synthesis calls a block may spend besides ``max_synthesis_per_image`` per image.
