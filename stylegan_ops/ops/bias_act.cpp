@@ -1,6 +1,9 @@
 // Python binding of the bias_act kernels, with the argument checks (kernels in bias_act.cu).
 
-#include <torch/extension.h>
+// the Tensor type and torch's pybind11 casters, not <torch/extension.h> (all of torch: ~30 s more to compile)
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/csrc/utils/pybind.h>
 
 at::Tensor bias_act_launch(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& b, int64_t act,
                            double alpha, double gain, double clamp, int64_t channels, int64_t inner, bool on_host);

@@ -1,6 +1,8 @@
 // Python binding of the upfirdn2d kernel, with the argument checks (kernel in upfirdn2d.cu).
 
-#include <torch/extension.h>
+// the Tensor type and torch's pybind11 casters, not <torch/extension.h> (all of torch: ~30 s more to compile)
+#include <ATen/core/Tensor.h>
+#include <torch/csrc/utils/pybind.h>
 
 at::Tensor upfirdn2d_launch(const at::Tensor& x, const at::Tensor& g, int64_t upx, int64_t upy,
                             int64_t downx, int64_t downy, int64_t padx0, int64_t padx1,
