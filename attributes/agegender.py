@@ -28,6 +28,7 @@ Two runtimes, chosen by ``backend`` and ``device``:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,7 @@ def _session(path: Path, digest: str, manifest: dict, num_threads: int | None) -
     """The onnxruntime CPU session of a checked model file (cached per file and thread count)."""
     import onnxruntime as ort
 
-    # default: torch's intra-op thread count (torch.set_num_threads, OMP_NUM_THREADS), at most 2
-    threads = int(num_threads) if num_threads is not None else max(1, min(2, torch.get_num_threads()))
+    threads = int(num_threads) if num_threads is not None else max(1, min(2, os.cpu_count() or 1))
     key = (str(path), digest, threads)
     if key not in _SESSIONS:
         runtime = manifest.get("runtime", {})
@@ -228,8 +228,7 @@ class GenderLabeler(_AgeGenderBase):
     Args:
         aligner:     a :class:`~attributes.faces.FaceAligner` (default: the shared one for the given
                      aligner options, so gender and age align each face once).
-        num_threads: onnxruntime intra-op threads (default: ``torch.get_num_threads()``, which follows
-                     ``torch.set_num_threads`` and ``OMP_NUM_THREADS``, at most 2; results do not depend on it).
+        num_threads: onnxruntime intra-op threads (default min(2, CPU count); results do not depend on it).
         batch_size:  images per model call.
         device:      where the network runs: ``"cpu"`` (default), ``"cuda"``/``"cuda:N"``, or None for CUDA
                      when available, else the CPU. On a device other than the CPU, the default aligner

@@ -5,12 +5,8 @@ import torch
 
 # Two CPU cores in CI: keep torch from oversubscribing them. pytest.ini runs the suite in pytest-xdist
 # workers (one per core, at most 4): the cores are shared out between them.
-# Subprocesses the tests start (the CLI, the README's blocks) inherit the same limit through
-# OMP_NUM_THREADS, which torch reads at start and the onnxruntime labelers follow (attributes/agegender.py).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
