@@ -59,7 +59,7 @@ def _measured(generator: str, cap: float):
 
 def bootstrap_cost(sampler, resamples: int, seed: int) -> np.ndarray:
     """The plan's verify cost re-solved on `resamples` bootstrap resamples of the held-out probes."""
-    from latent_balance.sampling.planning import _diverse_sources, _lp_allocation
+    from latent_balance.sampling.planning import _diverse_scale, _diverse_sources, _lp_allocation
 
     s, plan = sampler, sampler.plan_
     sharp, blend = plan["sharpness"], plan.get("diversity_blend", 0.0)
@@ -76,9 +76,9 @@ def bootstrap_cost(sampler, resamples: int, seed: int) -> np.ndarray:
             return float("inf")
         if blend > 0:
             div = _diverse_sources(src, natural, ok)
-            reach, rows = div @ Ck, s.q > 0
-            if np.all(reach[rows] > 0):
-                m = (1 - blend) * m + blend * div * float(np.max(s.q[rows] / reach[rows]))
+            scale = _diverse_scale(div, Ck, s.q)
+            if scale is not None:
+                m = (1 - blend) * m + blend * div * scale
         return float(m.sum())
 
     rng = np.random.default_rng(seed)

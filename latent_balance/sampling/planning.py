@@ -437,12 +437,11 @@ class _PlanningMixin:
             m0 = _lp_allocation(Ck, q, src_ok)
             out["pi"] = pi0 = (None if not matched else _mixture_weights(C, q, usable))
             div = _diverse_sources(src, np.asarray(self.model.natural_["proportions"], np.float64), src_ok)
-            reach = div @ Ck
-            rows = q > 0
+            scale = _diverse_scale(div, Ck, q)
             if m0 is None:
                 blends = [(0.0, None)]
-            elif div.sum() > 0 and np.all(reach[rows] > 0):
-                m_div = div * float(np.max(q[rows] / reach[rows]))  # scaled to cover every need
+            elif scale is not None:
+                m_div = div * scale  # scaled to cover every need
                 # blends over the synthesis budget are not considered (the budget check would refuse them)
                 blends = [(b, (1 - b) * m0 + b * m_div) for b in _BLENDS
                           if b == 0 or ((1 - b) * m0 + b * m_div).sum() <= self.max_synthesis_per_image]
@@ -631,6 +630,15 @@ def _diverse_sources(src: Mapping[str, Any], natural: np.ndarray, usable: np.nda
         out[k] = 1.0
         return out
     return np.where(usable[:k], natural, 0.0)
+
+
+def _diverse_scale(div: np.ndarray, C: np.ndarray, need: np.ndarray) -> float | None:
+    """Draws per unit of the diverse allocation `div` (:func:`_diverse_sources`) that cover every need [cells]
+    in expectation given the yields C [sources, cells]; None when some needed cell is not reached."""
+    reach, rows = div @ C, need > 0
+    if div.sum() <= 0 or not np.all(reach[rows] > 0):
+        return None
+    return float(np.max(need[rows] / reach[rows]))
 
 
 def _lp_allocation(C: np.ndarray, need: np.ndarray, usable: np.ndarray) -> np.ndarray | None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .errors import BudgetError
-from .planning import _diverse_sources, _lp_allocation
+from .planning import _diverse_scale, _diverse_sources, _lp_allocation
 from .result import SampleResult
 
 __all__: list[str] = []
@@ -65,10 +65,9 @@ class _VerifyMixin:
             blend = plan.get("diversity_blend", 0.0)
             if m is not None and blend > 0:
                 # the plan's diversity blend: toward the diverse allocation, scaled to cover every need
-                reach = diverse @ C
-                rows = need > 0
-                if np.all(reach[rows] > 0):
-                    m = (1 - blend) * m + blend * diverse * float(np.max(need[rows] / reach[rows]))
+                scale = _diverse_scale(diverse, C, need)
+                if scale is not None:
+                    m = (1 - blend) * m + blend * diverse * scale
             if m is None:
                 g = int(np.flatnonzero(need)[0])
                 raise BudgetError(f"cell {self.space.ids[g]!r} cannot be filled: no usable component produces it "
