@@ -7,7 +7,8 @@ ch. 6 and 10) and re-solves the plan's linear program at the plan's own sharpnes
 so each resample gives the cost the same plan would have predicted from another draw of held-out probes.
 
 Reported per generator and cell cap (uniform target over gender x age x smile, the CLI's defaults):
-the plan's prediction, the bootstrap mean (minus the prediction: the bootstrap's estimate of the
+the plan's prediction, the resamples on which the plan's linear program is infeasible (left out of the
+rest), the bootstrap mean (minus the prediction: the bootstrap's estimate of the
 prediction's bias), its 10/50/90th percentiles, and for reference the cost measured by
 ``bench/bench_diversity.py`` on the same model and settings where a stored result has it.
 
@@ -127,18 +128,20 @@ def main() -> None:
             s = BalancedSampler(gen, model, None, mode="matched", sharpness="auto", verify=True, labelers=labelers,
                                 seed=0, max_cell_tv=cap)
             costs = bootstrap_cost(s, args.resamples, args.seed)
+            infeasible = int(np.sum(~np.isfinite(costs)))  # a resample where some cell cannot be filled
+            costs = costs[np.isfinite(costs)]
             held = np.bincount(np.asarray(model.heldout_["cells"], np.int64), minlength=len(s.space))
             pred = float(s.plan_["verify_cost"])
             run = {"generator": name, "model": where, "max_cell_tv": cap, "heldout_probes": int(held.sum()),
                    "heldout_per_cell": dict(zip(s.space.ids, held.tolist())),
                    "plain_generator_source": bool(s.plan_["sources"]["plain"]),
-                   "predicted": pred, "bootstrap_mean": float(np.mean(costs)),
+                   "predicted": pred, "infeasible_resamples": infeasible, "bootstrap_mean": float(np.mean(costs)),
                    "bootstrap_bias": float(np.mean(costs) - pred),
                    "bootstrap_percentiles": {str(p): float(np.percentile(costs, p)) for p in (10, 50, 90)},
                    "measured": _measured(name, cap)}
             out["runs"].append(run)
             print(json.dumps(run), flush=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    args.out.write_text(json.dumps(out, indent=1, allow_nan=False))
 
 
 if __name__ == "__main__":
