@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .cells import cell_names
-from .export import BlockOutput
+from .export import BlockOutput, _ImageBlock
 from .framing import frame_labelers
 from .seeds import stream_seeds
 
@@ -63,19 +63,39 @@ class NaturalSource:
         return {"generator": d["id"], "latent_space": d["latent_space"], "truncation_psi": d["truncation_psi"],
                 "mode": "natural"}
 
-    def produce(self, block: int, slots: np.ndarray) -> BlockOutput:
+    def produce(self, block: int, slots: np.ndarray, convert=None) -> BlockOutput:
+        """One block (see :class:`latent_balance.export.BlockSource`): synthesized and labelled a batch at a
+        time; with `convert` each batch is turned into the stored bytes at once, so the block holds uint8
+        images only."""
         k = len(slots)
         seeds = stream_seeds(self.seed, NATURAL_STREAM, block * 2**18, k) if k <= 2**18 else None
         if seeds is None:
             raise ValueError("blocks of natural sources hold at most 2**18 images")
         t0 = time.perf_counter()
         lat = self.generator.to_latent(self.generator.sample_z(seeds))
-        t1 = time.perf_counter()
-        imgs = self.generator.synthesize(lat)
-        t2 = time.perf_counter()
-        probs = {lab.name: lab.from_latent(lat) if getattr(lab, "reads_latent", False) else lab(imgs)
-                 for lab in self.labelers}
-        t3 = time.perf_counter()
+        timings = {"latent": time.perf_counter() - t0, "synthesis": 0.0, "labeling": 0.0}
+        imgs, probs = ([] if convert is None else _ImageBlock(k)), {lab.name: [] for lab in self.labelers}
+        for i in range(0, k, self.batch_size):
+            part = lat[i:i + self.batch_size]
+            t0 = time.perf_counter()
+            x = self.generator.synthesize(part)
+            t1 = time.perf_counter()
+            for lab in self.labelers:
+                probs[lab.name].append(np.asarray(lab.from_latent(part) if getattr(lab, "reads_latent", False)
+                                                  else lab(x), np.float64))
+            timings["synthesis"] += t1 - t0
+            timings["labeling"] += time.perf_counter() - t1
+            if convert is None:
+                imgs.append(x)
+            else:
+                imgs.put(slice(i, i + len(part)), convert(x))
+        if convert is not None:
+            images = imgs.result()
+        else:
+            import torch
+
+            images = torch.cat(imgs) if imgs else torch.zeros(0)
+        probs = {a: np.concatenate(p) if p else np.zeros((0, len(self.classes[a]))) for a, p in probs.items()}
         fields = {"class": self.generator.classes_of(lat)} if getattr(self.generator, "classes", None) is not None else {}
-        return BlockOutput(seeds, lat.cpu().numpy(), imgs, probs, stats={"synthesis_calls": k, "latent_proposals": k},
-                           timings={"latent": t1 - t0, "synthesis": t2 - t1, "labeling": t3 - t2}, fields=fields)
+        return BlockOutput(seeds, lat.cpu().numpy(), images, probs, stats={"synthesis_calls": k, "latent_proposals": k},
+                           timings=timings, fields=fields)

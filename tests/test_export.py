@@ -364,6 +364,36 @@ def test_image_size_writes_resized_images(tmp_path):
     assert json.loads((tmp_path / "d" / "settings.json").read_text())["output"]["image_size"] == 12
 
 
+class WholeBlockSource(NaturalSource):
+    """The natural source without ``produce``'s ``convert``: the writer converts whole blocks."""
+
+    def produce(self, block, slots):
+        return super().produce(block, slots)
+
+
+@pytest.mark.parametrize("image_size", [None, 12])
+def test_natural_source_converts_batch_by_batch_with_the_same_bytes(tmp_path, image_size):
+    from latent_balance.export import _Converter
+
+    kw = dict(n=10, block_size=5, image_size=image_size, workers=0)
+    batches = write_dataset(tmp_path / "b", NaturalSource(_gen32(), _labs(), batch_size=2), **kw)
+    write_dataset(tmp_path / "w", WholeBlockSource(_gen32(), _labs(), batch_size=64), **kw)
+    assert _digest(tmp_path / "b") == _digest(tmp_path / "w")
+    assert ("resizing" in batches["timings"]) == (image_size is not None)
+    out = NaturalSource(_gen32(), _labs(), batch_size=2).produce(0, np.zeros(3, np.int64), convert=_Converter(image_size))
+    assert out.images.dtype == np.uint8 and out.images.shape == (3, image_size or 32, image_size or 32, 3)
+
+
+def test_a_source_given_convert_must_return_what_it_made(tmp_path):
+    class Forgets(NaturalSource):
+        def produce(self, block, slots, convert=None):
+            return super().produce(block, slots)  # float images: convert ignored
+
+    with pytest.raises(RuntimeError, match="uint8"):
+        write_dataset(tmp_path / "d", Forgets(_gen32(), _labs()), n=4, block_size=4, workers=0)
+    assert not (tmp_path / "d" / "blocks" / "00000.json").exists()
+
+
 def test_webdataset_tars_hold_the_folder_output(tmp_path):
     import webdataset as wds
 

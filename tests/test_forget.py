@@ -321,6 +321,25 @@ def test_latent_only_with_images_replaces_matches(sg, sg_model, embedder):
         np.testing.assert_allclose(res.probs[a], p, atol=1e-6)
     np.testing.assert_array_equal(runs[1].seeds, res.seeds)
     torch.testing.assert_close(runs[1].images, res.images)
+    # the dataset writer's path: each batch converted to uint8 once labelled and checked (batches of 3), the
+    # replacements made from those checks; the same outputs as without `convert`, as the stored bytes (the
+    # same batch size on both sides: on the CPU the network's float sums depend on it, so 4 of 98,304 bytes
+    # differ by 1 between batches of 3 and of 8)
+    from latent_balance._utils import images_to_uint8
+    from latent_balance.export import _Converter
+
+    def by3():
+        return BalancedSampler(sg, sg_model, seed=2, block_size=8, batch_size=3, labelers=labs, exclude=[person])
+
+    ref = by3().sample(8, images=True)
+    np.testing.assert_array_equal(ref.seeds, res.seeds)
+    s = by3()
+    conv = s.sample_block(0, s.schedule(8, 0), images=True, convert=_Converter(None))
+    np.testing.assert_array_equal(conv.seeds, ref.seeds)
+    np.testing.assert_array_equal(conv.images, images_to_uint8(ref.images))
+    assert conv.stats["exclude_images_rejected"] == ref.stats["exclude_images_rejected"]
+    for a in ref.probs:
+        np.testing.assert_array_equal(conv.probs[a], ref.probs[a])
 
 
 def test_calibrated_threshold_bounds_the_natural_match_rate(sg, embedder):

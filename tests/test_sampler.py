@@ -453,6 +453,46 @@ def test_verify_synthesizes_a_batch_at_a_time_and_stops_when_the_block_is_full(n
     assert plain[0] <= plain[1] <= plain[2]
 
 
+class _WholeBlocks:
+    """A balanced source without ``produce``'s ``convert`` keyword: the writer then resizes and converts
+    each block's float images at once (the path before sources converted batch by batch)."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def produce(self, block, slots, progress=None):
+        return self._source.produce(block, slots, progress=progress)
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["latent-only", "verify"])
+@pytest.mark.parametrize("image_size", [None, 5])
+def test_dataset_blocks_hold_converted_images_with_the_same_bytes(noisy, tmp_path, verify, image_size):
+    """The dataset writer hands the balanced source a `convert`: each batch's kept images become the stored
+    uint8 bytes as soon as they are labelled, so a block never holds float32 images (a quarter of the memory
+    at full size). The folder is byte for byte the one written by converting whole blocks."""
+    from test_export import _digest
+
+    from latent_balance.export import _Converter, write_dataset
+    from latent_balance.sampling import BalancedSource
+
+    w, model = noisy
+
+    def source():
+        return BalancedSource(BalancedSampler(w.generator, model, SKEWED, verify=verify, labelers=w.labelers(),
+                                              seed=3, batch_size=7))
+
+    kw = dict(n=50, block_size=25, image_size=image_size, show_progress=False, workers=0)
+    write_dataset(tmp_path / "batches", source(), **kw)
+    write_dataset(tmp_path / "blocks", _WholeBlocks(source()), **kw)
+    assert _digest(tmp_path / "batches") == _digest(tmp_path / "blocks")
+    out = source().produce(0, np.arange(8) % 8, convert=_Converter(image_size))
+    side = image_size or w.res
+    assert out.images.dtype == np.uint8 and out.images.shape == (8, side, side, 3)
+
+
 def test_overlapped_proposals_equal_sequential_and_report_stage_times(sharp):
     """With images, proposals run in a producer thread while batches are synthesized: the outputs are those of
     the sequential path (images=False, then synthesis), and the stage times are reported."""

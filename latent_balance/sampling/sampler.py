@@ -56,7 +56,10 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         labelers:    labelers (list or dict name -> labeler) covering the model's attributes; extra ones
                      label other attributes for the record. Needed for `verify` and for labelled outputs.
         seed:        user seed, 0 <= seed < 2**20.
-        batch_size:  synthesis / labelling batch (does not change results).
+        batch_size:  synthesis / labelling batch. Does not change which latents are drawn; the images can
+                     change in their last float bits where the network's sums depend on the batch (the
+                     packaged StyleGAN2 on a CPU: 4 of 98,304 uint8 values off by 1 between batches of 3 and
+                     8), and with them, rarely, a borderline label (and so a verify block's choice).
         block_size:  outputs per block (the unit of determinism, sharding and resumption).
         allocation:  ``"exact"`` (largest-remainder counts, interleaved) or ``"iid"`` (cells drawn from q).
         confusion:   ``"hard"`` (labelled cell = argmax per attribute) or ``"soft"`` (product of labeler
@@ -334,7 +337,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                                  f"to {need:.3g} proposals of one component (acceptance rate {rate:.3g}); use a block "
                                  f"size of at most {fit}, or fewer outputs")
 
-    def sample_block(self, block: int, slots, images: bool = False, progress=None) -> SampleResult:
+    def sample_block(self, block: int, slots, images: bool = False, progress=None, convert=None) -> SampleResult:
         """One block: outputs for the given slot kinds, reproducible from (settings, seed, block).
 
         Args:
@@ -342,8 +345,12 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             slots:  int [k] slot kind per output (cells; components in matched mode without verify), e.g.
                     :meth:`schedule`. Rows of the result follow this order.
             images: synthesize (and label, when labelers were given) the outputs; always true with verify.
-            progress: optional callable, called with the number of outputs finished after each batch
-                    (latent-only with images) or verification round (verify).
+            progress: optional callable, called after each synthesized batch with the number of outputs it
+                    finished (latent-only with images: the batch; verify: the images kept from it).
+            convert: optional callable applied to each batch of kept images once labelled (and checked against
+                    excluded persons): float [b, 3, H, W] in [-1, 1] -> uint8 numpy [b, H', W', 3], image by
+                    image. The result's ``images`` are then those uint8 arrays, [k, H', W', 3], and the block
+                    never holds its images as float32 (the dataset writer's way to bound memory at 1024 px).
 
         Returns:
             :class:`SampleResult` of k rows.
@@ -363,9 +370,9 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         streams = _Streams(self, block)
         timings = {"latent": 0.0, "synthesis": 0.0, "labeling": 0.0, "proposal_wait": 0.0}
         if self.verify:
-            res = self._verify_block(slots, streams, timings, progress)
+            res = self._verify_block(slots, streams, timings, progress, convert)
         else:
-            res = self._latent_block(slots, streams, images, timings, progress)
+            res = self._latent_block(slots, streams, images, timings, progress, convert)
         timings["latent"] += streams.latent_time
         wait = timings.pop("proposal_wait")
         res.timings = timings
@@ -374,7 +381,7 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         res.stats["blocks"] = [block]
         return res
 
-    def _latent_block(self, slots, streams, images, timings, progress=None) -> SampleResult:
+    def _latent_block(self, slots, streams, images, timings, progress=None, convert=None) -> SampleResult:
         k = len(self.space)
         need = np.bincount(slots, minlength=k)
         n = len(slots)
@@ -396,7 +403,11 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             # exactly the batches it would alone (see _Streams.step), so the outputs are those of proposing
             # first and synthesizing after; batch by batch, so progress advances per batch, and the same
             # batches as synthesizing and labelling the whole block, hence the same outputs
-            imgs, probs = [], []
+            # With `convert`, each batch is converted once labelled (and checked against excluded persons,
+            # whose replacements are then made from those checks), so only the converted images are held.
+            from ..export import _ImageBlock  # the block contract's helper (lazily, as BalancedSource does)
+
+            imgs, probs, hits = ([] if convert is None else _ImageBlock(n)), [], []
             with _Producer(self, streams, slots, need, out) as producer:
                 for i in range(0, n, self.batch_size):
                     i1 = min(n, i + self.batch_size)
@@ -404,31 +415,49 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                     producer.wait_rows(i1)
                     timings["proposal_wait"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    imgs.append(self._synthesize(lat[i:i1]))
+                    batch, made = (self._synthesize(lat[i:i1], on_device=True) if convert is not None
+                                   else (self._synthesize(lat[i:i1]), None))
                     timings["synthesis"] += time.perf_counter() - t0
                     if self.labelers is not None:
                         t0 = time.perf_counter()
-                        probs.append(self._label(imgs[-1], lat[i:i1]))
+                        probs.append(self._label(batch, lat[i:i1]))
                         timings["labeling"] += time.perf_counter() - t0
+                    if self.exclusion is not None and convert is not None:
+                        t0 = time.perf_counter()
+                        hits.append(self.exclusion.matches(batch))
+                        timings["labeling"] += time.perf_counter() - t0
+                    if convert is None:
+                        imgs.append(batch)
+                    else:
+                        imgs.put(slice(i, i1), convert(made))
+                    del made
                     if progress is not None:
-                        progress(len(imgs[-1]))
-            res.images = torch.cat(imgs) if imgs else torch.zeros(0)
+                        progress(len(batch))
+            if convert is not None:
+                res.images = imgs.result()
+            else:
+                res.images = torch.cat(imgs) if imgs else torch.zeros(0)
             synth = n
             if self.labelers is not None:
                 res.probs = {a: np.concatenate([p[a] for p in probs]) if probs else np.zeros((0, len(lab.classes)))
                              for a, lab in self.labelers.items()}
                 res.labelled = self.space.cell_of_probs(res.probs)
             if self.exclusion is not None:
-                synth += self._replace_matches(res, streams, timings)
+                first = (np.concatenate(hits) if hits else np.zeros((0, len(self.exclusion.persons)), bool)) \
+                    if convert is not None else None
+                synth += self._replace_matches(res, streams, timings, first, convert)
                 if self.labelers is not None:
                     res.labelled = self.space.cell_of_probs(res.probs)
         res.stats["synthesis_calls"] = synth
         return res
 
-    def _replace_matches(self, res: SampleResult, streams, timings) -> int:
+    def _replace_matches(self, res: SampleResult, streams, timings, first=None, convert=None) -> int:
         """Replace, in place, every output whose image matches an excluded person by the component's next
         accepted latents (same stream, so results stay deterministic), until none matches. Returns the
         synthesis calls spent on replacements.
+
+        `first`: bool [n, P], the outputs' matches when already checked (their images were converted by
+        `convert`, which is then applied to the replacements too); None: checked here on ``res.images``.
 
         Raises:
             BudgetError: more than ``max_synthesis_per_image`` calls per output would be needed.
@@ -436,10 +465,14 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
         n = len(res.latents)
         budget = self.max_synthesis_per_image * n - n
         rows, extra = np.arange(n), 0
+        current = res.images  # the float images of `rows` (their latest replacements)
         while len(rows):
-            t0 = time.perf_counter()
-            hit = self.exclusion.matches(res.images[rows])
-            timings["labeling"] += time.perf_counter() - t0
+            if first is not None:
+                hit, first = first, None
+            else:
+                t0 = time.perf_counter()
+                hit = self.exclusion.matches(current)
+                timings["labeling"] += time.perf_counter() - t0
             streams.exclude_checked += len(rows)
             streams.exclude_images += hit.sum(axis=0)
             rows = rows[hit.any(axis=1)]
@@ -454,9 +487,11 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                 seeds, z, lat = streams.take(int(g), len(r))
                 res.seeds[r], res.z[r], res.latents[r] = seeds, z, lat
             t0 = time.perf_counter()
-            imgs = self._synthesize(res.latents[rows])
+            imgs, made = (self._synthesize(res.latents[rows], on_device=True) if convert is not None
+                          else (self._synthesize(res.latents[rows]), None))
             timings["synthesis"] += time.perf_counter() - t0
-            res.images[rows] = imgs
+            res.images[rows] = imgs if convert is None else convert(made)
+            current, made = imgs, None
             if self.labelers is not None:
                 t0 = time.perf_counter()
                 probs = self._label(imgs, res.latents[rows])
@@ -497,11 +532,17 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             streams.collect(g, int(need[g]))  # leave the leftovers buffered, as take() does
             streams.kept[g] += len(rows_of[g])
 
-    def _synthesize(self, lat: np.ndarray) -> torch.Tensor:
+    def _synthesize(self, lat: np.ndarray, on_device: bool = False):
+        """Images of latents [N, D] as float32 [N, C, H, W] on the CPU (what the labelers are given); with
+        `on_device`, also the same images where the generator made them (a GPU: there `convert` is cheap and
+        only its uint8 crosses to the host), as ``(cpu, device)``."""
         g = self.generator
-        outs = [g.synthesize(torch.from_numpy(lat[i : i + self.batch_size])).float().cpu()
+        made = [g.synthesize(torch.from_numpy(lat[i : i + self.batch_size]))
                 for i in range(0, len(lat), self.batch_size)]
-        return torch.cat(outs) if outs else torch.zeros(0)
+        cpu = torch.cat([x.float().cpu() for x in made]) if made else torch.zeros(0)
+        if not on_device:
+            return cpu
+        return cpu, (made[0] if len(made) == 1 else torch.cat(made) if made else cpu)
 
     def _label(self, imgs: torch.Tensor, lat: np.ndarray) -> dict[str, np.ndarray]:
         """attribute -> probabilities of images `imgs` with latents `lat` (known attributes read from `lat`)."""

@@ -69,12 +69,13 @@ class BalancedSource:
         return {"generator": d["id"], "latent_space": d["latent_space"], "truncation_psi": d["truncation_psi"],
                 "mode": self.sampler.mode + ("+verify" if self.sampler.verify else "")}
 
-    def produce(self, block: int, slots: np.ndarray, progress=None):
+    def produce(self, block: int, slots: np.ndarray, progress=None, convert=None):
         """One block of the dataset (see :class:`latent_balance.export.BlockSource`); `progress` is called
-        with the number of images finished after each batch or verification round."""
+        with the number of images finished after each batch, `convert` turns each batch's kept images into
+        the stored bytes (the block then holds uint8 images only)."""
         from ..export import EXCLUDED_REJECTED, FORGET_PREFIX, BlockOutput
 
-        res = self.sampler.sample_block(block, slots, images=True, progress=progress)
+        res = self.sampler.sample_block(block, slots, images=True, progress=progress, convert=convert)
         st = res.stats
         stats = {"synthesis_calls": float(st["synthesis_calls"]),
                  "latent_proposals": float(st["latent_proposals"])}

@@ -31,6 +31,10 @@ class _Tally:
     capped: np.ndarray  # [k] candidates refused by the cell cap, by labelled cell
     rejected: np.ndarray  # [k] synthesized candidates not kept, by the cell they were labelled in
     kept: list = field(default_factory=list)  # per cell: (seed, z, latent, source, image, probs), in order kept
+    # with `convert`: the block's converted images, each stored at its output row as it is kept (the
+    # entries of `kept` then hold None), and the output rows of each cell in slot order
+    images: object = None
+    rows: list = field(default_factory=list)
     synth: int = 0  # synthesis calls
 
 
@@ -38,7 +42,7 @@ class _VerifyMixin:
     """The verify loop of :class:`~latent_balance.sampling.BalancedSampler` (uses its ``plan_``, ``space``,
     ``generator``, ``labelers``, budgets, ``_synthesize`` and ``_label``)."""
 
-    def _verify_block(self, slots, streams, timings, progress=None) -> SampleResult:
+    def _verify_block(self, slots, streams, timings, progress=None, convert=None) -> SampleResult:
         k = len(self.space)
         target_counts = np.bincount(slots, minlength=k)
         n = len(slots)
@@ -54,6 +58,10 @@ class _VerifyMixin:
         prior = src["C_keep"] * prior_w
         t = _Tally(target_counts, target_counts.copy(), np.zeros((n_src, k)), np.zeros(n_src), np.zeros(k, np.int64),
                    np.zeros(k, np.int64), [[] for _ in range(k)])
+        if convert is not None:
+            from ..export import _ImageBlock  # the block contract's helper (lazily, as BalancedSource does)
+
+            t.images, t.rows = _ImageBlock(n), [np.flatnonzero(slots == c) for c in range(k)]
         need = t.need
         cap_rng = np.random.default_rng([self.seed, streams.block, 0xCA9])
         rounds = 0
@@ -101,7 +109,7 @@ class _VerifyMixin:
             for lo in range(0, len(order), self.batch_size):
                 idx = order[lo : lo + self.batch_size]
                 missing = int(need.sum())
-                self._verify_batch((comp, seeds, z, lat, u_cap), idx, t, streams, timings)
+                self._verify_batch((comp, seeds, z, lat, u_cap), idx, t, streams, timings, convert)
                 if progress is not None:
                     progress(missing - int(need.sum()))  # images kept from this batch
                 if need.sum() == 0:
@@ -123,17 +131,22 @@ class _VerifyMixin:
                 out_seeds[r], out_z[r], out_lat[r], out_comp[r], out_imgs[r], p = item
                 for a in names:
                     out_probs[a][r] = p[a]
+        if convert is not None:  # the kept images as converted (uint8 [n, H', W', 3]), already in place
+            images = t.images.result()
+        else:
+            images = torch.stack(out_imgs) if n else None
         res = SampleResult(out_seeds, out_z, out_lat, slots.copy(), out_comp, list(self.space.ids),
-                           images=torch.stack(out_imgs) if n else None, probs=out_probs, labelled=slots.copy())
+                           images=images, probs=out_probs, labelled=slots.copy())
         res.stats.update(synthesis_calls=t.synth, verify_rounds=rounds, verify_rejected_per_cell=t.rejected.tolist(),
                          verify_capped_per_cell=t.capped.tolist())
         return res
 
-    def _verify_batch(self, cand, idx, t: _Tally, streams, timings) -> None:
+    def _verify_batch(self, cand, idx, t: _Tally, streams, timings, convert=None) -> None:
         """Synthesize and label candidates `idx` of a round, and offer them to the cells in that order.
 
         `cand` is the round's (sources [m], seeds [m], z [m, z_dim], latents [m, D], cell-cap uniforms [m] or
-        None). Updates `t`, the streams' counters and `timings` in place.
+        None). Updates `t`, the streams' counters and `timings` in place. The kept images are stored as
+        `convert` makes them (see ``sample_block``), else as float copies.
         """
         k = len(self.space)
         plan = self.plan_
@@ -141,7 +154,10 @@ class _VerifyMixin:
         comp, seeds, z, lat, u_cap = cand
         comp, lat = comp[idx], lat[idx]
         t0 = time.perf_counter()
-        imgs = self._synthesize(lat)
+        if convert is not None:
+            imgs, made = self._synthesize(lat, on_device=True)
+        else:
+            imgs = self._synthesize(lat)
         timings["synthesis"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         probs = self._label(imgs, lat)
@@ -173,6 +189,7 @@ class _VerifyMixin:
             keepable = (u_cap[idx] < p_keep) | (t.target_counts[cells] == 0)
             np.add.at(t.capped, cells[~keepable], 1)
         np.add.at(t.seen, (comp[keepable], cells[keepable]), 1.0)
+        keep = []
         for j in range(len(idx)):
             c = int(cells[j])
             if hit is not None and hit[j]:
@@ -181,13 +198,26 @@ class _VerifyMixin:
                 continue  # refused by the cell cap (counted above)
             if t.need[c] > 0:
                 t.need[c] -= 1
-                i = idx[j]
-                # a copy: a view would keep the whole batch's images alive (3.2 GB per 256 images at 1024 px)
-                t.kept[c].append((seeds[i], z[i], lat[j], comp[j], imgs[j].clone(),
-                                  {a: p[j] for a, p in probs.items()}))
-                streams.kept[comp[j]] += 1
+                keep.append(j)
             else:
                 t.rejected[c] += 1
+        if not keep:
+            return
+        # converted where they were made and put at their output rows, or copied: a view would keep the whole
+        # batch's images alive (3.2 GB per 256 images at 1024 px)
+        if convert is not None:
+            placed = [len(t.kept[c]) for c in range(k)]  # images each cell holds so far
+            rows = []
+            for j in keep:
+                c = int(cells[j])
+                rows.append(t.rows[c][placed[c]])  # the cell's next output row
+                placed[c] += 1
+            t.images.put(np.asarray(rows), convert(made[keep]))
+        for j in keep:
+            i = idx[j]
+            img = None if convert is not None else imgs[j].clone()
+            t.kept[int(cells[j])].append((seeds[i], z[i], lat[j], comp[j], img, {a: p[j] for a, p in probs.items()}))
+            streams.kept[comp[j]] += 1
 
     def _fill_in_allowance(self, target_counts) -> float:
         """Synthesis calls a block may spend besides ``max_synthesis_per_image`` per image.
