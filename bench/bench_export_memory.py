@@ -16,6 +16,11 @@ and ``verify``, and the natural source, each with a block of ``--block-size`` im
 
     python bench/bench_export_memory.py [--size 1024] [--n 256] [--block-size 128]
 
+With ``--audit-before TREE`` it then audits the latent-only dataset (``audit_dataset``, ``natural_n = n``,
+no image metrics) twice, in fresh processes: with today's code, which holds the dataset's and the natural
+images as uint8, and with the package in TREE, a checkout of the commit before that (06c3030), which held
+both as float32.
+
 Writes bench/results/export_memory_cpu.json.
 """
 
@@ -116,8 +121,25 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def audit_child(args) -> None:
+    """Audit the latent-only dataset (no image metrics) in this (fresh) process; prints its JSON record."""
+    import latent_balance
+    from latent_balance.audit import audit_dataset
+
+    gen, labs, _ = _world(args.size, Path(args.workdir))
+    base = _peak_mb()
+    t = time.perf_counter()
+    out = audit_dataset(Path(args.workdir) / "latent-converted_per_batch", labelers=labs, generator=gen,
+                        natural_n=args.n, image_metrics=False, report_dir=Path(args.workdir) / f"report-{args.path}")
+    print(json.dumps({"run": "audit", "path": args.path, "code": str(Path(latent_balance.__file__).parent),
+                      "peak_rss_mb": _peak_mb(), "peak_rss_before_auditing_mb": base,
+                      "wall_s": time.perf_counter() - t, "achieved_tv": out["achieved"]["tv"]}))
+
+
 def child(args) -> None:
     """One run in this (fresh) process; prints its JSON record."""
+    if args.run == "audit":
+        return audit_child(args)
     from latent_balance import BalancedSampler
     from latent_balance.export import write_dataset
     from latent_balance.sampling import BalancedSource
@@ -151,6 +173,9 @@ def main() -> None:
     ap.add_argument("--paths", default="converted_per_batch,whole_blocks",
                     help="converted_per_batch (today), whole_blocks (before); e.g. only the first at a block "
                          "size whose float32 copy would not fit in memory")
+    ap.add_argument("--audit-before", metavar="TREE",
+                    help="also audit the latent-only dataset (natural_n = n, no image metrics) with today's code "
+                         "and with the package in TREE (a checkout of the commit before the audit held bytes)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "export_memory_cpu.json"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
@@ -169,6 +194,15 @@ def main() -> None:
                 rec = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
                 print(rec, flush=True)
                 records.append(rec)
+        if args.audit_before:
+            for path, tree in (("uint8_held", None), ("float32_held", args.audit_before)):
+                cmd = [sys.executable, __file__, "--child", "--run", "audit", "--path", path, "--workdir", tmp,
+                       "--size", str(args.size), "--n", str(args.n), "--block-size", str(args.block_size)]
+                env = {**os.environ, **({"PYTHONPATH": tree} if tree else {})}
+                rec = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+                                 .stdout.strip().splitlines()[-1])
+                print(rec, flush=True)
+                records.append(rec)
     by = {(r["run"], r["path"]): r for r in records}
     summary = {}
     for run in args.runs.split(","):
@@ -177,6 +211,12 @@ def main() -> None:
                         **({"peak_rss_mb_whole_blocks": b["peak_rss_mb"], "wall_s_whole_blocks": b["wall_s"]} if b else {})}
         if a and b:
             summary[run].update(same_bytes=a["digest"] == b["digest"], saved_mb=b["peak_rss_mb"] - a["peak_rss_mb"])
+    audits = {r["path"]: r for r in records if r["run"] == "audit"}
+    if audits:
+        summary["audit"] = {"peak_rss_mb": audits["uint8_held"]["peak_rss_mb"],
+                            "peak_rss_mb_float32_held": audits["float32_held"]["peak_rss_mb"],
+                            "same_achieved_tv": audits["uint8_held"]["achieved_tv"] == audits["float32_held"]["achieved_tv"],
+                            "wall_s": audits["uint8_held"]["wall_s"], "wall_s_float32_held": audits["float32_held"]["wall_s"]}
     block_float32_mb = args.block_size * 3 * args.size**2 * 4 / 2**20
     result = {"bench": "export_memory", "size": args.size, "n": args.n, "block_size": args.block_size,
               "block_float32_mb": block_float32_mb, "block_uint8_mb": block_float32_mb / 4, "summary": summary,

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._utils import _with_known, images_to_uint8, progress
+from ._utils import U8Images, _with_known, images_to_uint8, progress
 from .cells import cell_names, label_cells
 from .framing import frame_labelers
 from .metrics import distribution_metrics, total_variation, wilson_interval
@@ -107,7 +107,8 @@ def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_ce
     only for the whole sets (``"_all"``).
 
     Args:
-        images:        float [N, 3, H, W] in [-1, 1], the audited images.
+        images:        float [N, 3, H, W] in [-1, 1], the audited images (or a
+                       :class:`latent_balance._utils.U8Images`, read a batch at a time).
         cells:         int [N] labelled cell index of each.
         natural_images, natural_cells: the same for images of the natural generator.
         names:         cell names (index -> name).
@@ -138,10 +139,11 @@ def image_metrics_per_cell(images, cells: np.ndarray, natural_images, natural_ce
         row: dict = {"n": int(m.sum()), "n_natural": int(mn.sum()), **{k: None for k in keys}}
         if m.sum() >= min_images:
             row["lpips"], row["lpips_stderr"] = perceptual.mean_pairwise_lpips(
-                images[np.flatnonzero(m)], net=lpips_net, max_pairs=max_pairs, seed=seed, device=device)
+                _subset(images, np.flatnonzero(m)), net=lpips_net, max_pairs=max_pairs, seed=seed, device=device)
         if mn.sum() >= min_images:
             row["lpips_natural"], row["lpips_natural_stderr"] = perceptual.mean_pairwise_lpips(
-                natural_images[np.flatnonzero(mn)], net=lpips_net, max_pairs=max_pairs, seed=seed, device=device)
+                _subset(natural_images, np.flatnonzero(mn)), net=lpips_net, max_pairs=max_pairs, seed=seed,
+                device=device)
         if row["lpips"] is not None and row["lpips_natural"]:
             r = row["lpips"] / row["lpips_natural"]
             row["lpips_ratio"] = r
@@ -186,6 +188,15 @@ def _probs_from_rows(rows: Sequence[Mapping], classes: Mapping[str, Sequence[str
 _CHUNK = 256  # images per progress step of the audit's own loops (a multiple of the 64 of the feature nets)
 
 
+#: float32 bytes of natural images synthesized (and labelled) at once by the audit (256 MiB)
+_NATURAL_BATCH_BYTES = 2**28
+
+
+def _subset(images, idx):
+    """Rows `idx` of float images or of a :class:`U8Images` (then still uint8, read when used)."""
+    return images.take(idx) if isinstance(images, U8Images) else images[idx]
+
+
 def _features(perceptual, images, device, bar) -> np.ndarray:
     """VGG16 features of `images`, chunk by chunk (the same forward batches as one call), advancing `bar`."""
     parts = []
@@ -211,23 +222,27 @@ def _label(labelers, images, desc: str, show_progress: bool | None = None) -> di
             for lab in labelers}
 
 
-def _load_images(root, rows: Sequence[dict], show_progress: bool | None = None) -> np.ndarray:
-    """The images of manifest `rows` of the dataset in `root` (files or tar members; PNG, JPEG or WebP)
-    -> float32 [N, 3, H, W] in [-1, 1]."""
+def _load_images(root, rows: Sequence[dict], show_progress: bool | None = None) -> U8Images:
+    """The images of manifest `rows` of the dataset in `root` (files or tar members; PNG, JPEG or WebP), held
+    as their bytes: a :class:`U8Images` (reads give float32 [k, 3, H, W] in [-1, 1])."""
     import io
 
     from PIL import Image
 
     from .export import iter_image_bytes
 
-    arrs = []
-    for data in progress(iter_image_bytes(root, rows), total=len(rows), desc="reading images", unit="images",
-                         enabled=show_progress):
+    u8 = None
+    for i, data in enumerate(progress(iter_image_bytes(root, rows), total=len(rows), desc="reading images",
+                                      unit="images", enabled=show_progress)):
         with Image.open(io.BytesIO(data)) as im:
-            arrs.append(np.asarray(im.convert("RGB")))
-    if not arrs:
-        return np.zeros((0, 3, 1, 1), np.float32)
-    return (np.stack(arrs).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
+            arr = np.asarray(im.convert("RGB"))
+        if u8 is None:  # filled in place: the set is never held twice
+            u8 = np.empty((len(rows), *arr.shape), np.uint8)
+        if arr.shape != u8.shape[1:]:
+            raise ValueError(f"the dataset's images differ in size: {u8.shape[1:3]} and {arr.shape[:2]} "
+                             f"(row {rows[i].get('index', i)})")
+        u8[i] = arr
+    return U8Images(u8 if u8 is not None else np.zeros((0, 1, 1, 3), np.uint8))
 
 
 def _as_written(images, output: Mapping) -> "torch.Tensor":
@@ -250,16 +265,42 @@ def _as_written(images, output: Mapping) -> "torch.Tensor":
     return torch.from_numpy(np.stack(back).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
 
 
-def _natural_images(generator, n: int, batch_size: int = 256, show_progress: bool | None = None):
-    """`n` images of the generator's own distribution (seeds 0 .. n-1), float32 tensor [n, 3, H, W]."""
-    import torch
+def _natural_images(generator, n: int, labelers=(), output: Mapping | None = None, batch_size: int | None = None,
+                    show_progress: bool | None = None) -> tuple[U8Images, dict[str, np.ndarray]]:
+    """`n` images of the generator's own distribution (seeds 0 .. n-1), labelled and held as bytes.
 
-    parts = []
+    Each batch is synthesized, labelled by `labelers` (as synthesized, like a dataset's images), put through
+    a dataset's `output` options when given (:func:`_as_written`: resize, encode, decode) and rounded to
+    uint8, so only bytes are held (3.1 GB per 1,000 images at 1024 px, not 12.6 GB of float32) and both
+    sides of an image metric are quantized alike. Batches hold at most :data:`_NATURAL_BATCH_BYTES` of
+    float32 (256 images up to 256 px, 21 at 1024 px), unless `batch_size` is given.
+
+    Returns:
+        (:class:`U8Images` of the n images, attribute -> float [n, C] probabilities of `labelers`).
+    """
+    import attributes as attrs_pkg
+
+    labelers = list(labelers)
+    if batch_size is None:
+        per_image = 4 * max(3, int(getattr(generator, "img_channels", 3))) * int(generator.img_resolution) ** 2
+        batch_size = max(1, min(_CHUNK, _NATURAL_BATCH_BYTES // per_image))
+    written = output if output and (output.get("format", "png") != "png" or output.get("image_size")) else None
+    u8 = None
+    parts: dict[str, list[np.ndarray]] = {lab.name: [] for lab in labelers}
     with progress(total=n, desc="natural images", unit="images", enabled=show_progress) as bar:
         for i in range(0, n, batch_size):
-            parts.append(generator.generate(np.arange(i, min(n, i + batch_size))).cpu())
-            bar.update(len(parts[-1]))
-    return torch.cat(parts) if parts else torch.zeros(0)
+            x = generator.generate(np.arange(i, min(n, i + batch_size))).cpu()
+            if labelers:
+                for name, p in attrs_pkg.label_images(labelers, x, batch_size=_CHUNK).items():
+                    parts[name].append(p)
+            b = images_to_uint8(_as_written(x, written) if written is not None else x)
+            if u8 is None:
+                u8 = np.empty((n, *b.shape[1:]), np.uint8)
+            u8[i:i + len(b)] = b
+            bar.update(len(b))
+    probs = {lab.name: (np.concatenate(parts[lab.name]) if parts[lab.name] else np.zeros((0, len(lab.classes))))
+             for lab in labelers}
+    return U8Images(u8 if u8 is not None else np.zeros((0, 1, 1, 3), np.uint8)), probs
 
 
 def _known_probs(generator, n: int, batch_size: int = 4096) -> dict[str, np.ndarray]:
@@ -280,7 +321,7 @@ def _sheets(images, cells: np.ndarray, names: Sequence[str], per_cell: int) -> d
     for i, name in enumerate(names):
         idx = np.flatnonzero(cells == i)[:per_cell]
         if len(idx):
-            out[name] = contact_sheet(images[idx], ncol=8)
+            out[name] = contact_sheet(images.uint8(idx) if isinstance(images, U8Images) else images[idx], ncol=8)
     return out
 
 
@@ -349,8 +390,8 @@ def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1
             want = settings["labelers"].get(lab.name)
             if want is not None and want != lab.id:
                 raise ValueError(f"labeler {lab.name!r} is {lab.id!r}, the dataset was labelled with {want!r}")
-        natural_images = _natural_images(generator, natural_n)
-        natural_probs = _label(labelers, natural_images, "labelling natural images")
+        # labelled as synthesized, held as the dataset holds its images (resized / lossy when it is)
+        natural_images, natural_probs = _natural_images(generator, natural_n, labelers, settings.get("output"))
         natural_probs.update({a: p for a, p in _known_probs(generator, natural_n).items() if a in probs})
     target = settings["target"]
     out = audit_labels(probs, classes, target, attributes, natural_probs=natural_probs, seed=seed)
@@ -362,13 +403,12 @@ def audit_dataset(dataset_dir, labelers=None, generator=None, natural_n: int = 1
     images = _load_images(dataset_dir, rows)
     written = settings.get("output") or {}
     if natural_images is not None and (written.get("format", "png") != "png" or written.get("image_size")):
-        # the dataset holds resized / lossy images: the natural images get the same treatment before any
-        # image metric (their labels, like the dataset's, come from the images as synthesized)
-        natural_images = _as_written(natural_images, written)
+        # the dataset holds resized / lossy images: the natural images got the same treatment (_natural_images)
+        # before any image metric (their labels, like the dataset's, come from the images as synthesized)
         out["natural_images_written_as"] = {k: written.get(k) for k in ("format", "quality", "image_size")}
     if image_metrics and natural_images is not None:
         nat_cells = label_cells(natural_probs, classes, attributes)
-        out["images"] = image_metrics_per_cell(images, cells, natural_images.numpy(), nat_cells, names,
+        out["images"] = image_metrics_per_cell(images, cells, natural_images, nat_cells, names,
                                                max_pairs=max_pairs, seed=seed, device=device)
     sheets = _sheets(images, cells, names, per_cell_sheet)
     natural_sheets = None
@@ -398,9 +438,8 @@ def audit_generator(generator, labelers, attributes: Sequence[str], target: Mapp
     classes = {lab.name: tuple(lab.classes) for lab in labelers}
     names = cell_names(classes, attributes)
     target = dict(target) if target is not None else {c: 1.0 / len(names) for c in names}
-    images = _natural_images(generator, n)
-    probs = {**_label([lab for lab in labelers if not getattr(lab, "reads_latent", False)], images,
-                      "labelling images"), **_known_probs(generator, n)}
+    images, probs = _natural_images(generator, n, [lab for lab in labelers if not getattr(lab, "reads_latent", False)])
+    probs.update(_known_probs(generator, n))
     out = audit_labels(probs, classes, target, attributes, seed=seed)
     if report_dir is not None:
         from .report import write_report

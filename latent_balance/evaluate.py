@@ -622,7 +622,7 @@ def evaluate_dataset(dataset_dir, classifier=None, task: str | None = None, *, g
     # the models under test, on two images
     from .audit import _load_images
 
-    head = _load_images(dataset_dir, rows[:_PROBE_IMAGES], show_progress=False)
+    head = _load_images(dataset_dir, rows[:_PROBE_IMAGES], show_progress=False)[:]  # float32 [k, 3, H, W]
     clf = sys_fn = None
     if classifier is not None:
         clf = load_callable(classifier)
@@ -645,7 +645,7 @@ def evaluate_dataset(dataset_dir, classifier=None, task: str | None = None, *, g
                                   f"(truncation, class) the dataset was made with")
 
     # --- work starts here ---
-    images = _load_images(dataset_dir, rows, show_progress=show_progress)
+    images = _load_images(dataset_dir, rows, show_progress=show_progress)  # bytes; float per batch when read
     out_opts = settings.get("output") or {}
     if out_opts.get("format", "png") != "png" or out_opts.get("image_size") is not None:
         warnings.warn(f"the dataset's images are {out_opts.get('format')} at {out_opts.get('image_size') or 'full'} "
@@ -819,7 +819,7 @@ def _system(sys_fn, images, probs, classes, group_attrs, names, cells, labs, bat
 
     from .report import contact_sheet
 
-    x = torch.from_numpy(images)
+    x = torch.from_numpy(images[:])  # the system's inputs and outputs are compared whole (float32)
     outs, clamped, resized = [], 0, False
     for s, o in zip(range(0, len(x), batch_size), _run_batches(sys_fn, x, batch_size, "system", show_progress)):
         y, c, r = _system_output(o, x[s:s + batch_size])

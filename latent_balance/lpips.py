@@ -379,7 +379,8 @@ def mean_pairwise_lpips(images, net: str = "alex", max_pairs: int = 2000, seed: 
     distance is the weighted squared difference of the two embeddings, equal to ``LPIPS(net)``.
 
     Args:
-        images:        float tensor [N, 3, H, W] in [-1, 1], N >= 2.
+        images:        float tensor [N, 3, H, W] in [-1, 1], N >= 2, or a
+                       :class:`latent_balance._utils.U8Images` (images held as bytes, read per batch).
         net:           ``'alex'`` or ``'vgg'``.
         max_pairs:     use all N(N-1)/2 pairs when there are at most this many, else this many
                        distinct pairs drawn uniformly at random (without replacement) using `seed`.
@@ -393,8 +394,22 @@ def mean_pairwise_lpips(images, net: str = "alex", max_pairs: int = 2000, seed: 
         error (which accounts for pairs sharing images; NaN, with a warning, when N < 3 or one image
         is in every pair).
     """
+    from ._utils import U8Images
+
     model = _cached_lpips(net, device)
-    images = check_images(images, min_size=_MIN_SIZE[model.net])
+    if isinstance(images, U8Images):  # held as bytes: each batch is read (as float) when it is embedded
+        if min(images.shape[2:]) < _MIN_SIZE[model.net]:
+            raise ValueError(f"images must be at least {_MIN_SIZE[model.net]} px for LPIPS({model.net}), got "
+                             f"{images.shape[2]}x{images.shape[3]}")
+        held = images
+
+        def batch(idx):
+            return torch.from_numpy(held[idx])
+    else:
+        images = check_images(images, min_size=_MIN_SIZE[model.net])
+
+        def batch(idx):
+            return images[torch.from_numpy(np.asarray(idx))]
     n = int(images.shape[0])
     if n < 2:
         raise ValueError(f"mean_pairwise_lpips needs at least 2 images, got {n}")
@@ -405,7 +420,7 @@ def mean_pairwise_lpips(images, net: str = "alex", max_pairs: int = 2000, seed: 
     i, j = _pair_indices(n, int(max_pairs), int(seed))
 
     with torch.no_grad():
-        probe, weights = model._embed(images[:1].to(model.device))
+        probe, weights = model._embed(batch(np.arange(1)).to(model.device))
     bytes_per_image = probe.shape[1] * probe.element_size()
     max_images = max(2, int(max_memory_mb) * 2**20 // bytes_per_image)
     chunk = max(1, 2**24 // probe.shape[1])  # pairs per distance step: ~64 MB of differences
@@ -415,7 +430,7 @@ def mean_pairwise_lpips(images, net: str = "alex", max_pairs: int = 2000, seed: 
         used = np.unique(np.concatenate([i[group], j[group]]))
         where = {int(u): r for r, u in enumerate(used.tolist())}
         with torch.no_grad():
-            emb = torch.cat([model._embed(images[torch.from_numpy(used[s : s + batch_size])].to(model.device))[0]
+            emb = torch.cat([model._embed(batch(used[s : s + batch_size]).to(model.device))[0]
                              for s in range(0, len(used), batch_size)])
             gi = torch.as_tensor([where[a] for a in i[group].tolist()], device=model.device)
             gj = torch.as_tensor([where[b] for b in j[group].tolist()], device=model.device)

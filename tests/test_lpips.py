@@ -244,6 +244,27 @@ def test_mean_pairwise_equals_direct_lpips_over_the_same_pairs(alex, faces):
     assert P.mean_pairwise_lpips(faces, net="alex", max_pairs=20, seed=6, device="cpu")[0] != sub[0]
 
 
+def test_images_held_as_bytes_give_the_same_diversity(alex, faces):
+    """The audit holds images as uint8 (U8Images) and reads them a batch at a time: the same LPIPS values
+    as the same images passed whole as float, for a subset too, read in batches smaller than the set."""
+    from latent_balance._utils import U8Images, images_to_uint8
+
+    u8 = images_to_uint8(faces)
+    held = U8Images(u8)
+    as_float = torch.from_numpy(u8.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
+    np.testing.assert_array_equal(held[:], as_float.numpy())
+    assert held.shape == (12, 3, 64, 64) and len(held) == 12
+    kw = dict(net="alex", max_pairs=30, seed=2, device="cpu", batch_size=5)
+    assert P.mean_pairwise_lpips(held, **kw) == P.mean_pairwise_lpips(as_float, **kw)
+    idx = np.array([0, 3, 4, 7, 8, 11])
+    assert P.mean_pairwise_lpips(held.take(idx), **kw) == P.mean_pairwise_lpips(as_float[idx], **kw)
+    np.testing.assert_array_equal(held.take(idx).uint8(), u8[idx])
+    with pytest.raises(ValueError, match="at least"):
+        P.mean_pairwise_lpips(U8Images(np.zeros((3, 8, 8, 3), np.uint8)), device="cpu")
+    with pytest.raises(ValueError, match="uint8"):
+        U8Images(u8.astype(np.float32))
+
+
 @pytest.fixture
 def fresh_warnings(monkeypatch):
     """Forget which one-time warnings were already shown, so this test sees its own."""
