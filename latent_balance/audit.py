@@ -294,6 +294,8 @@ def _natural_images(generator, n: int, labelers=(), output: Mapping | None = Non
                 for name, p in attrs_pkg.label_images(labelers, x, batch_size=_CHUNK).items():
                     parts[name].append(p)
             b = images_to_uint8(_as_written(x, written) if written is not None else x)
+            if b.shape[3] == 1:  # grayscale: as RGB, like the dataset's images read back and check_images
+                b = np.repeat(b, 3, axis=3)
             if u8 is None:
                 u8 = np.empty((n, *b.shape[1:]), np.uint8)
             u8[i:i + len(b)] = b
