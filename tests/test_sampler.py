@@ -493,6 +493,50 @@ def test_dataset_blocks_hold_converted_images_with_the_same_bytes(noisy, tmp_pat
     assert out.images.dtype == np.uint8 and out.images.shape == (8, side, side, 3)
 
 
+def _blocks_on_device_vs_host(tmp_path, device, verify, image_size):
+    """Write the same dataset of the packaged StyleGAN2 on `device` twice: batches converted where they are
+    made, and whole float blocks converted by the writer on the host. Returns the two folders."""
+    from attributes import load_labelers
+
+    from latent_balance import load_generator
+    from latent_balance.export import write_dataset
+    from latent_balance.generators import _packaged_model_path
+    from latent_balance.sampling import BalancedSource
+
+    gen = load_generator("stylegan2-faces", device=device)
+    model = SubgroupModel.load(_packaged_model_path("stylegan2-faces"))
+    labs = load_labelers()
+
+    def source():
+        return BalancedSource(BalancedSampler(gen, model, verify=verify, labelers=labs, seed=1, batch_size=16))
+
+    kw = dict(n=48, block_size=24, image_size=image_size, show_progress=False, workers=0)
+    write_dataset(tmp_path / "batches", source(), **kw)
+    write_dataset(tmp_path / "blocks", _WholeBlocks(source()), **kw)
+    return tmp_path / "batches", tmp_path / "blocks"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("verify", [False, True], ids=["latent-only", "verify"])
+def test_blocks_converted_on_the_gpu_are_the_host_conversion(tmp_path, verify):
+    """On CUDA each batch is converted where it was made, so only uint8 crosses to the host. The bytes are
+    those of converting the block's float images on the host (the same float32 operations). With
+    --image-size the resize runs on the GPU here and on the host in the whole-block path, so a pixel may
+    differ by 1 where the two bicubic kernels round apart; the labels, made before either, are equal."""
+    from test_export import _decoded, _digest
+
+    from latent_balance.export import read_manifest
+
+    gpu, host = _blocks_on_device_vs_host(tmp_path, "cuda", verify, None)
+    assert _digest(gpu) == _digest(host)
+    gpu, host = _blocks_on_device_vs_host(tmp_path / "resized", "cuda", verify, 32)
+    rows_gpu, rows_host = read_manifest(gpu), read_manifest(host)
+    assert rows_gpu == rows_host
+    diff = np.abs(_decoded(gpu, rows_gpu).astype(int) - _decoded(host, rows_host).astype(int))
+    assert diff.shape == (48, 32, 32, 3) and diff.max() <= 1, diff.max()
+
+
 def test_overlapped_proposals_equal_sequential_and_report_stage_times(sharp):
     """With images, proposals run in a producer thread while batches are synthesized: the outputs are those of
     the sequential path (images=False, then synthesis), and the stage times are reported."""
