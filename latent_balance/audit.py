@@ -229,20 +229,18 @@ def _load_images(root, rows: Sequence[dict], show_progress: bool | None = None) 
 
     from PIL import Image
 
-    from .export import iter_image_bytes
+    from .export import _ImageBlock, iter_image_bytes
 
-    u8 = None
+    block = _ImageBlock(len(rows))  # filled in place: the set is never held twice
     for i, data in enumerate(progress(iter_image_bytes(root, rows), total=len(rows), desc="reading images",
                                       unit="images", enabled=show_progress)):
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"))
-        if u8 is None:  # filled in place: the set is never held twice
-            u8 = np.empty((len(rows), *arr.shape), np.uint8)
-        if arr.shape != u8.shape[1:]:
-            raise ValueError(f"the dataset's images differ in size: {u8.shape[1:3]} and {arr.shape[:2]} "
+        if block.array is not None and arr.shape != block.array.shape[1:]:
+            raise ValueError(f"the dataset's images differ in size: {block.array.shape[1:3]} and {arr.shape[:2]} "
                              f"(row {rows[i].get('index', i)})")
-        u8[i] = arr
-    return U8Images(u8 if u8 is not None else np.zeros((0, 1, 1, 3), np.uint8))
+        block.put(i, arr[None])
+    return U8Images(block.result())
 
 
 def _as_written(images, output: Mapping) -> "torch.Tensor":
@@ -280,12 +278,14 @@ def _natural_images(generator, n: int, labelers=(), output: Mapping | None = Non
     """
     import attributes as attrs_pkg
 
+    from .export import _ImageBlock
+
     labelers = list(labelers)
     if batch_size is None:
         per_image = 4 * max(3, int(getattr(generator, "img_channels", 3))) * int(generator.img_resolution) ** 2
         batch_size = max(1, min(_CHUNK, _NATURAL_BATCH_BYTES // per_image))
     written = output if output and (output.get("format", "png") != "png" or output.get("image_size")) else None
-    u8 = None
+    block = _ImageBlock(n)
     parts: dict[str, list[np.ndarray]] = {lab.name: [] for lab in labelers}
     with progress(total=n, desc="natural images", unit="images", enabled=show_progress) as bar:
         for i in range(0, n, batch_size):
@@ -296,13 +296,11 @@ def _natural_images(generator, n: int, labelers=(), output: Mapping | None = Non
             b = images_to_uint8(_as_written(x, written) if written is not None else x)
             if b.shape[3] == 1:  # grayscale: as RGB, like the dataset's images read back and check_images
                 b = np.repeat(b, 3, axis=3)
-            if u8 is None:
-                u8 = np.empty((n, *b.shape[1:]), np.uint8)
-            u8[i:i + len(b)] = b
+            block.put(slice(i, i + len(b)), b)
             bar.update(len(b))
     probs = {lab.name: (np.concatenate(parts[lab.name]) if parts[lab.name] else np.zeros((0, len(lab.classes))))
              for lab in labelers}
-    return U8Images(u8 if u8 is not None else np.zeros((0, 1, 1, 3), np.uint8)), probs
+    return U8Images(block.result()), probs
 
 
 def _known_probs(generator, n: int, batch_size: int = 4096) -> dict[str, np.ndarray]:

@@ -425,8 +425,9 @@ def _preflight(out_dir: Path, source, n, block_size, shard, num_shards, save_lat
 
 
 class _ImageBlock:
-    """A block's converted images, uint8 [k, H, W, C], filled in place as batches arrive (allocated at the
-    first): the block is never held twice, as a list of batches and their concatenation would be."""
+    """k uint8 images [k, H, W, C] (a block's converted images, or the audit's image sets), filled in place as
+    batches arrive (allocated at the first): never held twice, as a list of batches and their concatenation
+    would be."""
 
     def __init__(self, k: int):
         self.k, self.array = int(k), None

@@ -401,10 +401,8 @@ def mean_pairwise_lpips(images, net: str = "alex", max_pairs: int = 2000, seed: 
         if min(images.shape[2:]) < _MIN_SIZE[model.net]:
             raise ValueError(f"images must be at least {_MIN_SIZE[model.net]} px for LPIPS({model.net}), got "
                              f"{images.shape[2]}x{images.shape[3]}")
-        held = images
-
         def batch(idx):
-            return torch.from_numpy(held[idx])
+            return torch.from_numpy(images[idx])
     else:
         images = check_images(images, min_size=_MIN_SIZE[model.net])
 

@@ -403,8 +403,8 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             # exactly the batches it would alone (see _Streams.step), so the outputs are those of proposing
             # first and synthesizing after; batch by batch, so progress advances per batch, and the same
             # batches as synthesizing and labelling the whole block, hence the same outputs
-            # With `convert`, each batch is converted once labelled (and checked against excluded persons,
-            # whose replacements are then made from those checks), so only the converted images are held.
+            # Each batch is labelled and checked against excluded persons (replacements are made from those
+            # checks); with `convert` it is then converted, so only the converted images are held.
             from ..export import _ImageBlock  # the block contract's helper (lazily, as BalancedSource does)
 
             imgs, probs, hits = ([] if convert is None else _ImageBlock(n)), [], []
@@ -415,14 +415,13 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                     producer.wait_rows(i1)
                     timings["proposal_wait"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    batch, made = (self._synthesize(lat[i:i1], on_device=True) if convert is not None
-                                   else (self._synthesize(lat[i:i1]), None))
+                    batch, made = self._synthesize(lat[i:i1], keep_device=convert is not None)
                     timings["synthesis"] += time.perf_counter() - t0
                     if self.labelers is not None:
                         t0 = time.perf_counter()
                         probs.append(self._label(batch, lat[i:i1]))
                         timings["labeling"] += time.perf_counter() - t0
-                    if self.exclusion is not None and convert is not None:
+                    if self.exclusion is not None:
                         t0 = time.perf_counter()
                         hits.append(self.exclusion.matches(batch))
                         timings["labeling"] += time.perf_counter() - t0
@@ -443,36 +442,29 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                              for a, lab in self.labelers.items()}
                 res.labelled = self.space.cell_of_probs(res.probs)
             if self.exclusion is not None:
-                first = (np.concatenate(hits) if hits else np.zeros((0, len(self.exclusion.persons)), bool)) \
-                    if convert is not None else None
+                first = np.concatenate(hits) if hits else np.zeros((0, len(self.exclusion.persons)), bool)
                 synth += self._replace_matches(res, streams, timings, first, convert)
                 if self.labelers is not None:
                     res.labelled = self.space.cell_of_probs(res.probs)
         res.stats["synthesis_calls"] = synth
         return res
 
-    def _replace_matches(self, res: SampleResult, streams, timings, first=None, convert=None) -> int:
+    def _replace_matches(self, res: SampleResult, streams, timings, first: np.ndarray, convert=None) -> int:
         """Replace, in place, every output whose image matches an excluded person by the component's next
         accepted latents (same stream, so results stay deterministic), until none matches. Returns the
         synthesis calls spent on replacements.
 
-        `first`: bool [n, P], the outputs' matches when already checked (their images were converted by
-        `convert`, which is then applied to the replacements too); None: checked here on ``res.images``.
+        `first`: bool [n, P], the outputs' matches (checked batch by batch as they were synthesized); the
+        replacements are checked here. With `convert` the outputs' images were converted, and so are the
+        replacements'.
 
         Raises:
             BudgetError: more than ``max_synthesis_per_image`` calls per output would be needed.
         """
         n = len(res.latents)
         budget = self.max_synthesis_per_image * n - n
-        rows, extra = np.arange(n), 0
-        current = res.images  # the float images of `rows` (their latest replacements)
+        rows, extra, hit = np.arange(n), 0, first
         while len(rows):
-            if first is not None:
-                hit, first = first, None
-            else:
-                t0 = time.perf_counter()
-                hit = self.exclusion.matches(current)
-                timings["labeling"] += time.perf_counter() - t0
             streams.exclude_checked += len(rows)
             streams.exclude_images += hit.sum(axis=0)
             rows = rows[hit.any(axis=1)]
@@ -487,17 +479,17 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
                 seeds, z, lat = streams.take(int(g), len(r))
                 res.seeds[r], res.z[r], res.latents[r] = seeds, z, lat
             t0 = time.perf_counter()
-            imgs, made = (self._synthesize(res.latents[rows], on_device=True) if convert is not None
-                          else (self._synthesize(res.latents[rows]), None))
+            imgs, made = self._synthesize(res.latents[rows], keep_device=convert is not None)
             timings["synthesis"] += time.perf_counter() - t0
             res.images[rows] = imgs if convert is None else convert(made)
-            current, made = imgs, None
+            del made
+            t0 = time.perf_counter()
             if self.labelers is not None:
-                t0 = time.perf_counter()
                 probs = self._label(imgs, res.latents[rows])
-                timings["labeling"] += time.perf_counter() - t0
                 for a in res.probs:
                     res.probs[a][rows] = probs[a]
+            hit = self.exclusion.matches(imgs)  # the replacements, checked in the next round
+            timings["labeling"] += time.perf_counter() - t0
             extra += len(rows)
         return extra
 
@@ -532,16 +524,16 @@ class BalancedSampler(_PlanningMixin, _AllocationMixin, _VerifyMixin):
             streams.collect(g, int(need[g]))  # leave the leftovers buffered, as take() does
             streams.kept[g] += len(rows_of[g])
 
-    def _synthesize(self, lat: np.ndarray, on_device: bool = False):
-        """Images of latents [N, D] as float32 [N, C, H, W] on the CPU (what the labelers are given); with
-        `on_device`, also the same images where the generator made them (a GPU: there `convert` is cheap and
-        only its uint8 crosses to the host), as ``(cpu, device)``."""
+    def _synthesize(self, lat: np.ndarray, keep_device: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images of latents [N, D]: ``(cpu, device)``, float32 [N, C, H, W] on the CPU (what the labelers are
+        given) and, with `keep_device`, the same images where the generator made them (on a GPU `convert` is
+        cheap there and only its uint8 crosses to the host), else None."""
         g = self.generator
         made = [g.synthesize(torch.from_numpy(lat[i : i + self.batch_size]))
                 for i in range(0, len(lat), self.batch_size)]
         cpu = torch.cat([x.float().cpu() for x in made]) if made else torch.zeros(0)
-        if not on_device:
-            return cpu
+        if not keep_device:
+            return cpu, None
         return cpu, (made[0] if len(made) == 1 else torch.cat(made) if made else cpu)
 
     def _label(self, imgs: torch.Tensor, lat: np.ndarray) -> dict[str, np.ndarray]:

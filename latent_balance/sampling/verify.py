@@ -154,10 +154,7 @@ class _VerifyMixin:
         comp, seeds, z, lat, u_cap = cand
         comp, lat = comp[idx], lat[idx]
         t0 = time.perf_counter()
-        if convert is not None:
-            imgs, made = self._synthesize(lat, on_device=True)
-        else:
-            imgs = self._synthesize(lat)
+        imgs, made = self._synthesize(lat, keep_device=convert is not None)
         timings["synthesis"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         probs = self._label(imgs, lat)
