@@ -222,7 +222,7 @@ def main() -> None:
               "block_float32_mb": block_float32_mb, "block_uint8_mb": block_float32_mb / 4, "summary": summary,
               "records": records, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                               "torch": torch.__version__, "load_average": os.getloadavg()}}
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps(result, indent=2, allow_nan=False))
     print(json.dumps(summary, indent=2))
 
 
